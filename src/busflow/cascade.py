@@ -1,0 +1,113 @@
+"""Segment → crop → classify (after Macrì et al.): lesion boxes from masks, crops, and the cascade stage.
+
+The classifier trains on crops around the *ground-truth* lesions of the training part and is tested on
+crops around the lesions the segmenter *predicted* on the test part, so segmentation errors propagate
+into the classification result as they would in use. An image without a lesion (a normal image, or a
+test image whose predicted mask is empty) contributes its central box instead, so the classifier also
+learns what "no lesion here" looks like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+
+from busflow.data.preprocess import load_arrays
+from busflow.models import build_model
+from busflow.split import role_indices
+from busflow.train.device import configure_threads, resolve_device, seed_everything
+from busflow.train.loop import ArrayData, fit, predict
+from busflow.train.outputs import prediction_table, save_predictions, save_run
+from busflow.train.stage import describe_model, job_seed
+
+Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest connected lesion: the cascade classifies one mass per image."""
+    labelled, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.astype(bool)
+    sizes = ndimage.sum_labels(mask, labelled, index=np.arange(1, count + 1))
+    return labelled == (1 + int(np.argmax(sizes)))
+
+
+def lesion_box(mask: np.ndarray, margin: float, empty_fraction: float) -> Box:
+    """Bounding box of the largest lesion grown by ``margin`` × its size per side, as a square clipped to
+    the image; the central box of side ``empty_fraction`` × image side when there is no lesion."""
+    height, width = mask.shape
+    lesion = largest_component(mask)
+    if not lesion.any():
+        side = max(2, round(empty_fraction * min(height, width)))
+        top, left = (height - side) // 2, (width - side) // 2
+        return top, left, top + side, left + side
+    rows, cols = np.flatnonzero(lesion.any(1)), np.flatnonzero(lesion.any(0))
+    centre_y, centre_x = (rows[0] + rows[-1] + 1) / 2, (cols[0] + cols[-1] + 1) / 2
+    side = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) * (1 + 2 * margin)
+    side = int(min(max(round(side), 4), height, width))
+    top = int(np.clip(round(centre_y - side / 2), 0, height - side))
+    left = int(np.clip(round(centre_x - side / 2), 0, width - side))
+    return top, left, top + side, left + side
+
+
+def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
+    top, left, bottom, right = box
+    crop = Image.fromarray(image[top:bottom, left:right])
+    return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
+
+
+def extract_rois(images: np.ndarray, masks: np.ndarray, *, margin: float, empty_fraction: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crops (N×size×size uint8) and their boxes (N×4) for every image/mask pair."""
+    boxes = np.array([lesion_box(m, margin, empty_fraction) for m in masks], dtype=np.int64).reshape(-1, 4)
+    crops = np.stack([crop_resize(img, box, size) for img, box in zip(images, boxes)]) if len(images) else np.zeros((0, size, size), np.uint8)
+    return crops, boxes
+
+
+def _predicted_masks(segmenter_predictions: Path, image_ids: np.ndarray, threshold: float) -> np.ndarray:
+    with np.load(segmenter_predictions, allow_pickle=False) as archive:
+        position = {str(i): n for n, i in enumerate(archive["image_ids"])}
+        missing = [str(i) for i in image_ids if str(i) not in position]
+        if missing:
+            raise ValueError(f"{segmenter_predictions}: no predicted mask for test image(s) {missing[:5]}")
+        probs = archive["mask_probs"][[position[str(i)] for i in image_ids]]
+    return probs >= round(threshold * 255)
+
+
+def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_path: Path, segmenter_predictions: Path, out_dir: Path) -> None:
+    configure_threads()
+    cascade = params["cascade"]
+    spec = cascade["classifier"]
+    seed = job_seed(params["seed"], cascade["name"], fold)
+    seed_everything(seed)
+    arrays = load_arrays(arrays_path)
+    folds = pd.read_csv(folds_path, dtype={"image_id": str, "group_id": str})
+    roles = role_indices(folds, arrays["image_ids"], fold)
+    classes = arrays["classes"].tolist()
+    test = roles["test"]
+    masks = arrays["masks"].astype(bool).copy()
+    masks[test] = _predicted_masks(segmenter_predictions, arrays["image_ids"][test], params["evaluate"]["threshold"])
+    crops, boxes = extract_rois(arrays["images"], masks, margin=cascade["margin"],
+                                empty_fraction=cascade["empty_roi_fraction"], size=cascade["crop_size"])
+    data = ArrayData(crops, np.zeros_like(crops), arrays["labels"])
+    device = resolve_device(params["device"])
+    model = build_model(spec["arch"], in_channels=1, n_classes=len(classes), options=spec.get("options"))
+    prefix = f"[{cascade['name']} fold{fold}]"
+    print(f"{prefix} {spec['arch']} on crops ({cascade['crop_size']} px) of {cascade['segmenter']} masks, device {device}", flush=True)
+    history = fit(model, frozenset({"cls"}), data, roles["train"], roles["val"], spec, n_classes=len(classes),
+                  device=device, seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=cascade["crop_size"])
+    description.update(cascade={"segmenter": cascade["segmenter"], "margin": cascade["margin"],
+                                "empty_roi_fraction": cascade["empty_roi_fraction"]})
+    save_run(out_dir, model.cpu(), description, history)
+    outputs = predict(model.to(device), data, test, device)
+    group_of = dict(zip(folds["image_id"], folds["group_id"]))
+    table = prediction_table(arrays["image_ids"][test], [group_of[str(i)] for i in arrays["image_ids"][test]],
+                             data.labels[test], classes, outputs)
+    save_predictions(out_dir, table, outputs, extra={"boxes": boxes[test], "crops": crops[test]})

@@ -1,0 +1,173 @@
+"""``busflow <stage>``: one command per pipeline stage. Every Snakemake rule and DVC stage runs one of them.
+
+Each command reads params.yaml (validated) and the explicit input paths it is given, and writes exactly
+the explicit output paths it is given, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from busflow import __version__
+
+
+def _load(args: argparse.Namespace, *, check_registry: bool = True) -> dict[str, Any]:
+    from busflow.config import load_params
+
+    return load_params(args.params, check_registry=check_registry)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    params = _load(args)
+    from busflow.config import params_sha256
+
+    print(f"{args.params}: valid (dataset {params['dataset']}, models {', '.join(params['train']['models'])}, "
+          f"sha256 {params_sha256(params)[:12]})")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from busflow.data.sources import fetch_dataset
+
+    fetch_dataset(_load(args, check_registry=False), Path(args.out))
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from busflow.data.folder import ingest_folder
+    from busflow.data.preprocess import preprocess_index, save_arrays
+    from busflow.io import write_csv
+
+    params = _load(args, check_registry=False)
+    index = ingest_folder(args.raw)
+    arrays = preprocess_index(index, params["preprocess"]["size"])
+    save_arrays(args.arrays, arrays)
+    write_csv(args.index, index)
+    print(f"preprocessed {len(index)} images of {index['patient_id'].nunique()} patients to {params['preprocess']['size']} px")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from busflow.io import write_csv
+    from busflow.split import kfold_split, patient_groups
+
+    params = _load(args, check_registry=False)
+    index = pd.read_csv(args.index, dtype={"image_id": str, "patient_id": str})
+    groups = patient_groups(index)
+    folds = kfold_split(index, groups, n_folds=params["split"]["n_folds"], val_fraction=params["split"]["val_fraction"], seed=params["seed"])
+    write_csv(args.groups, groups)
+    write_csv(args.folds, folds)
+    print(f"{groups['group_id'].nunique()} patient groups in {params['split']['n_folds']} folds")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from busflow.train.stage import train_model
+
+    train_model(_load(args), args.model, args.fold, Path(args.arrays), Path(args.folds), Path(args.out))
+
+
+def cmd_cascade(args: argparse.Namespace) -> None:
+    from busflow.cascade import run_cascade
+
+    run_cascade(_load(args), args.fold, Path(args.arrays), Path(args.folds), Path(args.segmenter), Path(args.out))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from busflow.evaluate.stage import evaluate_model
+
+    metrics = evaluate_model(_load(args, check_registry=False), args.model, args.fold, Path(args.arrays), Path(args.predictions), Path(args.out))
+    headline = {k: v for part in ("classification", "segmentation") if metrics[part]
+                for k, v in metrics[part].items() if k in ("accuracy", "roc_auc_macro", "dice")}
+    print(f"[{args.model} fold{args.fold}] " + "  ".join(f"{k} {v:.3f}" for k, v in headline.items() if v is not None))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from busflow.config import params_sha256
+    from busflow.evaluate.metrics import EMPTY_MASK_CONVENTIONS
+    from busflow.report import build_report
+
+    params = _load(args, check_registry=False)
+    models = [*params["train"]["models"], params["cascade"]["name"]]
+    run_info = {"dataset": params["dataset"], "params_sha256": params_sha256(params), "busflow_version": __version__,
+                "empty_mask_convention": EMPTY_MASK_CONVENTIONS[params["evaluate"]["empty_mask"]], "params": params}
+    build_report(results_dir=Path(args.results), out_dir=Path(args.out), models=models, folds=params["train"]["folds"], run_info=run_info)
+    print(f"report written to {Path(args.out) / 'index.html'}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="busflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"busflow {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], None], help_text: str, *paths: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
+        for path in paths:
+            sub.add_argument(f"--{path}", required=True, metavar="PATH")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("validate", cmd_validate, "check params.yaml against the schema and the model registry")
+    command("download", cmd_download, "create the raw dataset folder (synthetic phantoms, or a verified download)", "out")
+    command("preprocess", cmd_preprocess, "index the raw folder; grayscale, resize, normalise, union masks", "raw", "index", "arrays")
+    command("split", cmd_split, "patient-grouped, stratified k-fold split with validation parts", "index", "groups", "folds")
+    sub = command("train", cmd_train, "train one model on one fold; predict its test part", "arrays", "folds", "out")
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--fold", required=True, type=int)
+    sub = command("cascade", cmd_cascade, "crop predicted lesions and train/test the cascade classifier on one fold", "arrays", "folds", "segmenter", "out")
+    sub.add_argument("--fold", required=True, type=int)
+    sub = command("evaluate", cmd_evaluate, "metrics of one model on one test fold", "arrays", "predictions", "out")
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--fold", required=True, type=int)
+    command("report", cmd_report, "tables, figures and the HTML/Markdown report", "results", "out")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from busflow.config import ParamsError
+    from busflow.data.folder import DatasetError
+
+    with _teed_to(args.log):
+        started = time.perf_counter()
+        try:
+            args.handler(args)
+        except (ParamsError, DatasetError, FileNotFoundError, ValueError) as error:
+            print(f"busflow {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        print(f"busflow {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        return 0
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+            stream.flush()
+        return len(text)
+
+
+@contextlib.contextmanager
+def _teed_to(log_path: str | None) -> Iterator[None]:
+    """Copy stdout and stderr into ``log_path`` (the orchestrators' per-job log) while still printing them."""
+    if not log_path:
+        yield
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
+            yield
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Load and validate params.yaml: the schema (workflow/schemas/params.schema.yaml) plus cross-key checks.
+
+Both orchestrators and every CLI command go through :func:`load_params`, so a wrong type, an unknown key
+or an unknown model stops the run with a message that names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable or violates the schema or a cross-key rule."""
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+
+
+def _with_defaults(validator_class: type) -> type:
+    """Extend a jsonschema validator so that schema ``default`` values fill missing keys."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_schema(params: dict[str, Any], source: str = "params") -> None:
+    """Validate in place against the schema, filling defaults; raise ParamsError naming the key."""
+    schema = load_schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{source}: {_key_path(e)}: {e.message}" for e in errors]
+        raise ParamsError("invalid parameters:\n  " + "\n  ".join(lines))
+
+
+def check_consistency(params: Mapping[str, Any], source: str = "params") -> None:
+    """Cross-key rules the schema cannot express (model names, fold indices, cascade wiring)."""
+    problems: list[str] = []
+    models = params["models"]
+    for name in params["train"]["models"]:
+        if name not in models:
+            problems.append(f"train.models: unknown model '{name}' (defined under models: {sorted(models)})")
+    n_folds = params["split"]["n_folds"]
+    for fold in params["train"]["folds"]:
+        if fold >= n_folds:
+            problems.append(f"train.folds: fold {fold} does not exist with split.n_folds = {n_folds}")
+    cascade = params["cascade"]
+    if cascade["segmenter"] not in params["train"]["models"]:
+        problems.append(f"cascade.segmenter: '{cascade['segmenter']}' is not one of train.models")
+    if cascade["name"] in models:
+        problems.append(f"cascade.name: '{cascade['name']}' clashes with a model of the same name")
+    dataset = params["dataset"]
+    if dataset not in params["data"]:
+        problems.append(f"data.{dataset}: settings for dataset '{dataset}' are missing")
+    if problems:
+        raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def check_architectures(params: Mapping[str, Any], source: str = "params") -> None:
+    """Every configured network must be registered and provide what its role needs (imports torch)."""
+    from busflow.models import model_tasks
+
+    problems: list[str] = []
+    specs = {f"models.{n}": s for n, s in params["models"].items()}
+    specs["cascade.classifier"] = params["cascade"]["classifier"]
+    for key, spec in specs.items():
+        try:
+            model_tasks(spec["arch"])
+        except (KeyError, ValueError) as error:
+            problems.append(f"{key}.arch: {error}")
+    segmenter = params["cascade"]["segmenter"]
+    if segmenter in params["models"] and "seg" not in model_tasks(params["models"][segmenter]["arch"]):
+        problems.append(f"cascade.segmenter: model '{segmenter}' has no segmentation output")
+    if "cls" not in model_tasks(params["cascade"]["classifier"]["arch"]):
+        problems.append("cascade.classifier.arch: the cascade classifier needs a classification output")
+    if problems:
+        raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def validate_params(params: dict[str, Any], source: str = "params", *, check_registry: bool = True) -> dict[str, Any]:
+    validate_schema(params, source)
+    check_consistency(params, source)
+    if check_registry:
+        check_architectures(params, source)
+    return params
+
+
+def load_params(path: str | Path, *, check_registry: bool = True) -> dict[str, Any]:
+    """Read params.yaml with a safe loader, validate it and fill defaults."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: parameters file not found") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping of settings at the top level")
+    return validate_params(params, str(path), check_registry=check_registry)
+
+
+def params_sha256(params: Mapping[str, Any]) -> str:
+    """Stable hash of the (validated) parameters, reported with every run."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_spec(params: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """Training spec of a trained model name or of the cascade classifier."""
+    if model == params["cascade"]["name"]:
+        return params["cascade"]["classifier"]
+    if model not in params["models"]:
+        raise ParamsError(f"models.{model}: unknown model (defined: {sorted(params['models'])})")
+    return params["models"][model]

@@ -1,0 +1,1 @@
+"""Data sources, ingestion and preprocessing for busflow."""

@@ -1,0 +1,1 @@
+"""Evaluation: per model and fold, classification and segmentation metrics on the test part."""

@@ -1,0 +1,49 @@
+"""The ``evaluate`` stage: metrics.json and per_image.csv for one model on one test fold."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from busflow.data.preprocess import load_arrays
+from busflow.evaluate.metrics import classification_metrics, segmentation_metrics
+from busflow.io import write_csv, write_json
+
+
+def _test_rows(image_ids: np.ndarray, wanted: np.ndarray, source: Path) -> np.ndarray:
+    position = {str(i): n for n, i in enumerate(image_ids)}
+    missing = [str(i) for i in wanted if str(i) not in position]
+    if missing:
+        raise ValueError(f"{source}: predictions for image(s) not in the preprocessed data: {missing[:5]}")
+    return np.array([position[str(i)] for i in wanted], dtype=np.int64)
+
+
+def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path: Path, predictions_path: Path, out_dir: Path) -> dict[str, Any]:
+    arrays = load_arrays(arrays_path)
+    classes = arrays["classes"].tolist()
+    with np.load(predictions_path, allow_pickle=False) as archive:
+        outputs = {key: archive[key] for key in archive.files}
+    rows = _test_rows(arrays["image_ids"], outputs["image_ids"], predictions_path)
+    labels = arrays["labels"][rows]
+    per_image = pd.DataFrame({"image_id": outputs["image_ids"].astype(str), "label": [classes[i] for i in labels]})
+    tasks, classification, segmentation = [], None, None
+    if "class_probs" in outputs:
+        tasks.append("cls")
+        probs = outputs["class_probs"]
+        classification = classification_metrics(labels, probs, classes)
+        per_image = per_image.assign(y_true=labels, y_pred=probs.argmax(1), confidence=probs.max(1))
+    if "mask_probs" in outputs:
+        tasks.append("seg")
+        predicted = outputs["mask_probs"] >= round(params["evaluate"]["threshold"] * 255)
+        segmentation, per_image_seg = segmentation_metrics(predicted, arrays["masks"][rows] > 0, params["evaluate"]["empty_mask"])
+        per_image = per_image.assign(**per_image_seg)
+    metrics = {"model": model, "fold": fold, "tasks": tasks, "n_test_images": int(len(rows)),
+               "classification": classification, "segmentation": segmentation}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", metrics)
+    write_csv(out_dir / "per_image.csv", per_image)
+    return metrics

@@ -1,0 +1,32 @@
+"""File names of the stage contracts (DESIGN.md), shared by the CLI, the Snakefile and the tests.
+
+Importing this module is cheap (no torch), so the Snakefile can use it to declare outputs.
+"""
+
+from __future__ import annotations
+
+TRAIN_OUTPUTS: tuple[str, ...] = ("weights.pt", "model.json", "history.csv", "predictions.csv", "predictions.npz")
+EVALUATE_OUTPUTS: tuple[str, ...] = ("metrics.json", "per_image.csv")
+REPORT_FILES: tuple[str, ...] = (
+    "index.html",
+    "report.md",
+    "tables/leaderboard.csv",
+    "tables/classification.csv",
+    "tables/segmentation.csv",
+    "tables/per_class.csv",
+    "tables/dataset.csv",
+    "tables/split.csv",
+    "figures/roc.png",
+    "figures/metrics_bar.png",
+    "figures/overlays.png",
+    "figures/training_curves.png",
+    "figures/confusion.png",
+)
+
+
+def results_root(dataset: str) -> str:
+    return f"results/{dataset}"
+
+
+def fold_dir(dataset: str, model: str, fold: int | str) -> str:
+    return f"{results_root(dataset)}/models/{model}/fold{fold}"

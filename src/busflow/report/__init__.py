@@ -1,0 +1,81 @@
+"""Report stage: tables, figures, Markdown and HTML summarising a busflow run.
+
+Entry point: :func:`build_report`. Every file it writes is listed in :data:`REPORT_FILES`
+(relative to ``out_dir``) so workflow orchestrators can declare them as outputs.
+No torch import here: the report only reads files written by earlier stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import CLASSES
+from ..io import write_csv, write_text
+from ..layout import REPORT_FILES
+from . import figures
+from .content import ReportTables, build_blocks
+from .loading import RunResults, load_results
+from .render import render_html, render_markdown
+from .tables import (
+    classification_table,
+    dataset_table,
+    leaderboard_table,
+    per_class_table,
+    segmentation_table,
+    split_table,
+)
+
+__all__ = ["REPORT_FILES", "build_report"]
+
+
+
+def compute_tables(run: RunResults) -> ReportTables:
+    """All report tables from the loaded results."""
+    cls_table, seg_table = classification_table(run), segmentation_table(run)
+    return ReportTables(
+        dataset=dataset_table(run.index, run.classes),
+        split=split_table(run),
+        leaderboard=leaderboard_table(run, cls_table, seg_table),
+        classification=cls_table,
+        segmentation=seg_table,
+        per_class=per_class_table(run),
+    )
+
+
+def write_figures(run: RunResults, tables: ReportTables, out_dir: Path) -> None:
+    """Render every figure into ``out_dir/figures``."""
+    fig_dir = out_dir / "figures"
+    figures.plot_roc(run, fig_dir / "roc.png")
+    figures.plot_metrics_bar(tables.classification, tables.segmentation, run.models, fig_dir / "metrics_bar.png")
+    figures.plot_overlays(run, fig_dir / "overlays.png")
+    figures.plot_training_curves(run, fig_dir / "training_curves.png")
+    figures.plot_confusion(run, fig_dir / "confusion.png")
+
+
+def build_report(
+    *,
+    results_dir: Path,
+    out_dir: Path,
+    models: Sequence[str],
+    folds: Sequence[int],
+    run_info: Mapping[str, Any],
+) -> None:
+    """Write the tables, figures, ``report.md`` and ``index.html`` of a run into ``out_dir``.
+
+    ``index.html`` is written last, so its presence means the report is complete.
+    """
+    out_dir = Path(out_dir)
+    run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES)
+    tables = compute_tables(run)
+    for rel_path, frame in tables.files().items():
+        write_csv(out_dir / rel_path, frame)
+    write_figures(run, tables, out_dir)
+    blocks = build_blocks(run, tables, run_info)
+    write_text(out_dir / "report.md", render_markdown(blocks))
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"busflow report — {run_info.get('dataset', 'unknown dataset')}"
+    subtitle = f"generated {generated} · busflow {run_info.get('busflow_version', 'n/a')}"
+    write_text(out_dir / "index.html", render_html(blocks, title, subtitle))

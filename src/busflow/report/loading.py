@@ -1,0 +1,136 @@
+"""Read the pipeline's result files (data, split, per-model/per-fold outputs) into memory."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """Everything one model produced on one fold."""
+
+    model: str
+    fold: int
+    directory: Path
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    per_image: pd.DataFrame
+    predictions: pd.DataFrame | None
+
+    @property
+    def classification(self) -> dict[str, Any] | None:
+        return self.metrics.get("classification") or None
+
+    @property
+    def segmentation(self) -> dict[str, Any] | None:
+        return self.metrics.get("segmentation") or None
+
+    @property
+    def masks_path(self) -> Path:
+        """Test-set outputs of the train stage; lesion probabilities under key ``mask_probs``."""
+        return self.directory / "predictions.npz"
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """All inputs of the report stage."""
+
+    index: pd.DataFrame
+    arrays_path: Path
+    folds_table: pd.DataFrame
+    groups: pd.DataFrame
+    models: tuple[str, ...]
+    folds: tuple[int, ...]
+    classes: tuple[str, ...]
+    results: tuple[FoldResult, ...] = field(default_factory=tuple)
+
+    def of_model(self, model: str) -> list[FoldResult]:
+        """The fold results of one model, in fold order."""
+        return [r for r in self.results if r.model == model]
+
+    def fold_result(self, model: str, fold: int) -> FoldResult:
+        """The result of one model on one fold."""
+        return next(r for r in self.results if r.model == model and r.fold == fold)
+
+    def has_classification(self, model: str) -> bool:
+        return any(r.classification is not None for r in self.of_model(model))
+
+    def has_segmentation(self, model: str) -> bool:
+        return any(r.segmentation is not None for r in self.of_model(model))
+
+    @property
+    def cls_models(self) -> list[str]:
+        return [m for m in self.models if self.has_classification(m)]
+
+    @property
+    def seg_models(self) -> list[str]:
+        return [m for m in self.models if self.has_segmentation(m)]
+
+
+def to_float(value: Any) -> float:
+    """Metric value as float; ``None``/non-numeric/non-finite become NaN."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
+def _read_csv_optional(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def load_fold(results_dir: Path, model: str, fold: int) -> FoldResult:
+    """Read metrics.json, history.csv, per_image.csv and (if present) predictions.csv."""
+    directory = results_dir / "models" / model / f"fold{fold}"
+    metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+    history = _read_csv_optional(directory / "history.csv")
+    per_image = _read_csv_optional(directory / "per_image.csv")
+    return FoldResult(
+        model=model,
+        fold=int(fold),
+        directory=directory,
+        metrics=metrics,
+        history=history if history is not None else pd.DataFrame(),
+        per_image=per_image if per_image is not None else pd.DataFrame(),
+        predictions=_read_csv_optional(directory / "predictions.csv"),
+    )
+
+
+def _classes_from(arrays_path: Path, fallback: Sequence[str]) -> tuple[str, ...]:
+    if arrays_path.exists():
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            if "classes" in npz.files:
+                return tuple(str(c) for c in npz["classes"])
+    return tuple(str(c) for c in fallback)
+
+
+def load_results(
+    results_dir: Path, models: Sequence[str], folds: Sequence[int], classes: Sequence[str]
+) -> RunResults:
+    """Load every input of the report for the given models and folds."""
+    results_dir = Path(results_dir)
+    arrays_path = results_dir / "data" / "arrays.npz"
+    index = pd.read_csv(results_dir / "data" / "index.csv", dtype={"image_id": str, "patient_id": str})
+    folds_table = pd.read_csv(results_dir / "split" / "folds.csv", dtype={"image_id": str, "group_id": str})
+    groups_path = results_dir / "split" / "groups.csv"
+    groups = pd.read_csv(groups_path, dtype=str) if groups_path.exists() else pd.DataFrame()
+    fold_results = tuple(load_fold(results_dir, m, f) for m in models for f in folds)
+    return RunResults(
+        index=index,
+        arrays_path=arrays_path,
+        folds_table=folds_table,
+        groups=groups,
+        models=tuple(models),
+        folds=tuple(int(f) for f in folds),
+        classes=_classes_from(arrays_path, classes),
+        results=fold_results,
+    )

@@ -1,0 +1,163 @@
+"""The training loop shared by every model: mini-batches from in-memory arrays, early stopping on the
+validation loss, best weights kept, one concise progress line per epoch."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+
+from busflow.train.augment import augment_batch, build_augmentation
+from busflow.train.device import autocast
+from busflow.train.losses import TaskLoss, inverse_frequency_weights
+
+
+@dataclass
+class ArrayData:
+    """Preprocessed images (uint8, N×S×S), lesion masks ({0,1}, N×S×S) and class labels (N)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images = self.images[rows].astype(np.float32) / 255.0
+        return images, self.masks[rows].astype(np.float32), self.labels[rows]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops instead of writing garbage weights."""
+
+
+def _optimizer(model: nn.Module, spec: Mapping[str, Any]) -> torch.optim.Optimizer:
+    kind, lr, decay = spec["optimizer"], spec["lr"], spec["weight_decay"]
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay, nesterov=True)
+    optimizer_class = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    return optimizer_class(model.parameters(), lr=lr, weight_decay=decay)
+
+
+def _to_device(device: torch.device, *arrays: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+    tensors = [torch.as_tensor(a) for a in arrays]
+    return [t.to(device, non_blocking=True) for t in tensors]
+
+
+def _batches(rows: np.ndarray, batch_size: int, drop_single: bool) -> list[np.ndarray]:
+    chunks = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    # A trailing batch of one breaks BatchNorm statistics in training mode.
+    if drop_single and len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks = chunks[:-1]
+    return chunks
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ArrayData, rows: np.ndarray, device: torch.device, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Class probabilities (N×C) and/or lesion probabilities (N×S×S, float32) for ``rows``."""
+    model.eval()
+    collected: dict[str, list[np.ndarray]] = {}
+    for chunk in _batches(rows, batch_size, drop_single=False):
+        images, _, _ = data.batch(chunk)
+        (inputs,) = _to_device(device, torch.from_numpy(images).unsqueeze(1))
+        with autocast(device):
+            outputs = model(inputs)
+        if "logits" in outputs:
+            collected.setdefault("class_probs", []).append(torch.softmax(outputs["logits"].float(), 1).cpu().numpy())
+        if "seg" in outputs:
+            collected.setdefault("mask_probs", []).append(torch.sigmoid(outputs["seg"].float())[:, 0].cpu().numpy())
+    return {key: np.concatenate(parts) for key, parts in collected.items()}
+
+
+def _validation_score(tasks: frozenset[str], data: ArrayData, rows: np.ndarray, outputs: dict[str, np.ndarray]) -> float:
+    """Balanced accuracy for classifiers, batch Dice for segmenters, their mean for multi-task models."""
+    scores = []
+    if "cls" in tasks:
+        scores.append(balanced_accuracy_score(data.labels[rows], outputs["class_probs"].argmax(1)))
+    if "seg" in tasks:
+        predicted, truth = outputs["mask_probs"] >= 0.5, data.masks[rows] > 0
+        denominator = predicted.sum() + truth.sum()
+        scores.append(2.0 * (predicted & truth).sum() / denominator if denominator else 1.0)
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
+def _validation_loss(model: nn.Module, criterion: TaskLoss, data: ArrayData, rows: np.ndarray, device: torch.device, batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    for chunk in _batches(rows, batch_size, drop_single=False):
+        images, masks, labels = data.batch(chunk)
+        inputs, targets, mask_targets = _to_device(
+            device, torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels), torch.from_numpy(masks).unsqueeze(1)
+        )
+        with autocast(device):
+            total += float(criterion(model(inputs), targets, mask_targets)) * len(chunk)
+    return total / max(len(rows), 1)
+
+
+def fit(
+    model: nn.Module,
+    tasks: frozenset[str],
+    data: ArrayData,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    spec: Mapping[str, Any],
+    *,
+    n_classes: int,
+    device: torch.device,
+    seed: int,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history."""
+    model.to(device)
+    class_weights = inverse_frequency_weights(data.labels[train_rows], n_classes) if spec["class_weights"] else None
+    criterion = TaskLoss(tasks, class_weights, spec["seg_loss_weight"]).to(device)
+    optimizer = _optimizer(model, spec)
+    augmentation = build_augmentation(spec["augment"], data.images.shape[-1], seed)
+    rng = np.random.default_rng(seed)
+    best_loss, best_state, stale, history = float("inf"), copy.deepcopy(model.state_dict()), 0, []
+    for epoch in range(1, spec["epochs"] + 1):
+        started = time.perf_counter()
+        train_loss = _train_epoch(model, criterion, optimizer, data, rng.permutation(train_rows), spec, augmentation, device, epoch)
+        val_loss = _validation_loss(model, criterion, data, val_rows, device, spec["batch_size"])
+        val_score = _validation_score(tasks, data, val_rows, predict(model, data, val_rows, device))
+        seconds = time.perf_counter() - started
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
+                        "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)})
+        improved = val_loss < best_loss
+        if improved:
+            best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        log(f"epoch {epoch:>3}/{spec['epochs']}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+            f"val_score {val_score:.3f}  {seconds:5.1f}s{'  *' if improved else ''}")
+        if spec["patience"] and stale >= spec["patience"]:
+            log(f"early stop: no validation improvement for {stale} epochs")
+            break
+    model.load_state_dict(best_state)
+    return pd.DataFrame(history)
+
+
+def _train_epoch(model, criterion, optimizer, data, rows, spec, augmentation, device, epoch) -> float:  # type: ignore[no-untyped-def]
+    model.train()
+    total, seen = 0.0, 0
+    for step, chunk in enumerate(_batches(rows, spec["batch_size"], drop_single=True), start=1):
+        images, masks, labels = data.batch(chunk)
+        image_tensor, mask_tensor = augment_batch(augmentation, images, masks)
+        inputs, targets, mask_targets = _to_device(device, image_tensor, torch.from_numpy(labels), mask_tensor)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device):
+            loss = criterion(model(inputs), targets, mask_targets)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {float(loss)} at epoch {epoch}, batch {step}; best weights so far are kept")
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(chunk)
+        seen += len(chunk)
+    return total / max(seen, 1)

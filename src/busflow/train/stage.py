@@ -1,0 +1,60 @@
+"""The ``train`` stage: one model on one fold, from the preprocessed arrays and the folds table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from busflow.config import model_spec
+from busflow.data.preprocess import load_arrays
+from busflow.models import build_model, model_tasks
+from busflow.split import role_indices
+from busflow.train.device import configure_threads, resolve_device, seed_everything
+from busflow.train.loop import ArrayData, fit, predict
+from busflow.train.outputs import prediction_table, save_predictions, save_run
+
+
+def job_seed(seed: int, model: str, fold: int) -> int:
+    """A distinct, reproducible seed per (model, fold) job, independent of job order."""
+    return (seed * 1_000_003 + sum(map(ord, model)) * 101 + fold) % 2**31
+
+
+def describe_model(spec: Mapping[str, Any], *, n_classes: int, classes: list[str], image_size: int) -> dict[str, Any]:
+    """Everything needed to rebuild the network and its input pipeline without params.yaml."""
+    return {"arch": spec["arch"], "options": dict(spec.get("options", {})), "in_channels": 1,
+            "n_classes": n_classes, "classes": classes, "image_size": image_size,
+            "tasks": sorted(model_tasks(spec["arch"])), "input_scaling": "uint8 / 255"}
+
+
+def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_path: Path, folds_path: Path, out_dir: Path) -> None:
+    configure_threads()
+    spec = model_spec(params, model_name)
+    seed = job_seed(params["seed"], model_name, fold)
+    seed_everything(seed)
+    arrays = load_arrays(arrays_path)
+    roles = role_indices(pd.read_csv(folds_path, dtype={"image_id": str, "group_id": str}), arrays["image_ids"], fold)
+    classes = arrays["classes"].tolist()
+    data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])
+    device = resolve_device(params["device"])
+    tasks = model_tasks(spec["arch"])
+    model = build_model(spec["arch"], in_channels=1, n_classes=len(classes), options=spec.get("options"))
+    prefix = f"[{model_name} fold{fold}]"
+    print(f"{prefix} {spec['arch']} on {device}: {len(roles['train'])} train / {len(roles['val'])} val / {len(roles['test'])} test images", flush=True)
+    history = fit(model, tasks, data, roles["train"], roles["val"], spec, n_classes=len(classes), device=device,
+                  seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_run(out_dir, model.cpu(), describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1]), history)
+    test = roles["test"]
+    outputs = predict(model.to(device), data, test, device)
+    groups = _groups_of(folds_path, arrays["image_ids"][test])
+    save_predictions(out_dir, prediction_table(arrays["image_ids"][test], groups, data.labels[test], classes, outputs), outputs)
+
+
+def _groups_of(folds_path: Path, image_ids: np.ndarray) -> list[str]:
+    folds = pd.read_csv(folds_path, dtype={"image_id": str, "group_id": str})
+    group_of = dict(zip(folds["image_id"], folds["group_id"]))
+    return [group_of[str(i)] for i in image_ids]

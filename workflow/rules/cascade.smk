@@ -1,0 +1,24 @@
+rule cascade:
+    input:
+        arrays=rules.preprocess.output.arrays,
+        folds=rules.split.output.folds,
+        segmenter=f"{RESULTS}/models/{SEGMENTER}/fold{{fold}}/predictions.npz",
+    output:
+        multiext(f"{RESULTS}/models/{CASCADE}/fold{{fold}}/", *TRAIN_OUTPUTS),
+    params:
+        params_yaml=PARAMS_FILE,
+        cascade=config["cascade"],
+        threshold=config["evaluate"]["threshold"],
+        seed=config["seed"],
+        device=config["device"],
+        out=lambda wildcards: fold_dir(DATASET, CASCADE, wildcards.fold),
+    threads: 1
+    resources:
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/cascade/fold{{fold}}.log",
+    shell:
+        "busflow cascade --params {params.params_yaml} --fold {wildcards.fold} --arrays {input.arrays} "
+        "--folds {input.folds} --segmenter {input.segmenter} --out {params.out} --log {log}"

@@ -1,0 +1,24 @@
+rule evaluate:
+    input:
+        arrays=rules.preprocess.output.arrays,
+        predictions=f"{RESULTS}/models/{{model}}/fold{{fold}}/predictions.npz",
+    output:
+        multiext(f"{RESULTS}/models/{{model}}/fold{{fold}}/", *EVALUATE_OUTPUTS),
+    wildcard_constraints:
+        model="|".join(MODELS),
+    params:
+        params_yaml=PARAMS_FILE,
+        evaluate=config["evaluate"],
+        out=lambda wildcards: fold_dir(DATASET, wildcards.model, wildcards.fold),
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/evaluate/{{model}}_fold{{fold}}.log",
+    shell:
+        "busflow evaluate --params {params.params_yaml} --model {wildcards.model} --fold {wildcards.fold} "
+        "--arrays {input.arrays} --predictions {input.predictions} --out {params.out} --log {log}"
+
+
+use rule evaluate as evaluate_cascade with:
+    wildcard_constraints:
+        model=CASCADE,

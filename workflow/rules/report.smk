@@ -1,0 +1,19 @@
+rule report:
+    input:
+        report_inputs,
+    output:
+        [report_file(name) for name in REPORT_FILES],
+    params:
+        params_yaml=PARAMS_FILE,
+        models=MODELS,
+        folds=FOLDS,
+        cascade=CASCADE,
+        # results/<dataset>/ from its data/index.csv input; the report folder from index.html.
+        results=lambda wildcards, input: str(Path(input[0]).parent.parent),
+        out=lambda wildcards, output: str(Path(output[0]).parent),
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/report.log",
+    shell:
+        "busflow report --params {params.params_yaml} --results {params.results} --out {params.out} --log {log}"

@@ -1,0 +1,25 @@
+rule train:
+    input:
+        arrays=rules.preprocess.output.arrays,
+        folds=rules.split.output.folds,
+    output:
+        multiext(f"{RESULTS}/models/{{model}}/fold{{fold}}/", *TRAIN_OUTPUTS),
+    wildcard_constraints:
+        model="|".join(MODELS),
+    params:
+        params_yaml=PARAMS_FILE,
+        # Declared so that editing this model's settings reruns only its chain.
+        model=model_params,
+        seed=config["seed"],
+        device=config["device"],
+        out=lambda wildcards: fold_dir(DATASET, wildcards.model, wildcards.fold),
+    threads: 1
+    resources:
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/train/{{model}}_fold{{fold}}.log",
+    shell:
+        "busflow train --params {params.params_yaml} --model {wildcards.model} --fold {wildcards.fold} "
+        "--arrays {input.arrays} --folds {input.folds} --out {params.out} --log {log}"
