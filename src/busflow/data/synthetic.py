@@ -22,7 +22,8 @@ positions ("views") can be cut from it:
 
 Each view is an affine crop of the canvas (lateral shift up to 10 % of the width, axial up to 5 % of
 the height because the probe stays on the skin, zoom 0.85-1.15, rotation up to 8 degrees); the mask
-is resampled with nearest neighbour and views that lose more than 40 % of the lesion are re-drawn.
+is resampled with nearest neighbour and views that lose more than 40 % of the lesion are re-drawn
+(at most 12 times, then the unshifted view is used).
 Per view the posterior enhancement/shadow is applied along the beam (image columns), then the skin
 line, multiplicative Rayleigh speckle (magnitude of laterally elongated smoothed complex Gaussian
 noise), exponential depth attenuation partly undone by time-gain compensation, and a power-law
@@ -63,6 +64,8 @@ _MIN_KEEP = 0.6  # fraction of the lesion area a view must keep
 _VIEW_RETRIES = 12
 _MIX_TOL = 1e-3
 _F32 = np.float32
+_Harmonics = tuple[tuple[int, float, float], ...]  # (order, amplitude, phase) terms of r(theta)
+_Spikes = tuple[tuple[float, float, float], ...]     # (angle, amplitude, angular width) of radial spikes
 
 
 # ----------------------------------------------------------------------------- validation
@@ -151,7 +154,8 @@ def _patient_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------- random fields
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float | tuple[float, float]) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int],
+                  sigma: float | tuple[float, float]) -> np.ndarray:
     """Gaussian-filtered white noise scaled to unit standard deviation (a tissue texture).
 
     Wide kernels are applied on a coarser grid and interpolated back: same look, a fraction of the cost.
@@ -212,8 +216,8 @@ class _LesionSpec:
     major: float            # major axis, fraction of image width
     aspect: float           # width / height
     angle: float            # radians, orientation of the ellipse
-    harmonics: tuple[tuple[int, float, float], ...]  # (order, amplitude, phase) of r(theta)
-    spikes: tuple[tuple[float, float, float], ...]   # (angle, amplitude, angular width)
+    harmonics: _Harmonics
+    spikes: _Spikes
     contrast: float         # interior echogenicity relative to glandular tissue
     texture: float          # relative interior heterogeneity
     margin_blur: float      # px at reference size; larger = indistinct margin
@@ -255,7 +259,7 @@ def _cooper_ligaments(rng: np.random.Generator, cv: _Canvas, fat_bottom: np.ndar
     for _ in range(int(rng.integers(2, 7))):
         x0 = rng.uniform(0, wc - 1)
         y0 = fat_bottom[int(x0)]
-        y = y0 + t * (rng.uniform(0.0, 0.5) * h + cv.top - y0)
+        y = y0 + t * (cv.top + rng.uniform(-0.05, 0.08) * h - y0)  # up to (about) the skin
         x = x0 + rng.choice([-1, 1]) * rng.uniform(0.4, 2.0) * (y0 - y) + rng.normal(0, 0.15) * h * t * (1 - t)
         iy, ix = np.round(y).astype(int), np.round(x).astype(int)
         ok = (iy >= 0) & (iy < hc) & (ix >= 0) & (ix < wc)
@@ -282,20 +286,22 @@ def _tissue_layers(rng: np.random.Generator, cv: _Canvas, h: int, w: int) -> _La
     s = cv.scale
     corr = rng.uniform(0.12, 0.3) * w
     fat_bottom = cv.top + _wavy_curve(rng, wc, rng.uniform(0.12, 0.24) * h, rng.uniform(0.015, 0.04) * h, corr)
-    gland_th = np.maximum(_wavy_curve(rng, wc, rng.uniform(0.26, 0.42) * h, rng.uniform(0.02, 0.04) * h, corr), 0.15 * h)
+    gland_th = _wavy_curve(rng, wc, rng.uniform(0.26, 0.42) * h, rng.uniform(0.02, 0.04) * h, corr)
+    gland_th = np.maximum(gland_th, 0.15 * h)
     gland_bottom = fat_bottom + gland_th
     muscle_th = np.maximum(_wavy_curve(rng, wc, rng.uniform(0.13, 0.22) * h, 0.015 * h, 2 * corr), 0.08 * h)
     muscle_bottom = gland_bottom + muscle_th
 
     fat_level, gland_level = rng.uniform(0.15, 0.25), rng.uniform(0.6, 0.85)
-    fat = fat_level * (1 + 0.3 * _smooth_noise(rng, cv.shape, (3 * s, 6 * s)))
+    lobular = _smooth_noise(rng, cv.shape, (3 * s, 6 * s))  # shared by fat and chest wall (disjoint)
+    fat = fat_level * (1 + 0.3 * lobular)
     fat += rng.uniform(0.5, 0.9) * gland_level * _cooper_ligaments(rng, cv, fat_bottom, h)
     gland = gland_level * (1 + 0.15 * _smooth_noise(rng, cv.shape, (1.0 * s, 2.5 * s))
                            + 0.12 * _smooth_noise(rng, cv.shape, (4 * s, 10 * s)))
     islands = _sigmoid((_smooth_noise(rng, cv.shape, (5 * s, 12 * s)) - rng.uniform(0.8, 1.6)) / 0.15)
     gland = gland * (1 - islands) + fat * islands  # interspersed fat inside the gland
     muscle = gland_level * rng.uniform(0.3, 0.42) * (1 + 2.0 * _muscle_fibres(rng, cv, gland_bottom))
-    deep = rng.uniform(0.05, 0.11) * (1 + 0.3 * _smooth_noise(rng, cv.shape, (2 * s, 4 * s)))
+    deep = rng.uniform(0.05, 0.11) * (1 + 0.3 * lobular)
 
     rows = np.arange(hc, dtype=_F32)[:, None]
     edge = 1.0 * s
@@ -308,12 +314,12 @@ def _tissue_layers(rng: np.random.Generator, cv: _Canvas, h: int, w: int) -> _La
     return _Layers(echo.astype(_F32), fat_bottom, gland_bottom, float(fat_level), float(gland_level))
 
 
-def _harmonics(rng: np.random.Generator, kmax: int, strength: float, decay: float) -> tuple[tuple[int, float, float], ...]:
+def _harmonics(rng: np.random.Generator, kmax: int, strength: float, decay: float) -> _Harmonics:
     return tuple((k, float(strength * rng.normal() / (k - 1) ** decay), float(rng.uniform(0, 2 * np.pi)))
                  for k in range(2, kmax + 1))
 
 
-def _spikes(rng: np.random.Generator, count: int, amp: tuple[float, float]) -> tuple[tuple[float, float, float], ...]:
+def _spikes(rng: np.random.Generator, count: int, amp: tuple[float, float]) -> _Spikes:
     return tuple((float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(*amp)), float(rng.uniform(0.05, 0.11)))
                  for _ in range(count))
 
@@ -368,7 +374,8 @@ def _cyst_mimic_spec(rng: np.random.Generator) -> _LesionSpec:
     )
 
 
-def _lesion_shape(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float, spec: _LesionSpec) -> np.ndarray:
+def _lesion_shape(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float,
+                  spec: _LesionSpec) -> np.ndarray:
     """Boolean mask of an ellipse whose normalised radius is perturbed by harmonics and spikes."""
     reach = max(ry, rx) * (1 + sum(abs(a) for _, a, _ in spec.harmonics)
                            + max((a for _, a, _ in spec.spikes), default=0.0)) + 2
@@ -410,11 +417,13 @@ def _place_lesion(rng: np.random.Generator, spec: _LesionSpec, cv: _Canvas, laye
 def _paint_lesion(rng: np.random.Generator, echo: np.ndarray, mask: np.ndarray, spec: _LesionSpec,
                   layers: _Layers, s: float) -> None:
     """Hypoechoic interior blended with a soft margin, plus rim / halo / microcalcifications."""
+    win = _window(mask, 12 * s + 4)  # covers margin blur, rim and halo; work there only
+    echo, mask = echo[win], mask[win]  # views: in-place updates reach the canvas
     soft = ndi.gaussian_filter(mask.astype(_F32), spec.margin_blur * s)
-    interior = layers.gland_level * spec.contrast * (1 + spec.texture * _smooth_noise(rng, echo.shape, 1.2 * s))
+    interior = layers.gland_level * spec.contrast * (1 + spec.texture * _smooth_noise(rng, mask.shape, 1.2 * s))
     echo *= 1 - soft
     echo += np.clip(interior, 0.01, None) * soft
-    outside = _distance_outside(mask, 6 * s + 2)
+    outside = ndi.distance_transform_edt(~mask)
     if spec.rim > 0:
         ring = ndi.gaussian_filter(((outside > 0) & (outside <= 1.5 * s + 0.5)).astype(_F32), 0.6 * s)
         echo += spec.rim * layers.gland_level * ring
@@ -428,6 +437,13 @@ def _paint_lesion(rng: np.random.Generator, echo: np.ndarray, mask: np.ndarray, 
         dots[ys[pick], xs[pick]] = 1.0
         dots = ndi.gaussian_filter(dots, 0.6 * s)
         echo += 1.2 * layers.gland_level * dots / (dots.max() + 1e-8)
+
+
+def _window(mask: np.ndarray, pad: float) -> tuple[slice, slice]:
+    """Bounding box of a non-empty mask grown by ``pad`` pixels (numpy clips the stop)."""
+    ys, xs = np.nonzero(mask)
+    p = int(math.ceil(pad))
+    return slice(max(0, ys.min() - p), ys.max() + p + 1), slice(max(0, xs.min() - p), xs.max() + p + 1)
 
 
 def _distance_outside(mask: np.ndarray, reach: float) -> np.ndarray:
@@ -457,11 +473,12 @@ def _fat_lobules(rng: np.random.Generator, echo: np.ndarray, avoid: np.ndarray, 
         col = int(np.clip(round(cx), 0, cv.shape[1] - 1))
         cy = rng.uniform(layers.fat_bottom[col], layers.gland_bottom[col])
         lobule = _lesion_shape(cv.shape, cy, cx, rx / spec.aspect, rx, spec)
-        if _free(lobule, avoid):
-            soft = ndi.gaussian_filter(lobule.astype(_F32), 1.5 * cv.scale)
+        if lobule.any() and _free(lobule, avoid):
+            win = _window(lobule, 5 * cv.scale + 2)
+            soft = ndi.gaussian_filter(lobule[win].astype(_F32), 1.5 * cv.scale)
             level = layers.fat_level * rng.uniform(0.8, 1.2)
-            echo *= 1 - soft
-            echo += level * soft
+            echo[win] *= 1 - soft
+            echo[win] += level * soft
 
 
 def _duct(rng: np.random.Generator, echo: np.ndarray, avoid: np.ndarray, cv: _Canvas, layers: _Layers,
@@ -478,11 +495,12 @@ def _duct(rng: np.random.Generator, echo: np.ndarray, avoid: np.ndarray, cv: _Ca
     inside_x = (np.abs(xs - cx) <= half_len)[None, :]
     lumen = (dist <= radius) & inside_x
     wall = (dist > radius) & (dist <= radius + 1.2 * cv.scale + 0.5) & inside_x
-    if _free(lumen | wall, avoid):
-        soft = ndi.gaussian_filter(lumen.astype(_F32), 0.7 * cv.scale)
-        echo *= 1 - soft
-        echo += layers.gland_level * rng.uniform(0.08, 0.3) * soft
-        echo += 0.4 * layers.gland_level * ndi.gaussian_filter(wall.astype(_F32), 0.6 * cv.scale)
+    if wall.any() and _free(lumen | wall, avoid):
+        win = _window(wall, 3 * cv.scale + 2)
+        soft = ndi.gaussian_filter(lumen[win].astype(_F32), 0.7 * cv.scale)
+        echo[win] *= 1 - soft
+        echo[win] += layers.gland_level * rng.uniform(0.08, 0.3) * soft
+        echo[win] += 0.4 * layers.gland_level * ndi.gaussian_filter(wall[win].astype(_F32), 0.6 * cv.scale)
 
 
 def _draw_anatomy(rng: np.random.Generator, label: str, h: int, w: int) -> _Anatomy:
@@ -507,14 +525,16 @@ def _draw_anatomy(rng: np.random.Generator, label: str, h: int, w: int) -> _Anat
     return _Anatomy(
         echo=echo, lesion=blob_f if label != "normal" else np.zeros(cv.shape, _F32), posterior=blob_f,
         posterior_gain=spec.posterior_gain if spec else 1.0, posterior_length=rng.uniform(0.4, 0.8),
-        canvas=cv, skin_frac=rng.uniform(0.01, 0.03), attenuation=rng.uniform(1.0, 2.5), tgc=rng.uniform(0.5, 0.8),
+        canvas=cv, skin_frac=rng.uniform(0.01, 0.03), attenuation=rng.uniform(1.0, 2.5),
+        tgc=rng.uniform(0.5, 0.8),
     )
 
 
 # ----------------------------------------------------------------------------- views
 
 
-def _view_affine(rng: np.random.Generator | None, cv: _Canvas, h: int, w: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _view_affine(rng: np.random.Generator | None, cv: _Canvas, h: int,
+                 w: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Matrix/offset mapping view pixels to canvas pixels (``None`` rng: the unshifted view)."""
     if rng is None:
         dy = dx = angle = 0.0
@@ -532,7 +552,8 @@ def _view_affine(rng: np.random.Generator | None, cv: _Canvas, h: int, w: int) -
     return matrix, canvas_centre - matrix @ view_centre, span
 
 
-def _warp(field: np.ndarray, matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+def _warp(field: np.ndarray, matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, int],
+          order: int) -> np.ndarray:
     mode = "nearest" if order else "constant"
     return ndi.affine_transform(field, matrix, offset, output_shape=shape, order=order, mode=mode, cval=0.0)
 
@@ -550,9 +571,12 @@ def _skin(rng: np.random.Generator, echo: np.ndarray, frac: float, scale: float)
     """Bright skin line in the top rows, thickness wobbling slowly along the probe."""
     h, w = echo.shape
     thick = max(2.0, frac * h) + 0.3 * scale * _wavy_curve(rng, w, 0.0, 1.0, 0.1 * w)
-    weight = _sigmoid((thick[None, :] - np.arange(h, dtype=_F32)[:, None]) / 0.4)
-    level = rng.uniform(0.9, 1.2) * (1 + 0.15 * _smooth_noise(rng, (h, w), (0.5, 3.0)))
-    return echo * (1 - weight) + level * weight
+    rows = min(h, int(math.ceil(thick.max())) + 5)  # the skin weight is ~0 below this
+    weight = _sigmoid((thick[None, :] - np.arange(rows, dtype=_F32)[:, None]) / 0.4)
+    level = rng.uniform(0.9, 1.2) * (1 + 0.15 * _smooth_noise(rng, (rows, w), (0.5, 3.0)))
+    echo = echo.copy()
+    echo[:rows] = echo[:rows] * (1 - weight) + level * weight
+    return echo
 
 
 def _depth_gain(h: int, attenuation: float, tgc: float) -> np.ndarray:
@@ -618,7 +642,8 @@ def generate_phantoms(out_dir: Path, *, n_patients: int, seed: int, image_size: 
     rows: list[tuple[str, str, str]] = []
     with atomic_dir(out_dir) as tmp:
         os.chmod(tmp, 0o755)  # mkdtemp makes a private (0700) folder; the data set is ordinary output
-        for name in CLASSES:
+        # Only classes that received patients get a folder: ingest treats an empty class folder as an error.
+        for name in sorted(set(labels)):
             (tmp / name).mkdir()
         for index, label in enumerate(labels):
             patient = f"p{index:0{digits}d}"

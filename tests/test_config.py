@@ -1,0 +1,85 @@
+"""params.yaml validation: schema errors and cross-key errors name the offending key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from busflow.cli import main
+from busflow.config import ParamsError, load_params, validate_params
+from conftest import REPO, TINY_PARAMS
+
+
+@pytest.fixture
+def params() -> dict:
+    return yaml.safe_load(TINY_PARAMS.read_text())
+
+
+def _error(params: dict) -> str:
+    with pytest.raises(ParamsError) as caught:
+        validate_params(copy.deepcopy(params))
+    return str(caught.value)
+
+
+def test_default_and_tiny_params_are_valid() -> None:
+    for path in (REPO / "params.yaml", TINY_PARAMS):
+        params = load_params(path)
+        assert params["models"]["unet"]["optimizer"] == "adam"  # schema default filled in
+        assert params["models"]["unet"]["augment"]["flip"] is True
+
+
+def test_wrong_type_names_the_key(params: dict) -> None:
+    params["models"]["unet"]["lr"] = "fast"
+    assert "models.unet.lr" in _error(params)
+
+
+def test_unknown_key_is_rejected(params: dict) -> None:
+    params["split"]["n_fold"] = 3
+    message = _error(params)
+    assert "split" in message and "n_fold" in message
+
+
+def test_unknown_model_name_in_train_models(params: dict) -> None:
+    params["train"]["models"].append("resnet5O")
+    assert "train.models: unknown model 'resnet5O'" in _error(params)
+
+
+def test_unknown_architecture_names_the_key(params: dict) -> None:
+    params["models"]["unet"]["arch"] = "unet3000"
+    assert "models.unet.arch" in _error(params)
+
+
+def test_fold_beyond_n_folds(params: dict) -> None:
+    params["train"]["folds"] = [0, 5]
+    assert "train.folds: fold 5" in _error(params)
+
+
+def test_cascade_segmenter_must_segment(params: dict) -> None:
+    params["cascade"]["segmenter"] = "resnet50"
+    assert "cascade.segmenter: model 'resnet50' has no segmentation output" in _error(params)
+
+
+def test_cli_reports_invalid_params_and_exits_nonzero(tmp_path: Path, params: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    params["seed"] = -1
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    assert main(["validate", "--params", str(bad)]) == 2
+    assert "seed" in capsys.readouterr().err
+
+
+def test_yaml_is_parsed_safely(tmp_path: Path) -> None:
+    evil = tmp_path / "params.yaml"
+    evil.write_text("dataset: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(evil)
+
+
+def test_schema_architectures_match_the_registry() -> None:
+    from busflow.config import load_schema
+    from busflow.models import available_architectures
+
+    schema_archs = load_schema()["$defs"]["training"]["properties"]["arch"]["enum"]
+    assert sorted(schema_archs) == sorted(available_architectures())

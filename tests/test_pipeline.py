@@ -1,0 +1,90 @@
+"""End to end: the real Snakemake DAG on the tiny config, then cache behaviour under Snakemake and DVC."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from busflow.layout import REPORT_FILES
+from conftest import TINY_PARAMS, run_tool, workflow_copy
+from dag import snakemake_jobs
+
+pytestmark = pytest.mark.slow
+
+MODELS = ["unet", "resnet50", "mtl_resnet50", "cascade"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = workflow_copy(tmp_path_factory.mktemp("e2e") / "project", TINY_PARAMS)
+    run_tool(["snakemake", "--cores", "2"], root)
+    return root
+
+
+def _planned_jobs(project: Path) -> list[str]:
+    """Rule names of the jobs a dry run would execute (from its job-stats table)."""
+    text = run_tool(["snakemake", "--dry-run", "--cores", "2"], project).stdout
+    if "Nothing to be done" in text:
+        return []
+    table = text.split("Job stats:")[1].split("total")[0]
+    return sorted(f"{name}:{count}" for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE))
+
+
+def test_every_declared_output_exists(project: Path) -> None:
+    outputs = {path for job in snakemake_jobs(project) for path in job.outputs}
+    missing = sorted(p for p in outputs if not (project / p).exists())
+    assert not missing
+    assert not list(project.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_metrics_are_complete_and_in_range(project: Path) -> None:
+    for model in MODELS:
+        for fold in (0, 1):
+            metrics = json.loads((project / f"results/synthetic/models/{model}/fold{fold}/metrics.json").read_text())
+            assert metrics["n_test_images"] > 0
+            parts = [metrics[p] for p in ("classification", "segmentation") if metrics[p]]
+            assert parts, f"{model} fold{fold} has no metrics"
+            for part in parts:
+                for key, value in part.items():
+                    if isinstance(value, float):
+                        assert 0.0 <= value <= 1.0, (model, key, value)
+    unet = json.loads((project / "results/synthetic/models/unet/fold0/metrics.json").read_text())
+    assert unet["segmentation"]["n_empty_images"] > 0, "normal images must be evaluated, not dropped"
+
+
+def test_report_lists_every_model(project: Path) -> None:
+    report = project / "results/synthetic/report"
+    assert all((report / name).stat().st_size > 0 for name in REPORT_FILES)
+    leaderboard = pd.read_csv(report / "tables/leaderboard.csv")
+    assert leaderboard["model"].tolist() == MODELS
+    html = (report / "index.html").read_text()
+    assert all(model in html for model in MODELS)
+    split = pd.read_csv(report / "tables/split.csv")
+    assert split["patient_overlap"].eq("none").all()
+
+
+def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) -> None:
+    assert _planned_jobs(project) == []
+
+    run_tool(["dvc", "init", "--no-scm", "--quiet"], project)
+    run_tool(["dvc", "commit", "--force", "--quiet"], project)
+    assert "up to date" in run_tool(["dvc", "status"], project).stdout
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"]["unet"]["lr"] *= 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "evaluate:2", "evaluate_cascade:2", "report:1", "train:2"])
+    planned_wildcards = run_tool(["snakemake", "--dry-run", "--cores", "2"], project).stdout
+    assert "model=unet" in planned_wildcards and "model=resnet50" not in planned_wildcards
+
+    reproduced = run_tool(["dvc", "repro"], project).stdout
+    ran = sorted(set(re.findall(r"Running stage '([^']+)'", reproduced)))
+    assert ran == sorted(["train@unet-0", "train@unet-1", "cascade@0", "cascade@1", "evaluate@unet-0",
+                          "evaluate@unet-1", "evaluate_cascade@0", "evaluate_cascade@1", "report"])
+    assert "up to date" in run_tool(["dvc", "status"], project).stdout

@@ -1,0 +1,92 @@
+"""Folder ingest and preprocessing: layout rules, mask union, clear errors naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from busflow.data.folder import DatasetError, ingest_folder
+from busflow.data.preprocess import normalise, preprocess_index
+
+
+def _write(path: Path, array: np.ndarray, mode: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(path)
+
+
+def _dataset(root: Path) -> Path:
+    gray = (np.arange(40 * 50).reshape(40, 50) % 251).astype(np.uint8)
+    _write(root / "benign" / "a (1).png", gray)
+    first, second = np.zeros((40, 50), np.uint8), np.zeros((40, 50), np.uint8)
+    first[5:15, 5:15], second[20:30, 30:45] = 255, 255
+    _write(root / "benign" / "a (1)_mask.png", first, mode="1")
+    _write(root / "benign" / "a (1)_mask_1.png", np.stack([second] * 3, -1), mode="RGBA")
+    _write(root / "normal" / "n1.png", np.stack([gray] * 3, -1))  # RGB image
+    _write(root / "normal" / "n1_mask.png", np.zeros((40, 50), np.uint8))
+    _write(root / "malignant" / "m1.png", gray)  # no mask file at all
+    return root
+
+
+def test_ingest_index_contract(tmp_path: Path) -> None:
+    index = ingest_folder(_dataset(tmp_path / "raw"))
+    assert index.columns.tolist() == ["image_id", "patient_id", "label", "image_path", "mask_paths", "width", "height"]
+    row = index.set_index("image_id").loc["a (1)"]
+    assert row["label"] == "benign" and row["width"] == 50 and row["height"] == 40
+    assert len(row["mask_paths"].split(";")) == 2
+    assert (index["patient_id"] == index["image_id"]).all()  # no patients.csv: one image per patient
+
+
+def test_preprocess_unions_masks_and_resizes(tmp_path: Path) -> None:
+    index = ingest_folder(_dataset(tmp_path / "raw"))
+    arrays = preprocess_index(index, size=32)
+    assert arrays["images"].shape == (3, 32, 32) and arrays["images"].dtype == np.uint8
+    row = index["image_id"].tolist().index("a (1)")
+    mask = arrays["masks"][row]
+    assert set(np.unique(mask)) == {0, 1}
+    assert mask[:16, :16].any() and mask[16:, 16:].any()  # both lesions survive the union
+    assert not arrays["masks"][index["image_id"].tolist().index("m1")].any()
+    assert arrays["classes"].tolist() == ["normal", "benign", "malignant"]
+
+
+def test_patients_table_maps_images(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "raw")
+    (root / "patients.csv").write_text("image_id,patient_id\na (1),P1\nn1,P1\nm1,P2\n")
+    assert ingest_folder(root).set_index("image_id")["patient_id"].to_dict() == {"a (1)": "P1", "m1": "P2", "n1": "P1"}
+    (root / "patients.csv").write_text("image_id,patient_id\na (1),P1\n")
+    with pytest.raises(DatasetError, match="no patient for image"):
+        ingest_folder(root)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda r: _write(r / "cats" / "c.png", np.zeros((8, 8), np.uint8)), "unknown class folder"),
+        (lambda r: _write(r / "benign" / "ghost_mask.png", np.zeros((8, 8), np.uint8)), "ghost_mask.png: mask without an image"),
+        (lambda r: (r / "benign" / "broken.png").write_bytes(b"not a png"), "broken.png: cannot be read"),
+        (lambda r: _write(r / "normal" / "a (1).png", np.zeros((8, 8), np.uint8)), "more than one class folder"),
+    ],
+)
+def test_layout_errors_name_the_problem(tmp_path: Path, breakage, message: str) -> None:
+    root = _dataset(tmp_path / "raw")
+    breakage(root)
+    with pytest.raises(DatasetError, match=message):
+        ingest_folder(root)
+
+
+def test_mask_of_another_size_is_rejected(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "raw")
+    _write(root / "normal" / "n1_mask.png", np.zeros((10, 10), np.uint8))
+    with pytest.raises(DatasetError, match="n1_mask.png: mask size"):
+        preprocess_index(ingest_folder(root), size=32)
+
+
+def test_normalise_uses_robust_range() -> None:
+    image = np.full((50, 50), 100.0)
+    image[:25] = 50.0
+    image[0, 0] = 10_000.0  # one saturated pixel must not compress the rest
+    out = normalise(image)
+    assert out.min() == 0 and out[30, 30] == 255
