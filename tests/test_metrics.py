@@ -61,3 +61,27 @@ def test_background_iou_and_pixel_accuracy() -> None:
     assert summary["pixel_accuracy"] == pytest.approx(1 - 9 / (3 * 64))
     background = [(64 - 16) / (64 - 8), 1.0, 63 / 64]
     assert summary["iou_background"] == pytest.approx(np.mean(background))
+
+
+def test_overlap_equals_monai_with_ignore_empty_false() -> None:
+    import torch
+    from monai.metrics import DiceMetric, MeanIoU
+
+    from busflow.evaluate.metrics import per_image_overlap
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((12, 16, 16)) > 0.7
+    truth[:3] = False  # empty ground truths
+    predicted = rng.random((12, 16, 16)) > 0.6
+    predicted[1] = False  # empty vs empty
+    dice, iou, background = per_image_overlap(predicted, truth)
+
+    def as_tensor(mask: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(mask.astype(np.float32)).unsqueeze(1)
+
+    expected_dice = DiceMetric(reduction="none", ignore_empty=False)(as_tensor(predicted), as_tensor(truth))[:, 0]
+    expected_iou = MeanIoU(reduction="none", ignore_empty=False)(as_tensor(predicted), as_tensor(truth))[:, 0]
+    expected_bg = MeanIoU(reduction="none", ignore_empty=False)(as_tensor(~predicted), as_tensor(~truth))[:, 0]
+    np.testing.assert_allclose(dice, expected_dice.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(iou, expected_iou.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(background, expected_bg.numpy(), rtol=1e-6)
