@@ -25,3 +25,12 @@ def test_parity_check_detects_drift(tmp_path: Path) -> None:
     dvc_yaml = project / "dvc.yaml"
     dvc_yaml.write_text(dvc_yaml.read_text().replace("busflow split --params", "busflow split --verbose --params", 1))
     assert snakemake_jobs(project) != dvc_jobs(project)
+
+
+def test_snakemake_lint_is_clean(tmp_path: Path) -> None:
+    from conftest import run_tool
+
+    project = workflow_copy(tmp_path / "project", REPO / "params.yaml")
+    result = run_tool(["snakemake", "--lint"], project)
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr

@@ -34,9 +34,9 @@ def make_resnet50(in_channels: int, widen_factor: float = 1.0, **kwargs: Any) ->
 class ResNet50Classifier(nn.Module):
     """ResNet-50 image classifier (He et al., 2016): residual bottleneck blocks, global pooling, linear head."""
 
-    def __init__(self, in_channels: int, n_classes: int, widen_factor: float = 1.0, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, n_classes: int, widen_factor: float = 1.0, dropout: float = 0.0, no_max_pool: bool = False) -> None:
         super().__init__()
-        self.net = make_resnet50(in_channels, widen_factor, num_classes=n_classes)
+        self.net = make_resnet50(in_channels, widen_factor, num_classes=n_classes, no_max_pool=no_max_pool)
         # MONAI's ResNet has no head-dropout option, so wrap its final linear layer.
         self.net.fc = nn.Sequential(nn.Dropout(dropout), self.net.fc)
 
@@ -46,6 +46,9 @@ class ResNet50Classifier(nn.Module):
 
 
 @register("resnet50", tasks={"cls"}, description="ResNet-50 classifier (MONAI ResNet, Bottleneck [3,4,6,3])")
-def build_resnet50(*, in_channels: int, n_classes: int, widen_factor: float = 1.0, dropout: float = 0.0) -> nn.Module:
-    """Build the ResNet-50 classifier (options: widen_factor, dropout before the final linear)."""
-    return ResNet50Classifier(in_channels, n_classes, widen_factor=widen_factor, dropout=dropout)
+def build_resnet50(
+    *, in_channels: int, n_classes: int, widen_factor: float = 1.0, dropout: float = 0.0, no_max_pool: bool = False
+) -> nn.Module:
+    """Build the ResNet-50 classifier (options: widen_factor, dropout before the final linear, and
+    no_max_pool, which keeps twice the resolution after the stem for small inputs)."""
+    return ResNet50Classifier(in_channels, n_classes, widen_factor=widen_factor, dropout=dropout, no_max_pool=no_max_pool)

@@ -152,28 +152,26 @@ def overlap_by_fold(split: pd.DataFrame) -> dict[int, str]:
 # --------------------------------------------------------------------------- per-fold metrics
 
 
-def classification_table(run: RunResults) -> pd.DataFrame:
-    """One row per model x fold with all scalar classification metrics."""
-    columns = ["model", "fold", "n_test_images", *CLS_METRICS]
+def _fold_table(run: RunResults, part: str, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """One row per model x fold with the scalar ``metrics`` of one part ('classification'/'segmentation')."""
+    columns = ["model", "fold", "n_test_images", *metrics]
     rows = [
         {"model": r.model, "fold": r.fold, "n_test_images": r.metrics.get("n_test_images"),
-         **{m: to_float(r.classification.get(m)) for m in CLS_METRICS}}
+         **{m: to_float(getattr(r, part).get(m)) for m in metrics}}
         for r in run.results
-        if r.classification is not None
+        if getattr(r, part) is not None
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def classification_table(run: RunResults) -> pd.DataFrame:
+    """One row per model x fold with all scalar classification metrics."""
+    return _fold_table(run, "classification", tuple(CLS_METRICS))
 
 
 def segmentation_table(run: RunResults) -> pd.DataFrame:
     """One row per model x fold with all scalar segmentation metrics."""
-    columns = ["model", "fold", "n_test_images", *SEG_METRICS, *SEG_COUNTS]
-    rows = [
-        {"model": r.model, "fold": r.fold, "n_test_images": r.metrics.get("n_test_images"),
-         **{m: to_float(r.segmentation.get(m)) for m in (*SEG_METRICS, *SEG_COUNTS)}}
-        for r in run.results
-        if r.segmentation is not None
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return _fold_table(run, "segmentation", (*SEG_METRICS, *SEG_COUNTS))
 
 
 def per_class_table(run: RunResults) -> pd.DataFrame:
