@@ -79,7 +79,7 @@ def test_unknown_option_names_key_and_allowed() -> None:
 
 
 def test_option_defaults_exposed() -> None:
-    assert model_options("resnet50") == {"widen_factor": 1.0, "dropout": 0.0}
+    assert model_options("resnet50") == {"widen_factor": 1.0, "dropout": 0.0, "no_max_pool": False}
     assert model_options("mtl_resnet50")["dropout"] == 0.2
     assert list(model_options("unet")["features"]) == [32, 32, 64, 128, 256, 32]
     assert list(model_options("segnet_classifier")["filters"]) == [16, 32, 48, 64]
@@ -235,3 +235,16 @@ def test_segnet_uses_pooling_indices() -> None:
         flat = unpooled.flatten(2)
         assert torch.equal(flat.gather(2, indices[-1].flatten(2)), code.flatten(2))
         assert (flat != 0).sum() <= code.numel()
+
+
+def test_resnet50_without_max_pool_keeps_resolution() -> None:
+    """no_max_pool drops the stem's pooling: the deepest feature map is twice as large per side."""
+    pooled = build_model("resnet50", in_channels=1, n_classes=3, options={"widen_factor": 0.125})
+    unpooled = build_model("resnet50", in_channels=1, n_classes=3, options={"widen_factor": 0.125, "no_max_pool": True})
+    shapes = []
+    for model in (pooled, unpooled):
+        captured: list[torch.Size] = []
+        model.net.layer4.register_forward_hook(lambda _m, _i, out, captured=captured: captured.append(out.shape))
+        model.eval()(torch.zeros(1, 1, 64, 64))
+        shapes.append(captured[0][-1])
+    assert shapes == [2, 4]
