@@ -48,10 +48,15 @@ def scale_lr(project: Path, model: str, factor: float) -> None:
 
 
 def snakemake_plan(project: Path) -> list[str]:
+    """Jobs a dry run would execute, as ``rule[wildcards]`` (just ``rule`` for rules without wildcards)."""
     _, text = run(["snakemake", "--dry-run", "--cores", "all"], project)
-    if "Nothing to be done" in text:
-        return []
-    return sorted(set(re.findall(r"rule (\w+):\n(?:.*\n)*?\s+wildcards: (.*)", text)), key=str) or ["?"]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        header = re.match(r"(?:local)?rule (\w+):", block)
+        if header:
+            wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
+            jobs.append(f"{header.group(1)}[{wildcards.group(1)}]" if wildcards else header.group(1))
+    return sorted(jobs)
 
 
 def main() -> None:
@@ -73,7 +78,7 @@ def main() -> None:
     figures.append(("leaderboard", "\n" + leaderboard.read_text()))
 
     scale_lr(project, args.model, 2)
-    planned = [f"{rule}[{wildcards}]" for rule, wildcards in snakemake_plan(project)]
+    planned = snakemake_plan(project)
     figures.append((f"snakemake plan after models.{args.model}.lr x2", ", ".join(planned) or "nothing"))
     scale_lr(project, args.model, 0.5)
 

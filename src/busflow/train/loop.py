@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from monai.transforms import Compose
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
@@ -144,7 +145,18 @@ def fit(
     return pd.DataFrame(history)
 
 
-def _train_epoch(model, criterion, optimizer, data, rows, spec, augmentation, device, epoch) -> float:  # type: ignore[no-untyped-def]
+def _train_epoch(
+    model: nn.Module,
+    criterion: TaskLoss,
+    optimizer: torch.optim.Optimizer,
+    data: ArrayData,
+    rows: np.ndarray,
+    spec: Mapping[str, Any],
+    augmentation: Compose | None,
+    device: torch.device,
+    epoch: int,
+) -> float:
+    """One pass over ``rows`` in mini-batches; returns the mean training loss."""
     model.train()
     total, seen = 0.0, 0
     for step, chunk in enumerate(_batches(rows, spec["batch_size"], drop_single=True), start=1):
