@@ -19,6 +19,7 @@ from PIL import Image
 from scipy import ndimage
 
 from busflow.data.preprocess import load_arrays
+from busflow.evaluate.metrics import lesion_mask
 from busflow.models import build_model
 from busflow.split import role_indices
 from busflow.train.device import configure_threads, resolve_device, seed_everything
@@ -76,7 +77,7 @@ def _predicted_masks(segmenter_predictions: Path, image_ids: np.ndarray, thresho
         if missing:
             raise ValueError(f"{segmenter_predictions}: no predicted mask for test image(s) {missing[:5]}")
         probs = archive["mask_probs"][[position[str(i)] for i in image_ids]]
-    return probs >= round(threshold * 255)
+    return lesion_mask(probs, threshold)
 
 
 def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_path: Path, segmenter_predictions: Path, out_dir: Path) -> None:

@@ -25,6 +25,11 @@ EMPTY_MASK_CONVENTIONS = {
 }
 
 
+def lesion_mask(stored_probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Binary lesion mask from probabilities stored as uint8 (probability × 255) in predictions.npz."""
+    return stored_probs >= round(threshold * 255)
+
+
 def _nan_to_none(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 

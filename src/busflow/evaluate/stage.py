@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from busflow.data.preprocess import load_arrays
-from busflow.evaluate.metrics import classification_metrics, segmentation_metrics
+from busflow.evaluate.metrics import classification_metrics, lesion_mask, segmentation_metrics
 from busflow.io import write_csv, write_json
 
 
@@ -38,7 +38,7 @@ def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path
         per_image = per_image.assign(y_true=labels, y_pred=probs.argmax(1), confidence=probs.max(1))
     if "mask_probs" in outputs:
         tasks.append("seg")
-        predicted = outputs["mask_probs"] >= round(params["evaluate"]["threshold"] * 255)
+        predicted = lesion_mask(outputs["mask_probs"], params["evaluate"]["threshold"])
         segmentation, per_image_seg = segmentation_metrics(predicted, arrays["masks"][rows] > 0, params["evaluate"]["empty_mask"])
         per_image = per_image.assign(**per_image_seg)
     metrics = {"model": model, "fold": fold, "tasks": tasks, "n_test_images": int(len(rows)),
