@@ -45,3 +45,26 @@ def run_tool(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Compl
 @pytest.fixture
 def tiny_workflow(tmp_path: Path) -> Path:
     return workflow_copy(tmp_path / "project", TINY_PARAMS)
+
+
+SHARED_DATASETS = Path(os.environ.get("BUSFLOW_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+BUSI_ROOT = SHARED_DATASETS / "busi" / "Dataset_BUSI_with_GT"
+BUSBRA_ROOT = SHARED_DATASETS / "busbra-subset" / "BUSBRA"
+
+
+def _shared_dataset(root: Path) -> Path:
+    if not root.is_dir():
+        pytest.skip(f"real dataset not available at {root} (set BUSFLOW_SHARED_DATASETS to a folder holding busi/ and busbra-subset/)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def busi_root() -> Path:
+    """The local BUSI copy (official layout); the test is skipped where it is absent."""
+    return _shared_dataset(BUSI_ROOT)
+
+
+@pytest.fixture(scope="session")
+def busbra_root() -> Path:
+    """The local BUS-BRA subset; the test is skipped where it is absent."""
+    return _shared_dataset(BUSBRA_ROOT)
