@@ -12,11 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"
-WORKFLOW_FILES = ("Snakefile", "workflow", "dvc.yaml")
+WORKFLOW_FILES = ("Snakefile", "workflow", "dvc.yaml", "config")
 
 
 def workflow_copy(destination: Path, params: Path) -> Path:
-    """Copy the Snakefile, workflow/ and dvc.yaml next to ``params`` (as params.yaml) in ``destination``."""
+    """Copy the Snakefile, workflow/, dvc.yaml and config/ next to ``params`` (as params.yaml) in ``destination``."""
     destination.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         source = REPO / name

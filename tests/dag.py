@@ -20,9 +20,9 @@ def _normalise(command: str) -> str:
     return " ".join(command.split())
 
 
-def snakemake_jobs(project: Path) -> set[Job]:
+def snakemake_jobs(project: Path, *extra_args: str) -> set[Job]:
     """Every job of a forced dry run, from `snakemake -n -p` (rules without a shell command are skipped)."""
-    text = run_tool(["snakemake", "--dry-run", "--printshellcmds", "--forceall", "--cores", "1"], project).stdout
+    text = run_tool(["snakemake", "--dry-run", "--printshellcmds", "--forceall", "--cores", "1", *extra_args], project).stdout
     jobs = set()
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
         header = re.match(r"(?:local)?rule (\w+):", block)

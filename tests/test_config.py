@@ -57,6 +57,32 @@ def test_fold_beyond_n_folds(params: dict) -> None:
     assert "train.folds: fold 5" in _error(params)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p["split"].update(protocol="holdout"), "train.folds: fold 1 does not exist with the holdout protocol"),
+        (lambda p: p["split"].update(protocol="official"), "split.protocol: official folds are published only for busbra"),
+        (lambda p: p["split"].update(holdout={"train": 0.7, "val": 0.2, "test": 0.2}), "split.holdout: fractions add up to 1.1"),
+        (lambda p: p["split"].update(cascade={"segmentation": {"train": 0.6, "val": 0.4}}), "train + val must leave a rest"),
+        (lambda p: p["leakage"].update(models=["vgg"]), "leakage.models: unknown model 'vgg'"),
+        (lambda p: p["split"].update(protocol="random_image"), "leakage study compares image-level folds with kfold"),
+        (lambda p: p.update(dataset="busi"), "data.busi: settings for dataset 'busi' are missing"),
+        (lambda p: p["split"].update(label_conflicts="ignore"), "split.label_conflicts"),
+        (lambda p: p["data"].update(folder={"path": 3}), "data.folder.path"),
+    ],
+)
+def test_split_and_data_rules_name_the_key(params: dict, change, message: str) -> None:
+    change(params)
+    assert message in _error(params)
+
+
+def test_presets_are_complete_valid_params() -> None:
+    for name, dataset, protocol in (("busi", "busi", "kfold"), ("busbra", "busbra", "official")):
+        preset = load_params(REPO / "config" / "presets" / f"{name}.yaml")
+        assert preset["dataset"] == dataset and preset["split"]["protocol"] == protocol
+        assert preset["data"][dataset]["url"].startswith("https://")
+
+
 def test_cascade_segmenter_must_segment(params: dict) -> None:
     params["cascade"]["segmenter"] = "resnet50"
     assert "cascade.segmenter: model 'resnet50' has no segmentation output" in _error(params)

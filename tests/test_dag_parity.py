@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_PARAMS, workflow_copy
-from dag import dvc_jobs, snakemake_jobs
+from conftest import REPO, TINY_PARAMS, tool_env, workflow_copy
+from dag import Job, dvc_jobs, snakemake_jobs
 
 
 @pytest.mark.parametrize("params", [REPO / "params.yaml", TINY_PARAMS], ids=["default", "tiny"])
@@ -17,6 +19,24 @@ def test_snakemake_and_dvc_describe_the_same_dag(tmp_path: Path, params: Path) -
     only_snakemake = sorted(snakemake - dvc, key=str)
     only_dvc = sorted(dvc - snakemake, key=str)
     assert not only_snakemake and not only_dvc, f"Snakemake only: {only_snakemake}\nDVC only: {only_dvc}"
+
+
+def test_a_preset_switches_both_orchestrators(tmp_path: Path) -> None:
+    """`snakemake --configfile <preset>` and `cp <preset> params.yaml && dvc repro` run the same jobs."""
+    project = workflow_copy(tmp_path / "project", REPO / "params.yaml")
+    preset = "config/presets/busi.yaml"
+    snakemake = {Job(j.name, j.command.replace(f"--params {preset}", "--params params.yaml"), j.outputs)
+                 for j in snakemake_jobs(project, "--configfile", preset)}
+    assert any("results/busi/split/groups.csv" in j.outputs for j in snakemake)
+    shutil.copy2(project / preset, project / "params.yaml")
+    assert snakemake == dvc_jobs(project)
+
+
+def test_config_overrides_are_refused(tmp_path: Path) -> None:
+    project = workflow_copy(tmp_path / "project", TINY_PARAMS)
+    result = subprocess.run(["snakemake", "-n", "--cores", "1", "--config", "seed=3"], cwd=project, env=tool_env(),
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "--config overrides are not seen by the busflow commands" in result.stdout + result.stderr
 
 
 def test_parity_check_detects_drift(tmp_path: Path) -> None:

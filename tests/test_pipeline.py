@@ -79,7 +79,8 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
 
     # The cascade's segmenter: its chain includes the cascade.
     _scale_lr(project, "unet", 2)
-    assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "evaluate:2", "evaluate_cascade:2", "report:1", "train:2"])
+    assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "evaluate:2", "evaluate_cascade:2", "evaluate_leaky:2",
+                                             "report:1", "train:2", "train_leaky:2"])
     planned = run_tool(["snakemake", "--dry-run", "--cores", "2"], project).stdout
     assert "model=unet" in planned and "model=resnet50" not in planned and "model=mtl_resnet50" not in planned
     _scale_lr(project, "unet", 0.5)

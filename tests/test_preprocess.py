@@ -33,7 +33,7 @@ def _dataset(root: Path) -> Path:
 
 def test_ingest_index_contract(tmp_path: Path) -> None:
     index = ingest_folder(_dataset(tmp_path / "raw"))
-    assert index.columns.tolist() == ["image_id", "patient_id", "label", "image_path", "mask_paths", "width", "height"]
+    assert index.columns.tolist() == ["image_id", "patient_id", "label", "image_path", "mask_paths", "width", "height", "patient_known", "colour_overlay"]
     row = index.set_index("image_id").loc["a (1)"]
     assert row["label"] == "benign" and row["width"] == 50 and row["height"] == 40
     assert len(row["mask_paths"].split(";")) == 2

@@ -88,7 +88,7 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     seed_everything(seed)
     arrays = load_arrays(arrays_path)
     folds = pd.read_csv(folds_path, dtype={"image_id": str, "group_id": str})
-    roles = role_indices(folds, arrays["image_ids"], fold)
+    roles = role_indices(folds, arrays["image_ids"], fold, stage="cascade")
     classes = arrays["classes"].tolist()
     test = roles["test"]
     masks = arrays["masks"].astype(bool).copy()

@@ -37,33 +37,82 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_download(args: argparse.Namespace) -> None:
     from busflow.data.sources import fetch_dataset
 
-    fetch_dataset(_load(args, check_registry=False), Path(args.out))
+    record = fetch_dataset(_load(args, check_registry=False), Path(args.out))
+    print(f"{record['dataset']}: {record['origin']} source ready at {args.out}")
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    from busflow.data.folder import ingest_folder
     from busflow.data.preprocess import preprocess_index, save_arrays
+    from busflow.data.sources import ingest_raw
     from busflow.io import write_csv
 
-    params = _load(args, check_registry=False)
-    index = ingest_folder(args.raw)
-    arrays = preprocess_index(index, params["preprocess"]["size"])
+    settings = _load(args, check_registry=False)["preprocess"]
+    index = ingest_raw(args.raw)
+    arrays = preprocess_index(index, settings["size"], enhancement=settings["enhance"], options=settings["enhance_options"])
     save_arrays(args.arrays, arrays)
     write_csv(args.index, index)
-    print(f"preprocessed {len(index)} images of {index['patient_id'].nunique()} patients to {params['preprocess']['size']} px")
+    counts = ", ".join(f"{n} {label}" for label, n in index["label"].value_counts().sort_index().items())
+    print(f"preprocessed {len(index)} images ({counts}) of {index['patient_id'].nunique()} patients to "
+          f"{settings['size']} px, enhancement {settings['enhance']}; {int(index['colour_overlay'].sum())} with colour overlays")
+
+
+def cmd_group(args: argparse.Namespace) -> None:
+    from busflow.groups import build_groups
+    from busflow.io import write_csv
+
+    split = _load(args, check_registry=False)["split"]
+    index = _read_index(args.index)
+    groups, links = build_groups(index, split)
+    write_csv(args.links, links)
+    write_csv(args.groups, groups)
+    multi = groups.groupby("group_id").size()
+    print(f"{len(groups)} images in {len(multi)} groups; {int((multi > 1).sum())} groups of several images; "
+          f"links: {links['reason'].value_counts().to_dict()}; {int(groups['label_conflict'].sum())} images in label conflicts")
 
 
 def cmd_split(args: argparse.Namespace) -> None:
+    from busflow.groups import conflict_summary
     from busflow.io import write_csv
-    from busflow.split import kfold_split, patient_groups
+    from busflow.split import make_split
 
     params = _load(args, check_registry=False)
-    index = pd.read_csv(args.index, dtype={"image_id": str, "patient_id": str})
-    groups = patient_groups(index)
-    folds = kfold_split(index, groups, n_folds=params["split"]["n_folds"], val_fraction=params["split"]["val_fraction"], seed=params["seed"])
-    write_csv(args.groups, groups)
+    split = params["split"]
+    index = _read_index(args.index)
+    groups = pd.read_csv(args.groups, dtype={"image_id": str, "group_id": str, "linked_to": str}, keep_default_na=False,
+                         converters={"label_conflict": lambda v: v == "True"})
+    folds = make_split(index, groups, split, params["seed"])
+    leaky = make_split(index, groups, split, params["seed"], protocol="random_image")
+    conflicts = conflict_summary(groups, index, split["label_conflicts"])
+    for row in conflicts.itertuples() if split["label_conflicts"] == "flag" else ():
+        print(f"warning: label conflict in {row.group_id}: {row.images} filed as {row.labels}", file=sys.stderr)
+    write_csv(args.conflicts, conflicts)
+    write_csv(args.leaky, leaky)
     write_csv(args.folds, folds)
-    print(f"{groups['group_id'].nunique()} patient groups in {params['split']['n_folds']} folds")
+    print(f"{split['protocol']} split of {folds['group_id'].nunique()} groups; {len(conflicts)} label-conflict clusters "
+          f"({split['label_conflicts']}); image-level split for the leakage study written too")
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from busflow.audit import audit_split
+    from busflow.data.preprocess import load_arrays
+    from busflow.io import write_csv, write_json
+
+    arrays = load_arrays(args.arrays)
+    splits = {"main": _read_folds(args.folds), "leakage_study": _read_folds(args.leaky)}
+    summary, counts = audit_split(splits, _read_index(args.index), arrays["image_ids"], arrays["images"])
+    write_csv(args.counts, counts)
+    write_json(args.out, summary)
+    for item in summary["splits"]:
+        state = "leaky by design" if item["leaky"] else "no group, patient or identical image crosses a role boundary"
+        print(f"{item['split']} ({item['protocol']}): {item['crossings']} crossings, {state}")
+
+
+def _read_index(path: str) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
+
+
+def _read_folds(path: str) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"image_id": str, "group_id": str})
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -117,7 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     command("validate", cmd_validate, "check params.yaml against the schema and the model registry")
     command("download", cmd_download, "create the raw dataset folder (synthetic phantoms, or a verified download)", "out")
     command("preprocess", cmd_preprocess, "index the raw folder; grayscale, resize, normalise, union masks", "raw", "index", "arrays")
-    command("split", cmd_split, "patient-grouped, stratified k-fold split with validation parts", "index", "groups", "folds")
+    command("group", cmd_group, "group images that must stay together: patients and near-duplicate frames", "index", "groups", "links")
+    command("split", cmd_split, "grouped, stratified split of the configured protocol (and its leaky image-level twin)",
+            "index", "groups", "folds", "leaky", "conflicts")
+    command("audit", cmd_audit, "fail if any group, patient or identical image crosses a split boundary; count roles",
+            "index", "arrays", "folds", "leaky", "out", "counts")
     sub = command("train", cmd_train, "train one model on one fold; predict its test part", "arrays", "folds", "out")
     sub.add_argument("--model", required=True)
     sub.add_argument("--fold", required=True, type=int)

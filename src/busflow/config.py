@@ -62,10 +62,7 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
     for name in params["train"]["models"]:
         if name not in models:
             problems.append(f"train.models: unknown model '{name}' (defined under models: {sorted(models)})")
-    n_folds = params["split"]["n_folds"]
-    for fold in params["train"]["folds"]:
-        if fold >= n_folds:
-            problems.append(f"train.folds: fold {fold} does not exist with split.n_folds = {n_folds}")
+    problems += _split_problems(params)
     cascade = params["cascade"]
     if cascade["segmenter"] not in params["train"]["models"]:
         problems.append(f"cascade.segmenter: '{cascade['segmenter']}' is not one of train.models")
@@ -76,6 +73,29 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
         problems.append(f"data.{dataset}: settings for dataset '{dataset}' are missing")
     if problems:
         raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def _split_problems(params: Mapping[str, Any]) -> list[str]:
+    from busflow.split import n_test_folds
+
+    split = params["split"]
+    protocol = split["protocol"]
+    problems = [f"train.folds: fold {fold} does not exist with the {protocol} protocol ({n_test_folds(split)} test fold(s))"
+                for fold in params["train"]["folds"] if fold >= n_test_folds(split)]
+    if protocol == "official" and params["dataset"] != "busbra":
+        problems.append(f"split.protocol: official folds are published only for busbra, not for {params['dataset']}")
+    sums = {"split.holdout": split["holdout"], "split.cascade.classification": split["cascade"]["classification"]}
+    problems += [f"{key}: fractions add up to {sum(parts.values()):g}, not 1" for key, parts in sums.items()
+                 if abs(sum(parts.values()) - 1) > 1e-6]
+    segmentation = split["cascade"]["segmentation"]
+    if segmentation["train"] + segmentation["val"] >= 1:
+        problems.append("split.cascade.segmentation: train + val must leave a rest for the classifier")
+    leakage = params["leakage"]["models"]
+    problems += [f"leakage.models: unknown model '{m}' (defined under models: {sorted(params['models'])})"
+                 for m in leakage if m not in params["models"]]
+    if leakage and protocol != "kfold":
+        problems.append(f"leakage.models: the leakage study compares image-level folds with kfold, not {protocol}")
+    return problems
 
 
 def check_architectures(params: Mapping[str, Any], source: str = "params") -> None:

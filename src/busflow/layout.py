@@ -28,5 +28,19 @@ def results_root(dataset: str) -> str:
     return f"results/{dataset}"
 
 
-def fold_dir(dataset: str, model: str, fold: int | str) -> str:
-    return f"{results_root(dataset)}/models/{model}/fold{fold}"
+LEAKY_SPLIT = "random_image"  # the image-level split of the leakage study
+SPLIT_FILES: dict[str, str] = {
+    "groups": "split/groups.csv",
+    "links": "split/duplicate_links.csv",
+    "folds": "split/folds.csv",
+    "leaky": f"split/folds_{LEAKY_SPLIT}.csv",
+    "conflicts": "split/label_conflicts.csv",
+    "audit": "split/audit.json",
+    "counts": "split/split_counts.csv",
+}
+
+
+def fold_dir(dataset: str, model: str, fold: int | str, split: str = "main") -> str:
+    """Outputs of one model on one test fold; runs on the leaky split live beside them under ``random_image/``."""
+    leaky = f"{LEAKY_SPLIT}/" if split == LEAKY_SPLIT else ""
+    return f"{results_root(dataset)}/models/{model}/{leaky}fold{fold}"

@@ -1,30 +1,58 @@
-"""Patient-level splits: images are grouped (by patient) and groups never cross a fold boundary.
+"""Grouped, class-stratified split protocols: a group (a patient, a duplicate cluster) never crosses roles.
 
-Protocol ``kfold``: class-stratified, group-disjoint k folds (scikit-learn StratifiedGroupKFold). For test
-fold k, column ``fold<k>`` gives every image's role: test, val (a grouped, stratified part of the rest for
-early stopping) or train.
+``folds.csv`` holds, per image, its ``group_id``, ``label``, the ``protocol`` and one role column per test
+fold, ``fold<k>`` (train, val, test or excluded). Protocols (``split.protocol``):
+
+- ``kfold``: k group-disjoint folds (scikit-learn StratifiedGroupKFold); for test fold k a grouped, stratified
+  part of the rest becomes ``val`` (early stopping).
+- ``holdout``: one train/val/test partition by the fractions of ``split.holdout``.
+- ``cascade``: the seed-002 protocol. ``fold0`` is the segmenter's split (15/5/80: train/val/rest); column
+  ``cascade0`` splits only that rest 60/10/30 for the ROI classifier, which therefore never sees an image the
+  segmenter was trained or validated on.
+- ``official``: the dataset's published folds (BUS-BRA ``official_fold5``/``official_fold10`` of the index),
+  with a patient-grouped validation part (the published validation columns are not patient-grouped).
+- ``random_image``: k folds over single images, ignoring groups. Deliberately leaky: only for the leakage study.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from busflow.data.folder import DatasetError
 
 ROLES = ("train", "val", "test")
+EXCLUDED = "excluded"
+PROTOCOLS = ("kfold", "holdout", "cascade", "official", "random_image")
+LEAKY_PROTOCOLS = frozenset({"random_image"})
+FRACTION_PARTS = 20  # fractional protocols are built from 20 grouped, stratified parts (5 % resolution)
 
 
-def patient_groups(index: pd.DataFrame) -> pd.DataFrame:
-    """One group per patient (the grouping contract of split/groups.csv)."""
-    return pd.DataFrame(
-        {"image_id": index["image_id"], "group_id": index["patient_id"].astype(str), "reason": "patient"}
-    )
+def n_test_folds(split: Mapping[str, Any]) -> int:
+    """How many test folds (``fold<k>`` columns) the configured protocol produces."""
+    protocol = split["protocol"]
+    if protocol in ("kfold", "random_image"):
+        return split["n_folds"]
+    if protocol == "official":
+        return split["official_folds"]
+    return 1
+
+
+def role_column(fold: int, stage: str = "fold") -> str:
+    """Column of the folds table with the roles of test fold ``fold`` (stage ``cascade``: the ROI classifier)."""
+    return f"{stage}{fold}"
 
 
 def _grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
     """Fold number of every sample; stratified by label, disjoint in groups."""
+    from sklearn.model_selection import StratifiedGroupKFold  # imported here: the Snakefile imports this module
+
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise DatasetError(f"only {n_groups} groups: too few for {n_splits} folds")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.full(len(labels), -1, dtype=np.int64)
     for fold, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
@@ -32,37 +60,101 @@ def _grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: 
     return folds
 
 
-def _check_splittable(groups: pd.Series, n_folds: int) -> None:
-    n_groups = groups.nunique()
-    if n_groups < n_folds:
-        raise DatasetError(f"only {n_groups} patient groups: too few for {n_folds} folds")
+def _grouped_fractions(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[tuple[str, float]], seed: int) -> np.ndarray:
+    """Role of every sample, the roles taking about the given fractions of the groups (stratified)."""
+    n_parts = min(FRACTION_PARTS, len(np.unique(groups)))
+    parts = _grouped_folds(labels, groups, n_parts, seed)
+    bounds = np.round(np.cumsum([f for _, f in fractions]) * n_parts).astype(int)
+    starts = np.concatenate([[0], bounds[:-1]])
+    roles = np.empty(len(labels), dtype=object)
+    for (role, _), start, stop in zip(fractions, starts, bounds):
+        if stop <= start:
+            raise DatasetError(f"too few groups ({n_parts}) to give the '{role}' part its fraction")
+        roles[(parts >= start) & (parts < stop)] = role
+    return roles
 
 
-def kfold_split(index: pd.DataFrame, groups: pd.DataFrame, *, n_folds: int, val_fraction: float, seed: int) -> pd.DataFrame:
-    """The folds.csv table: image_id, group_id, label, kfold and one role column per test fold."""
-    table = index[["image_id", "label"]].merge(groups[["image_id", "group_id"]], on="image_id", validate="1:1")
-    _check_splittable(table["group_id"], n_folds)
-    labels = table["label"].to_numpy()
-    group_ids = table["group_id"].to_numpy()
-    table["kfold"] = _grouped_folds(labels, group_ids, n_folds, seed)
-    val_splits = max(2, round(1 / val_fraction))
-    for fold in range(n_folds):
-        roles = np.where(table["kfold"].to_numpy() == fold, "test", "train").astype(object)
-        rest = np.flatnonzero(roles == "train")
-        _check_splittable(pd.Series(group_ids[rest]), val_splits)
-        inner = _grouped_folds(labels[rest], group_ids[rest], val_splits, seed + fold + 1)
-        roles[rest[inner == 0]] = "val"
-        table[f"fold{fold}"] = roles
-    return table[["image_id", "group_id", "label", "kfold", *[f"fold{k}" for k in range(n_folds)]]]
+def _with_val(test_mask: np.ndarray, labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Roles for one test fold: test where ``test_mask``, a grouped val part of the rest, train otherwise."""
+    roles = np.where(test_mask, "test", "train").astype(object)
+    rest = np.flatnonzero(~test_mask)
+    inner = _grouped_folds(labels[rest], groups[rest], max(2, round(1 / val_fraction)), seed)
+    roles[rest[inner == 0]] = "val"
+    return roles
 
 
-def role_indices(folds: pd.DataFrame, image_ids: np.ndarray, fold: int) -> dict[str, np.ndarray]:
-    """Row numbers into the arrays (ordered as ``image_ids``) for each role of test fold ``fold``."""
-    column = f"fold{fold}"
+def _kfold(labels: np.ndarray, groups: np.ndarray, split: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    folds = _grouped_folds(labels, groups, split["n_folds"], seed)
+    return {role_column(k): _with_val(folds == k, labels, groups, split["val_fraction"], seed + k + 1)
+            for k in range(split["n_folds"])}
+
+
+def _holdout(labels: np.ndarray, groups: np.ndarray, split: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    fractions = [(role, split["holdout"][role]) for role in ROLES]
+    return {role_column(0): _grouped_fractions(labels, groups, fractions, seed)}
+
+
+def _cascade(labels: np.ndarray, groups: np.ndarray, split: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    segmentation = split["cascade"]["segmentation"]
+    seg_roles = _grouped_fractions(labels, groups, [("train", segmentation["train"]), ("val", segmentation["val"]),
+                                                    ("test", 1 - segmentation["train"] - segmentation["val"])], seed)
+    rest = np.flatnonzero(seg_roles == "test")
+    classification = split["cascade"]["classification"]
+    cls_roles = np.full(len(labels), EXCLUDED, dtype=object)
+    cls_roles[rest] = _grouped_fractions(labels[rest], groups[rest], [(r, classification[r]) for r in ROLES], seed + 1)
+    return {role_column(0): seg_roles, role_column(0, "cascade"): cls_roles}
+
+
+def _official(labels: np.ndarray, groups: np.ndarray, split: Mapping[str, Any], seed: int,
+              official: np.ndarray | None) -> dict[str, np.ndarray]:
+    if official is None:
+        raise DatasetError(f"split.protocol official: the dataset publishes no {split['official_folds']}-fold split "
+                           "(only BUS-BRA does)")
+    return {role_column(k): _with_val(official == k, labels, groups, split["val_fraction"], seed + k + 1)
+            for k in range(split["official_folds"])}
+
+
+def _check_official_grouping(official: np.ndarray, groups: np.ndarray) -> None:
+    per_group = pd.Series(official).groupby(groups).nunique()
+    if (per_group > 1).any():
+        raise DatasetError(f"official folds split group '{per_group.index[per_group > 1][0]}' across folds")
+
+
+def make_split(index: pd.DataFrame, groups: pd.DataFrame, split: Mapping[str, Any], seed: int,
+               protocol: str | None = None) -> pd.DataFrame:
+    """The folds table of ``protocol`` (default ``split.protocol``); label-conflict images excluded if asked."""
+    protocol = protocol or split["protocol"]
+    table = index[["image_id", "label"]].merge(groups[["image_id", "group_id", "label_conflict"]], on="image_id", validate="1:1")
+    keep = ~(table["label_conflict"].to_numpy(bool) & (split["label_conflicts"] == "drop"))
+    labels = table["label"].to_numpy()[keep]
+    group_ids = (table["image_id"] if protocol in LEAKY_PROTOCOLS else table["group_id"]).to_numpy()[keep]
+    official_column = f"official_fold{split['official_folds']}"
+    official = index.set_index("image_id").loc[table["image_id"], official_column].to_numpy()[keep] if official_column in index else None
+    if protocol == "official" and official is not None:
+        _check_official_grouping(official, group_ids)
+    builders = {"kfold": _kfold, "random_image": _kfold, "holdout": _holdout, "cascade": _cascade}
+    columns = (_official(labels, group_ids, split, seed, official) if protocol == "official"
+               else builders[protocol](labels, group_ids, split, seed))
+    table = table[["image_id", "group_id", "label", "label_conflict"]].assign(protocol=protocol)
+    for name, roles in columns.items():
+        full = np.full(len(table), EXCLUDED, dtype=object)
+        full[keep] = roles
+        table[name] = full
+    return table
+
+
+def role_indices(folds: pd.DataFrame, image_ids: np.ndarray, fold: int, stage: str = "fold") -> dict[str, np.ndarray]:
+    """Row numbers into the arrays (ordered as ``image_ids``) for each role of test fold ``fold``.
+
+    ``stage="cascade"`` reads the ROI classifier's column where the protocol has one (seed-002 split).
+    """
+    column = role_column(fold, stage)
     if column not in folds.columns:
-        raise DatasetError(f"folds table has no column '{column}' (folds: {folds.columns.tolist()})")
+        if stage != "fold":
+            return role_indices(folds, image_ids, fold)
+        raise DatasetError(f"folds table has no column '{column}' (columns: {folds.columns.tolist()})")
     role_of = dict(zip(folds["image_id"].astype(str), folds[column]))
-    roles = np.array([role_of.get(str(i), "") for i in image_ids])
+    roles = np.array([role_of.get(str(i), "") for i in image_ids], dtype=object)
     missing = int((roles == "").sum())
     if missing:
         raise DatasetError(f"{missing} preprocessed image(s) have no role in the folds table; re-run the split")

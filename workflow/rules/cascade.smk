@@ -2,6 +2,7 @@ rule cascade:
     input:
         arrays=rules.preprocess.output.arrays,
         folds=rules.split.output.folds,
+        audit=rules.audit.output.audit,
         segmenter=f"{RESULTS}/models/{SEGMENTER}/fold{{fold}}/predictions.npz",
     output:
         multiext(f"{RESULTS}/models/{CASCADE}/fold{{fold}}/", *TRAIN_OUTPUTS),

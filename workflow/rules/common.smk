@@ -1,16 +1,33 @@
 # Config validation and the path helpers every rule file uses.
+import os
 from pathlib import Path
 
-from snakemake.utils import validate
+import yaml
+from snakemake.exceptions import WorkflowError
 
-from busflow.config import check_consistency
-from busflow.layout import EVALUATE_OUTPUTS, REPORT_FILES, TRAIN_OUTPUTS, fold_dir, results_root
+from busflow.config import validate_params
+from busflow.layout import EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_FILES, SPLIT_FILES, TRAIN_OUTPUTS, fold_dir, results_root
 
-# Commands re-read this file, so Snakemake must be driven by it too (edit params.yaml, not --config).
-PARAMS_FILE = "params.yaml"
 
-validate(config, "../schemas/params.schema.yaml")
-check_consistency(config, PARAMS_FILE)
+def _params_file():
+    """params.yaml, or the one complete params file given with --configfile (e.g. a preset)."""
+    if workflow.config_settings.config:
+        raise WorkflowError("--config overrides are not seen by the busflow commands: edit the params file, "
+                            "or pass a complete params file with --configfile")
+    files = [Path(f) for f in workflow.overwrite_configfiles]
+    if len(files) > 1:
+        raise WorkflowError("pass one --configfile: a complete params file such as config/presets/busi.yaml")
+    if not files:
+        return "params.yaml"
+    relative = os.path.relpath(files[0])
+    return relative if not relative.startswith("..") else str(files[0])
+
+
+# Every command re-reads this file, so the workflow is driven by exactly its content (not a merge with params.yaml).
+PARAMS_FILE = _params_file()
+config.clear()
+config.update(yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")))
+validate_params(config, PARAMS_FILE, check_registry=False)  # schema (filling defaults) and cross-key rules
 
 DATASET = config["dataset"]
 RESULTS = results_root(DATASET)
@@ -18,14 +35,15 @@ MODELS = config["train"]["models"]
 FOLDS = config["train"]["folds"]
 CASCADE = config["cascade"]["name"]
 SEGMENTER = config["cascade"]["segmenter"]
+LEAKAGE_MODELS = config.get("leakage", {}).get("models", [])
 
 
 wildcard_constraints:
     fold=r"\d+",
 
 
-def model_files(model, fold, names):
-    return [f"{fold_dir(DATASET, model, fold)}/{name}" for name in names]
+def model_files(model, fold, names, split="main"):
+    return [f"{fold_dir(DATASET, model, fold, split)}/{name}" for name in names]
 
 
 def model_params(wildcards):
@@ -38,10 +56,14 @@ def report_outputs():
 
 def report_inputs(wildcards):
     models = [*MODELS, CASCADE]
-    files = [rules.preprocess.output.index, rules.preprocess.output.arrays, *rules.split.output]
+    files = [rules.preprocess.output.index, rules.preprocess.output.arrays, *rules.group.output, *rules.split.output,
+             *rules.audit.output]
     for model in models:
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, *EVALUATE_OUTPUTS))
+    for model in LEAKAGE_MODELS:
+        for fold in FOLDS:
+            files += model_files(model, fold, (*TRAIN_OUTPUTS, *EVALUATE_OUTPUTS), LEAKY_SPLIT)
     return files
 
 

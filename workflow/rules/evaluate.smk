@@ -22,3 +22,19 @@ rule evaluate:
 use rule evaluate as evaluate_cascade with:
     wildcard_constraints:
         model=CASCADE,
+
+
+use rule evaluate as evaluate_leaky with:
+    input:
+        arrays=rules.preprocess.output.arrays,
+        predictions=f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/predictions.npz",
+    output:
+        multiext(f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/", *EVALUATE_OUTPUTS),
+    wildcard_constraints:
+        model="|".join(LEAKAGE_MODELS) or "^$",
+    params:
+        params_yaml=PARAMS_FILE,
+        evaluate=config["evaluate"],
+        out=lambda wildcards: fold_dir(DATASET, wildcards.model, wildcards.fold, LEAKY_SPLIT),
+    log:
+        f"{RESULTS}/logs/evaluate/{{model}}_{LEAKY_SPLIT}_fold{{fold}}.log",

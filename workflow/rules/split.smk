@@ -1,9 +1,31 @@
-rule split:
+rule group:
     input:
         index=rules.preprocess.output.index,
     output:
-        groups=f"{RESULTS}/split/groups.csv",
-        folds=f"{RESULTS}/split/folds.csv",
+        groups=f"{RESULTS}/{SPLIT_FILES['groups']}",
+        links=f"{RESULTS}/{SPLIT_FILES['links']}",
+    params:
+        params_yaml=PARAMS_FILE,
+        grouping=config["split"]["grouping"],
+        duplicates=config["split"]["duplicates"],
+    threads: 2
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/group.log",
+    shell:
+        "busflow group --params {params.params_yaml} --index {input.index} --groups {output.groups} "
+        "--links {output.links} --log {log}"
+
+
+rule split:
+    input:
+        index=rules.preprocess.output.index,
+        groups=rules.group.output.groups,
+    output:
+        folds=f"{RESULTS}/{SPLIT_FILES['folds']}",
+        leaky=f"{RESULTS}/{SPLIT_FILES['leaky']}",
+        conflicts=f"{RESULTS}/{SPLIT_FILES['conflicts']}",
     params:
         params_yaml=PARAMS_FILE,
         split=config["split"],
@@ -13,4 +35,25 @@ rule split:
     log:
         f"{RESULTS}/logs/split.log",
     shell:
-        "busflow split --params {params.params_yaml} --index {input.index} --groups {output.groups} --folds {output.folds} --log {log}"
+        "busflow split --params {params.params_yaml} --index {input.index} --groups {input.groups} "
+        "--folds {output.folds} --leaky {output.leaky} --conflicts {output.conflicts} --log {log}"
+
+
+rule audit:
+    input:
+        index=rules.preprocess.output.index,
+        arrays=rules.preprocess.output.arrays,
+        folds=rules.split.output.folds,
+        leaky=rules.split.output.leaky,
+    output:
+        audit=f"{RESULTS}/{SPLIT_FILES['audit']}",
+        counts=f"{RESULTS}/{SPLIT_FILES['counts']}",
+    params:
+        params_yaml=PARAMS_FILE,
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/audit.log",
+    shell:
+        "busflow audit --params {params.params_yaml} --index {input.index} --arrays {input.arrays} "
+        "--folds {input.folds} --leaky {input.leaky} --out {output.audit} --counts {output.counts} --log {log}"

@@ -2,6 +2,7 @@ rule train:
     input:
         arrays=rules.preprocess.output.arrays,
         folds=rules.split.output.folds,
+        audit=rules.audit.output.audit,  # no model trains on a split that failed its leakage audit
     output:
         multiext(f"{RESULTS}/models/{{model}}/fold{{fold}}/", *TRAIN_OUTPUTS),
     wildcard_constraints:
@@ -23,3 +24,23 @@ rule train:
     shell:
         "busflow train --params {params.params_yaml} --model {wildcards.model} --fold {wildcards.fold} "
         "--arrays {input.arrays} --folds {input.folds} --out {params.out} --log {log}"
+
+
+# The leakage study: the same model and settings on the image-level split (deliberately leaky).
+use rule train as train_leaky with:
+    input:
+        arrays=rules.preprocess.output.arrays,
+        folds=rules.split.output.leaky,
+        audit=rules.audit.output.audit,
+    output:
+        multiext(f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/", *TRAIN_OUTPUTS),
+    wildcard_constraints:
+        model="|".join(LEAKAGE_MODELS) or "^$",
+    params:
+        params_yaml=PARAMS_FILE,
+        model=model_params,
+        seed=config["seed"],
+        device=config["device"],
+        out=lambda wildcards: fold_dir(DATASET, wildcards.model, wildcards.fold, LEAKY_SPLIT),
+    log:
+        f"{RESULTS}/logs/train/{{model}}_{LEAKY_SPLIT}_fold{{fold}}.log",

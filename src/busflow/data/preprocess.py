@@ -5,7 +5,9 @@ The output ``arrays.npz`` is read once per training job, so no job decodes PNGs 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,7 +62,11 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     return np.asarray(image_resized), (np.asarray(mask_resized) > 127).astype(np.uint8)
 
 
-def preprocess_index(index: pd.DataFrame, size: int) -> dict[str, np.ndarray]:
+def preprocess_index(index: pd.DataFrame, size: int, *, enhancement: str = "none",
+                     options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Images (uint8, contrast-enhanced at full resolution, then resized) and union masks, in index order."""
+    from busflow.data.enhance import enhance
+
     count = len(index)
     images = np.zeros((count, size, size), dtype=np.uint8)
     masks = np.zeros((count, size, size), dtype=np.uint8)
@@ -68,7 +74,8 @@ def preprocess_index(index: pd.DataFrame, size: int) -> dict[str, np.ndarray]:
         gray = load_grayscale(row.image_path)
         mask_paths = [p for p in str(row.mask_paths).split(";") if p and p != "nan"]
         union = load_mask_union(mask_paths, gray.shape)
-        images[row_number], masks[row_number] = resize_pair(normalise(gray), union, size)
+        enhanced = enhance(normalise(gray), enhancement, **(options or {}))
+        images[row_number], masks[row_number] = resize_pair(enhanced, union, size)
     return {
         "images": images,
         "masks": masks,

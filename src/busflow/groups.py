@@ -1,0 +1,109 @@
+"""The ``group`` stage: which images must stay together in every split (split/groups.csv).
+
+Images are linked when they share a patient (where the source knows patients) and/or when they show the same
+frame (exact or near-duplicate, :mod:`busflow.data.dedup`); each connected component is one group.
+``split.grouping``:
+
+- ``auto``: patients where every image has a known patient, near-duplicates otherwise (BUSI, plain folders);
+- ``patient``, ``duplicates``, ``patient+duplicates``: as named.
+
+A duplicate cluster whose images are filed under different classes is a label conflict; ``split.label_conflicts``
+(drop / keep / flag) decides what the split does with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+GROUPS_COLUMNS = ["image_id", "group_id", "reason", "linked_to", "score", "label_conflict"]
+LINK_COLUMNS = ["image_a", "image_b", "reason", "score", "scale", "overlap"]
+
+
+def grouping_sources(grouping: str, index: pd.DataFrame) -> tuple[bool, bool]:
+    """(use patients, use duplicates) for the ``split.grouping`` setting and this index."""
+    patients_known = bool(index["patient_known"].astype(bool).all()) if "patient_known" in index else True
+    if grouping == "auto":
+        return patients_known, not patients_known
+    return "patient" in grouping, "duplicates" in grouping
+
+
+def duplicate_links(index: pd.DataFrame, settings: Mapping[str, Any]) -> pd.DataFrame:
+    from busflow.data.dedup import DuplicateSettings, find_duplicate_links
+
+    links = find_duplicate_links(index["image_id"].tolist(), index["image_path"].tolist(), DuplicateSettings(**settings))
+    return links[LINK_COLUMNS]
+
+
+def patient_links(index: pd.DataFrame) -> pd.DataFrame:
+    """A chain of links joining the images of each patient (enough for connected components)."""
+    rows = []
+    for _, ids in index.groupby(index["patient_id"].astype(str), sort=True)["image_id"]:
+        ordered = sorted(ids)
+        rows += [{"image_a": a, "image_b": b, "reason": "patient", "score": 1.0, "scale": 1.0, "overlap": 1.0}
+                 for a, b in zip(ordered, ordered[1:])]
+    return pd.DataFrame(rows, columns=LINK_COLUMNS)
+
+
+def _strongest_link(image_id: str, links: pd.DataFrame) -> tuple[str, str, float]:
+    mine = links[(links["image_a"] == image_id) | (links["image_b"] == image_id)]
+    if mine.empty:
+        return "", "", float("nan")
+    best = mine.sort_values(["score", "image_a", "image_b"], ascending=[False, True, True], kind="stable").iloc[0]
+    other = best["image_b"] if best["image_a"] == image_id else best["image_a"]
+    return str(best["reason"]), str(other), float(best["score"])
+
+
+def _group_names(index: pd.DataFrame, components: dict[str, str], use_patients: bool) -> dict[str, str]:
+    """Name each component: its patient when it holds exactly one (and patients are used), its image when it
+    is a lone image, ``dup:<first image>`` when duplicates joined it."""
+    frame = index[["image_id", "patient_id"]].assign(component=index["image_id"].map(components))
+    names = {}
+    for component, part in frame.groupby("component", sort=True):
+        patients = part["patient_id"].astype(str).unique()
+        if use_patients and len(patients) == 1:
+            names[component] = patients[0]
+        else:
+            names[component] = str(component) if len(part) == 1 else f"dup:{component}"
+    return names
+
+
+def label_conflicts(index: pd.DataFrame, duplicates: pd.DataFrame) -> pd.Series:
+    """Per image: whether its duplicate cluster holds more than one class label."""
+    from busflow.data.dedup import duplicate_clusters
+
+    clusters = pd.Series(duplicate_clusters(index["image_id"].tolist(), duplicates))
+    labels = index.set_index("image_id")["label"]
+    n_labels = labels.groupby(clusters.reindex(labels.index)).transform("nunique")
+    return (n_labels > 1).reindex(index["image_id"]).reset_index(drop=True)
+
+
+def build_groups(index: pd.DataFrame, split: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(groups table, links table) for the index under ``split.grouping``."""
+    from busflow.data.dedup import duplicate_clusters
+
+    use_patients, use_duplicates = grouping_sources(split["grouping"], index)
+    duplicates = duplicate_links(index, split["duplicates"]) if use_duplicates else pd.DataFrame(columns=LINK_COLUMNS)
+    links = pd.concat([patient_links(index) if use_patients else None, duplicates], ignore_index=True)
+    links = links.astype({"score": float, "scale": float, "overlap": float})
+    components = duplicate_clusters(index["image_id"].tolist(), links)
+    names = _group_names(index, components, use_patients)
+    rows = []
+    for image_id in index["image_id"]:
+        reason, other, score = _strongest_link(image_id, links)
+        rows.append({"image_id": image_id, "group_id": names[components[image_id]],
+                     "reason": reason or ("patient" if use_patients else "unique"), "linked_to": other, "score": score})
+    groups = pd.DataFrame(rows).assign(label_conflict=label_conflicts(index, duplicates).to_numpy())
+    return groups[GROUPS_COLUMNS], links.sort_values(["image_a", "image_b", "reason"], kind="stable").reset_index(drop=True)
+
+
+def conflict_summary(groups: pd.DataFrame, index: pd.DataFrame, policy: str) -> pd.DataFrame:
+    """One row per label-conflict cluster: its images, their filed labels and what the policy does to them."""
+    conflicted = groups[groups["label_conflict"]].merge(index[["image_id", "label"]], on="image_id")
+    action = {"drop": "excluded from every split", "keep": "kept as filed", "flag": "kept as filed, flagged"}[policy]
+    rows = [{"group_id": group, "images": "; ".join(sorted(part["image_id"])),
+             "labels": "; ".join(sorted(set(part["label"]))), "n_images": len(part), "action": action}
+            for group, part in conflicted.groupby("group_id", sort=True)]
+    return pd.DataFrame(rows, columns=["group_id", "images", "labels", "n_images", "action"])
