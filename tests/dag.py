@@ -44,3 +44,21 @@ def dvc_jobs(project: Path) -> set[Job]:
     with Repo(str(project)) as repo:
         return {Job(stage.name.split("@")[0], _normalise(stage.cmd), frozenset(str(out.def_path) for out in stage.outs))
                 for stage in repo.index.stages}
+
+
+def dvc_missing_params(project: Path) -> dict[str, list[str]]:
+    """Stage → declared params that the params file lacks (`dvc repro` would refuse to run them)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    if not (project / ".dvc").exists():
+        run_tool(["dvc", "init", "--no-scm", "--quiet"], project)
+    missing: dict[str, list[str]] = {}
+    with Repo(str(project)) as repo:
+        for stage in repo.index.stages:
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    absent = [key for key in dep.params if key not in dep.read_params()]
+                    if absent:
+                        missing[stage.name] = absent
+    return missing

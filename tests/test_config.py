@@ -64,7 +64,7 @@ def test_fold_beyond_n_folds(params: dict) -> None:
         (lambda p: p["split"].update(protocol="official"), "split.protocol: official folds are published only for busbra"),
         (lambda p: p["split"].update(holdout={"train": 0.7, "val": 0.2, "test": 0.2}), "split.holdout: fractions add up to 1.1"),
         (lambda p: p["split"].update(cascade={"segmentation": {"train": 0.6, "val": 0.4}}), "train + val must leave a rest"),
-        (lambda p: p["leakage"].update(models=["vgg"]), "leakage.models: unknown model 'vgg'"),
+        (lambda p: p["leakage"].update(models=["vgg"]), "leakage.models: 'vgg' is not one of train.models"),
         (lambda p: p["split"].update(protocol="random_image"), "leakage study compares image-level folds with kfold"),
         (lambda p: p.update(dataset="busi"), "data.busi: settings for dataset 'busi' are missing"),
         (lambda p: p["split"].update(label_conflicts="ignore"), "split.label_conflicts"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY_PARAMS, tool_env, workflow_copy
-from dag import Job, dvc_jobs, snakemake_jobs
+from dag import Job, dvc_jobs, dvc_missing_params, snakemake_jobs
 
 
 @pytest.mark.parametrize("params", [REPO / "params.yaml", TINY_PARAMS], ids=["default", "tiny"])
@@ -30,6 +30,12 @@ def test_a_preset_switches_both_orchestrators(tmp_path: Path) -> None:
     assert any("results/busi/split/groups.csv" in j.outputs for j in snakemake)
     shutil.copy2(project / preset, project / "params.yaml")
     assert snakemake == dvc_jobs(project)
+
+
+@pytest.mark.parametrize("params", [REPO / "params.yaml", TINY_PARAMS, *sorted((REPO / "config" / "presets").glob("*.yaml"))],
+                         ids=lambda p: p.stem)
+def test_every_param_dvc_tracks_is_in_the_file(tmp_path: Path, params: Path) -> None:
+    assert dvc_missing_params(workflow_copy(tmp_path / "project", params)) == {}
 
 
 def test_config_overrides_are_refused(tmp_path: Path) -> None:

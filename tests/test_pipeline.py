@@ -65,7 +65,9 @@ def test_report_lists_every_model(project: Path) -> None:
     html = (report / "index.html").read_text()
     assert all(model in html for model in MODELS)
     split = pd.read_csv(report / "tables/split.csv")
-    assert split["patient_overlap"].eq("none").all()
+    assert split.loc[split["split"] == "main", "crossings"].eq("none").all()
+    leakage = pd.read_csv(report / "tables/leakage.csv")
+    assert set(leakage["model"]) == {"unet"}
 
 
 def _scale_lr(project: Path, model: str, factor: float) -> None:

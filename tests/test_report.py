@@ -5,40 +5,59 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+import busflow.groups
+from busflow.audit import audit_split
+from busflow.groups import build_groups, conflict_summary
+from busflow.io import write_csv, write_json
+from busflow.layout import LEAKY_SPLIT, REPORT_DIRS, SPLIT_FILES
 from busflow.report import REPORT_FILES, build_report
+from busflow.report.figures import read_tile
+from busflow.split import make_split
 
 CLASSES = ["normal", "benign", "malignant"]
 SIZE = 32
 N_IMAGES = 30
 TASKS = {"unet": ["seg"], "resnet50": ["cls"], "mtl": ["cls", "seg"]}
 FIGURES = [f for f in REPORT_FILES if f.startswith("figures/")]
+LEAKAGE = ("unet",)
 
 
 # --------------------------------------------------------------------------- fake results tree
 
 
 def _write_data(root: Path, rng: np.random.Generator) -> pd.DataFrame:
-    """index.csv + arrays.npz: 15 patients with 2 images each; normal images have empty masks."""
+    """index.csv + arrays.npz + original PNGs: 15 patients with 2 images each; normal images have empty masks.
+
+    The originals of two images are written at other sizes (a rescaled duplicate, a larger frame).
+    """
     patient_labels = rng.permutation(np.resize(np.arange(3), 15))
     rows, images, masks = [], [], []
     yy, xx = np.mgrid[:SIZE, :SIZE]
+    (root / "raw").mkdir(parents=True)
     for i in range(N_IMAGES):
         label = int(patient_labels[i // 2])
         cy, cx, r = rng.integers(10, 22), rng.integers(10, 22), rng.integers(4, 8)
         mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2).astype(np.uint8) * (label > 0)
         image = np.clip(rng.normal(90, 25, (SIZE, SIZE)) + 80 * mask, 0, 255).astype(np.uint8)
         rows.append({"image_id": f"img{i:03d}", "patient_id": f"P{i // 2:02d}", "label": CLASSES[label],
-                     "image_path": f"raw/img{i:03d}.png", "mask_paths": f"raw/img{i:03d}_mask.png",
-                     "width": 500, "height": 400})
+                     "mask_paths": f"raw/img{i:03d}_mask.png", "patient_known": True, "colour_overlay": False,
+                     "device": "phantom"})
         images.append(image)
         masks.append(mask)
     index = pd.DataFrame(rows)
+    clusters = _planted_clusters(index)
+    first, copy = clusters["exact"]
+    images[int(copy[3:])] = images[int(first[3:])]  # an exact duplicate: the same frame filed twice
+    index["image_path"] = [str(_write_png(root / "raw" / f"{i}.png", img, _original_size(i, clusters)))
+                           for i, img in zip(index["image_id"], images)]
+    index[["width", "height"]] = [Image.open(path).size for path in index["image_path"]]
     (root / "data").mkdir(parents=True)
     index.to_csv(root / "data" / "index.csv", index=False)
     np.savez(root / "data" / "arrays.npz", images=np.stack(images), masks=np.stack(masks),
@@ -47,24 +66,53 @@ def _write_data(root: Path, rng: np.random.Generator) -> pd.DataFrame:
     return index
 
 
-def _write_split(root: Path, index: pd.DataFrame, folds: list[int], leak: bool) -> pd.DataFrame:
-    """groups.csv + folds.csv with patient-level folds; optionally plant a train/test leak in fold 0."""
-    n_folds = max(len(folds), 2)
-    patient_no = index["patient_id"].str[1:].astype(int)
-    table = pd.DataFrame({"image_id": index["image_id"], "group_id": index["patient_id"], "label": index["label"],
-                          "kfold": patient_no % n_folds})
-    for k in folds:
-        others = sorted(set(patient_no[table["kfold"] != k]))
-        val = set(others[:2])
-        table[f"fold{k}"] = ["test" if kf == k else ("val" if p in val else "train")
-                             for kf, p in zip(table["kfold"], patient_no)]
-    if leak:  # one image of a test patient of fold 0 is put in train
-        first_test = table.index[table[f"fold{folds[0]}"] == "test"][0]
-        table.loc[first_test, f"fold{folds[0]}"] = "train"
-    (root / "split").mkdir(parents=True)
-    table[["image_id", "group_id"]].assign(reason="patient_id").to_csv(root / "split" / "groups.csv", index=False)
-    table.to_csv(root / "split" / "folds.csv", index=False)
-    return table
+def _planted_clusters(index: pd.DataFrame) -> dict[str, list[str]]:
+    """Two duplicate clusters across patients: an exact pair of one class, a near-duplicate triple of two classes."""
+    firsts = index[index["image_id"].str[3:].astype(int) % 2 == 0]  # the first image of every patient
+    by_label = {c: firsts.loc[firsts["label"] == c, "image_id"].tolist() for c in CLASSES}
+    return {"exact": by_label["benign"][:2], "conflict": [by_label["normal"][0], *by_label["malignant"][:2]]}
+
+
+def _original_size(image_id: str, clusters: dict[str, list[str]]) -> tuple[int, int]:
+    sizes = {clusters["exact"][1]: (48, 48), clusters["conflict"][1]: (64, 40)}
+    return sizes.get(image_id, (SIZE, SIZE))
+
+
+def _write_png(path: Path, pixels: np.ndarray, size: tuple[int, int]) -> Path:
+    Image.fromarray(pixels).resize(size).save(path)
+    return path
+
+
+def _planted_links(index: pd.DataFrame) -> pd.DataFrame:
+    clusters = _planted_clusters(index)
+    (a, b), (n, m1, m2) = clusters["exact"], clusters["conflict"]
+    rows = [(a, b, "exact", 1.0), (n, m1, "near-duplicate", 0.93), (m1, m2, "near-duplicate", 0.88)]
+    return pd.DataFrame([{"image_a": min(x, y), "image_b": max(x, y), "reason": r, "score": s, "scale": 1.0,
+                          "overlap": 1.0} for x, y, r, s in rows])
+
+
+def _split_params(protocol: str, n_folds: int) -> dict:
+    return {"protocol": protocol, "n_folds": n_folds, "val_fraction": 0.34, "official_folds": 5,
+            "holdout": {"train": 0.7, "val": 0.1, "test": 0.2},
+            "cascade": {"segmentation": {"train": 0.15, "val": 0.05},
+                        "classification": {"train": 0.6, "val": 0.1, "test": 0.3}},
+            "grouping": "patient+duplicates", "duplicates": {}, "label_conflicts": "drop"}
+
+
+def _write_split(root: Path, index: pd.DataFrame, split: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The split stage's files, made by busflow's own group/split/audit code on the planted duplicate links."""
+    with mock.patch.object(busflow.groups, "duplicate_links", lambda *_: _planted_links(index)):
+        groups, links = build_groups(index, split)
+    folds = make_split(index, groups, split, seed=0)
+    leaky = make_split(index, groups, split, seed=0, protocol="random_image")
+    with np.load(root / "data" / "arrays.npz") as npz:
+        audit, counts = audit_split({"main": folds, "leakage_study": leaky}, index, npz["image_ids"], npz["images"])
+    files = {"groups": groups, "links": links, "folds": folds, "leaky": leaky, "counts": counts,
+             "conflicts": conflict_summary(groups, index, split["label_conflicts"])}
+    for key, frame in files.items():
+        write_csv(root / SPLIT_FILES[key], frame)
+    write_json(root / SPLIT_FILES["audit"], audit)
+    return folds, leaky
 
 
 def _cls_metrics(rng: np.random.Generator, y_true: np.ndarray, y_pred: np.ndarray, nan_auc: bool) -> dict:
@@ -89,8 +137,9 @@ def _seg_metrics(rng: np.random.Generator, n_lesion: int, n_empty: int) -> dict:
 
 
 def _write_model_fold(root: Path, rng: np.random.Generator, model: str, fold: int, test: pd.DataFrame,
-                      arrays: dict[str, np.ndarray], nan_auc: bool) -> None:
-    out = root / "models" / model / f"fold{fold}"
+                      arrays: dict[str, np.ndarray], nan_auc: bool, split: str = "main") -> None:
+    leaky = (LEAKY_SPLIT,) if split == LEAKY_SPLIT else ()
+    out = root.joinpath("models", model, *leaky, f"fold{fold}")
     out.mkdir(parents=True)
     tasks = TASKS[model]
     y_true = test["label"].map(CLASSES.index).to_numpy()
@@ -130,36 +179,42 @@ def _write_model_fold(root: Path, rng: np.random.Generator, model: str, fold: in
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def make_results(root: Path, models: list[str], folds: list[int], leak: bool = False, seed: int = 0) -> Path:
-    """Write a complete fake results tree under ``root`` and return it."""
+def make_results(root: Path, models: list[str], folds: list[int], protocol: str = "kfold",
+                 leakage: tuple[str, ...] = (), seed: int = 0) -> Path:
+    """Write a complete fake results tree under ``root`` (leakage runs for the ``leakage`` models) and return it."""
     rng = np.random.default_rng(seed)
     index = _write_data(root, rng)
-    table = _write_split(root, index, folds, leak)
+    main, leaky = _write_split(root, index, _split_params(protocol, max(2, max(folds) + 1)))
     with np.load(root / "data" / "arrays.npz") as npz:
         arrays = {"masks": npz["masks"], "row": {str(i): k for k, i in enumerate(npz["image_ids"])}}
-    for model in models:
+    runs = [(m, main, "main") for m in models] + [(m, leaky, LEAKY_SPLIT) for m in leakage]
+    for model, table, split in runs:
         for j, fold in enumerate(folds):
             test = table[table[f"fold{fold}"] == "test"]
-            _write_model_fold(root, rng, model, fold, test, arrays, nan_auc=(model == "resnet50" and j == 1))
+            _write_model_fold(root, rng, model, fold, test, arrays, nan_auc=(model == "resnet50" and j == 1),
+                              split=split)
     return root
 
 
-def run_info(dataset: str = "synthetic") -> dict:
-    return {"dataset": dataset, "params_sha256": "ab" * 32, "busflow_version": "0.1.0", "classes": CLASSES,
-            "empty_mask_convention": "Dice = 1 when both masks are empty", "params": {"seed": 1, "train": {"lr": 0.001}}}
+def run_info(protocol: str = "kfold", leakage: tuple[str, ...] = ()) -> dict:
+    params = {"seed": 1, "train": {"lr": 0.001}, "split": _split_params(protocol, 2),
+              "leakage": {"models": list(leakage)}}
+    return {"dataset": "synthetic", "params_sha256": "ab" * 32, "busflow_version": "0.1.0", "classes": CLASSES,
+            "empty_mask_convention": "Dice = 1 when both masks are empty", "params": params}
 
 
-def _report(tmp: Path, models: list[str], folds: list[int], leak: bool = False) -> Path:
-    results = make_results(tmp / "results", models, folds, leak)
+def _report(tmp: Path, models: list[str], folds: list[int], protocol: str = "kfold",
+            leakage: tuple[str, ...] = ()) -> Path:
+    results = make_results(tmp / "results", models, folds, protocol, leakage)
     out = tmp / "report"
-    build_report(results_dir=results, out_dir=out, models=models, folds=folds, run_info=run_info())
+    build_report(results_dir=results, out_dir=out, models=models, folds=folds, run_info=run_info(protocol, leakage))
     return out
 
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("full")
-    out = _report(tmp, ["unet", "resnet50", "mtl"], [0, 1])
+    out = _report(tmp, ["unet", "resnet50", "mtl"], [0, 1], leakage=LEAKAGE)
     return tmp / "results", out
 
 
@@ -171,6 +226,8 @@ def test_every_report_file_is_written(full: tuple[Path, Path]) -> None:
     for rel in REPORT_FILES:
         assert (out / rel).is_file(), rel
         assert (out / rel).stat().st_size > 0, rel
+    for rel in REPORT_DIRS:
+        assert (out / rel).is_dir(), rel
     assert not list(out.rglob("*.tmp"))
 
 
@@ -219,26 +276,137 @@ def test_seg_only_model_has_na_classification(full: tuple[Path, Path]) -> None:
     assert per_class.loc[per_class["model"] == "resnet50", "roc_auc"].isna().sum() == len(CLASSES)
 
 
-def test_split_audit_without_leak(full: tuple[Path, Path]) -> None:
-    _, out = full
-    split = pd.read_csv(out / "tables" / "split.csv")
-    assert set(split["role"]) == {"train", "val", "test"}
-    assert (split["patient_overlap"] == "none").all()
-    assert split.groupby("fold")["images"].sum().tolist() == [N_IMAGES, N_IMAGES]
-    assert (split[CLASSES].sum(axis=1) == split["images"]).all()
-    dataset = pd.read_csv(out / "tables" / "dataset.csv").set_index("class")
-    assert dataset.loc["all", "images"] == N_IMAGES and dataset.loc["all", "patients"] == 15
-    assert "patient overlap: none" in (out / "index.html").read_text()
-
-
-def test_split_audit_flags_planted_leak(tmp_path: Path) -> None:
-    out = _report(tmp_path, ["resnet50"], [0, 1], leak=True)
-    split = pd.read_csv(out / "tables" / "split.csv")
-    fold0 = split.loc[split["fold"] == 0, "patient_overlap"].unique()
-    assert len(fold0) == 1 and fold0[0] != "none" and "train/test" in fold0[0]
-    assert (split.loc[split["fold"] == 1, "patient_overlap"] == "none").all()
+def test_split_table_carries_counts_and_audit_crossings(full: tuple[Path, Path]) -> None:
+    results, out = full
+    split = pd.read_csv(out / "tables" / "split.csv", keep_default_na=False)
+    counts = pd.read_csv(results / SPLIT_FILES["counts"], keep_default_na=False)
+    pd.testing.assert_frame_equal(split.drop(columns=["crossings"]), counts)
+    main, study = split[split["split"] == "main"], split[split["split"] == "leakage_study"]
+    assert (main["crossings"] == "none").all() and set(main["protocol"]) == {"kfold"}
+    audit = json.loads((results / SPLIT_FILES["audit"]).read_text())
+    fold0 = next(c for s in audit["splits"] if s["split"] == "leakage_study" for c in s["columns"]
+                 if c["column"] == "fold0")
+    n_patients = fold0["patients across test|train+val"]
+    assert n_patients > 0  # the image-level split puts the two images of a patient on both sides
+    for text in study.loc[study["column"] == "fold0", "crossings"]:
+        assert f"{n_patients} patients across test|train+val" in text
+    assert (main.groupby("column")["images"].sum() == N_IMAGES).all()
     html = (out / "index.html").read_text()
-    assert f"fold 0: patient overlap: {fold0[0]}" in html
+    assert "main split (kfold): no group, patient or identical image crosses a role boundary" in html
+    assert "leakage_study split (random_image): leaky by design" in html
+
+
+def test_failed_audit_is_shown(tmp_path: Path) -> None:
+    results = make_results(tmp_path / "results", ["resnet50"], [0])
+    audit = json.loads((results / SPLIT_FILES["audit"]).read_text())
+    main = audit["splits"][0]
+    main.update(passed=False, crossings=2)
+    main["columns"][0].update({"groups across test|train+val": 1, "patients across test|train+val": 1})
+    (results / SPLIT_FILES["audit"]).write_text(json.dumps(audit))
+    build_report(results_dir=results, out_dir=tmp_path / "report", models=["resnet50"], folds=[0], run_info=run_info())
+    split = pd.read_csv(tmp_path / "report" / "tables" / "split.csv").set_index(["split", "column"])
+    assert set(split.loc[("main", "fold0"), "crossings"]) == {
+        "1 groups across test|train+val; 1 patients across test|train+val"}
+    assert (split.loc[("main", "fold1"), "crossings"] == "none").all()
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "main split (kfold): 2 crossings across role boundaries: the audit failed" in html
+
+
+def test_groups_and_label_conflicts(full: tuple[Path, Path]) -> None:
+    results, out = full
+    index = pd.read_csv(results / "data" / "index.csv")
+    clusters = _planted_clusters(index)
+    groups = pd.read_csv(out / "tables" / "groups.csv", keep_default_na=False)
+    assert groups.columns.tolist() == ["group_id", "n_images", "image_ids", "labels", "reasons", "min_score",
+                                       "max_score", "label_conflict"]
+    # 15 two-image patients; the exact pair joins 2 patients, the conflict triple 3: 10 + 1 + 1 groups
+    assert len(groups) == 12 and groups["n_images"].sum() == N_IMAGES
+    conflict = groups[groups["label_conflict"]]
+    assert len(conflict) == 1 and conflict["n_images"].iloc[0] == 6
+    assert conflict["labels"].iloc[0] == "malignant; normal"
+    assert conflict["reasons"].iloc[0] == "near-duplicate; patient"
+    assert conflict["min_score"].iloc[0] == pytest.approx(0.88)
+    table = pd.read_csv(out / "tables" / "label_conflicts.csv")
+    assert table.columns.tolist() == ["group_id", "images", "labels", "n_images", "action"]
+    assert len(table) == 1 and table["images"].iloc[0] == "; ".join(sorted(clusters["conflict"]))
+    html = (out / "index.html").read_text()
+    assert "drop: 3 images excluded from every fold" in html
+    assert "exact: 1, near-duplicate: 2, patient: 15" in html
+
+
+def test_contact_sheets(full: tuple[Path, Path]) -> None:
+    _, out = full
+    assert REPORT_DIRS == ("clusters",)
+    sheets = sorted((out / "clusters").glob("*.png"))
+    assert len(sheets) == 2 and sorted((out / "clusters").iterdir()) == sheets
+    red = []
+    for sheet in sheets:
+        with Image.open(sheet) as img:
+            pixels = np.asarray(img.convert("RGB")).astype(int)
+        assert pixels.shape[0] > 200  # tiles are 200 px high, plus titles
+        red.append(bool(((pixels[..., 0] > 150) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)).any()))
+    assert red == [True, False]  # the label-conflict cluster comes first and has a red title
+    html = (out / "index.html").read_text()
+    md = (out / "report.md").read_text()
+    for sheet in sheets:
+        assert f'<img src="clusters/{sheet.name}"' in html and f"(clusters/{sheet.name})" in md
+    assert "LABEL CONFLICT" in html
+
+
+def test_read_tile_scales_originals_and_survives_unreadable_files(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    _write_png(good, np.zeros((4, 4), np.uint8), (64, 40))
+    bad.write_bytes(b"not an image")
+    index = pd.DataFrame({"image_id": ["a", "b", "c"], "label": ["benign"] * 3,
+                          "image_path": [str(good), str(bad), str(tmp_path / "missing.png")]}).set_index("image_id")
+    tile = read_tile(index, "a")
+    assert tile.pixels is not None and tile.pixels.shape == (200, 320) and "64×40 px" in tile.caption
+    for image_id in ("b", "c", "not-in-index"):
+        tile = read_tile(index, image_id)
+        assert tile.pixels is None and tile.error, image_id
+
+
+def test_unreadable_image_gives_a_placeholder_sheet(tmp_path: Path) -> None:
+    results = make_results(tmp_path / "results", ["unet"], [0])
+    index = pd.read_csv(results / "data" / "index.csv")
+    victim = _planted_clusters(index)["conflict"][1]
+    Path(index.set_index("image_id").at[victim, "image_path"]).write_bytes(b"garbage")
+    out = tmp_path / "report"
+    build_report(results_dir=results, out_dir=out, models=["unet"], folds=[0], run_info=run_info())
+    assert len(list((out / "clusters").glob("*.png"))) == 2
+    html = (out / "index.html").read_text()
+    assert "1 image(s) could not be read" in html and f"{victim}: UnidentifiedImageError" in html
+
+
+def test_leakage_table_and_inflation(full: tuple[Path, Path]) -> None:
+    results, out = full
+    leakage = pd.read_csv(out / "tables" / "leakage.csv")
+    assert set(leakage["model"]) == {"unet"} and leakage["metric"].tolist() == ["dice", "iou_tumour"]
+    for _, row in leakage.iterrows():
+        grouped = [json.loads((results / "models" / "unet" / f"fold{k}" / "metrics.json").read_text())
+                   ["segmentation"][row["metric"]] for k in (0, 1)]
+        leaky = [json.loads((results / "models" / "unet" / LEAKY_SPLIT / f"fold{k}" / "metrics.json").read_text())
+                 ["segmentation"][row["metric"]] for k in (0, 1)]
+        assert row["grouped_mean"] == pytest.approx(np.mean(grouped), abs=1e-5)
+        assert row["image_level_mean"] == pytest.approx(np.mean(leaky), abs=1e-5)
+        assert row["image_level_sd"] == pytest.approx(np.std(leaky, ddof=1), abs=1e-5)
+        assert row["inflation"] == pytest.approx(row["image_level_mean"] - row["grouped_mean"], abs=1e-5)
+        assert row["inflation"] == pytest.approx(np.mean(leaky) - np.mean(grouped), abs=1e-5)
+    html = (out / "index.html").read_text()
+    assert "Leakage study" in html and "grouped (leak-free)" in html
+
+
+def test_random_image_protocol_is_marked_leaky(tmp_path: Path) -> None:
+    out = _report(tmp_path, ["resnet50"], [0], protocol="random_image")
+    for name in ("leaderboard", "classification"):
+        table = pd.read_csv(out / "tables" / f"{name}.csv")
+        assert len(table) and (table["split"] == "random_image (LEAKY)").all(), name
+    html = (out / "index.html").read_text()
+    assert "random_image (LEAKY)" in html.split("<h2>")[0]  # title and the warning before the first section
+    assert "WARNING: split.protocol is random_image (LEAKY)" in html
+    leakage = pd.read_csv(out / "tables" / "leakage.csv")
+    assert leakage.empty and "inflation" in leakage.columns
+    assert "No leakage study configured" in html
 
 
 def test_html_and_markdown_content(full: tuple[Path, Path]) -> None:
@@ -270,8 +438,9 @@ def test_output_is_deterministic(full: tuple[Path, Path], tmp_path: Path) -> Non
     results, out = full
     again = tmp_path / "again"
     build_report(results_dir=results, out_dir=again, models=["unet", "resnet50", "mtl"], folds=[0, 1],
-                 run_info=run_info())
-    for rel in REPORT_FILES:
+                 run_info=run_info(leakage=LEAKAGE))
+    sheets = [p.relative_to(out) for p in sorted((out / "clusters").glob("*.png"))]
+    for rel in [*REPORT_FILES, *sheets]:
         if rel != "index.html":  # the HTML header carries a timestamp
             assert (again / rel).read_bytes() == (out / rel).read_bytes(), rel
 

@@ -91,8 +91,8 @@ def _split_problems(params: Mapping[str, Any]) -> list[str]:
     if segmentation["train"] + segmentation["val"] >= 1:
         problems.append("split.cascade.segmentation: train + val must leave a rest for the classifier")
     leakage = params["leakage"]["models"]
-    problems += [f"leakage.models: unknown model '{m}' (defined under models: {sorted(params['models'])})"
-                 for m in leakage if m not in params["models"]]
+    problems += [f"leakage.models: '{m}' is not one of train.models (the study compares it with its grouped run)"
+                 for m in leakage if m not in params["train"]["models"]]
     if leakage and protocol != "kfold":
         problems.append(f"leakage.models: the leakage study compares image-level folds with kfold, not {protocol}")
     return problems

@@ -16,12 +16,18 @@ REPORT_FILES: tuple[str, ...] = (
     "tables/per_class.csv",
     "tables/dataset.csv",
     "tables/split.csv",
+    "tables/groups.csv",
+    "tables/label_conflicts.csv",
+    "tables/leakage.csv",
     "figures/roc.png",
     "figures/metrics_bar.png",
     "figures/overlays.png",
     "figures/training_curves.png",
     "figures/confusion.png",
+    "figures/leakage.png",
 )
+# Directories the report always creates (possibly empty): one contact sheet per duplicate cluster.
+REPORT_DIRS: tuple[str, ...] = ("clusters",)
 
 
 def results_root(dataset: str) -> str:

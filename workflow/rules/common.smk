@@ -6,7 +6,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from busflow.config import validate_params
-from busflow.layout import EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_FILES, SPLIT_FILES, TRAIN_OUTPUTS, fold_dir, results_root
+from busflow.layout import EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_OUTPUTS, fold_dir, results_root
 
 
 def _params_file():
@@ -64,7 +64,7 @@ def report_inputs(wildcards):
     for model in LEAKAGE_MODELS:
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, *EVALUATE_OUTPUTS), LEAKY_SPLIT)
-    return files
+    return [*files, rules.download.output[0]]  # contact sheets show the original images
 
 
 FIGURE_CAPTIONS = {
@@ -73,6 +73,7 @@ FIGURE_CAPTIONS = {
     "figures/overlays.png": "overlays.rst",
     "figures/training_curves.png": "training_curves.rst",
     "figures/confusion.png": "confusion.rst",
+    "figures/leakage.png": "leakage.rst",
 }
 
 

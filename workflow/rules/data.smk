@@ -5,7 +5,6 @@ rule download:
         params_yaml=PARAMS_FILE,
         dataset=DATASET,
         source=config["data"][DATASET],
-        download=config["data"]["download"],
         seed=config["seed"],
     conda:
         "../envs/busflow.yaml"

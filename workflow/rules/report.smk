@@ -3,6 +3,7 @@ rule report:
         report_inputs,
     output:
         [report_file(name) for name in REPORT_FILES],
+        [directory(f"{RESULTS}/report/{name}") for name in REPORT_DIRS],
     params:
         params_yaml=PARAMS_FILE,
         models=MODELS,

@@ -1,7 +1,7 @@
 """Report stage: tables, figures, Markdown and HTML summarising a busflow run.
 
-Entry point: :func:`build_report`. Every file it writes is listed in :data:`REPORT_FILES`
-(relative to ``out_dir``) so workflow orchestrators can declare them as outputs.
+Entry point: :func:`build_report`. Every file it writes is listed in :data:`REPORT_FILES` and every directory
+in :data:`REPORT_DIRS` (relative to ``out_dir``) so workflow orchestrators can declare them as outputs.
 No torch import here: the report only reads files written by earlier stages.
 """
 
@@ -14,22 +14,26 @@ from typing import Any
 
 from .. import CLASSES
 from ..io import write_csv, write_text
-from ..layout import REPORT_FILES
+from ..layout import REPORT_DIRS, REPORT_FILES
 from . import figures
 from .content import ReportTables, build_blocks
 from .loading import RunResults, load_results
 from .render import render_html, render_markdown
 from .tables import (
+    SHEETS_DIR,
     classification_table,
     dataset_table,
+    duplicate_clusters,
+    groups_table,
     leaderboard_table,
+    leakage_table,
     per_class_table,
     segmentation_table,
+    split_label,
     split_table,
 )
 
-__all__ = ["REPORT_FILES", "build_report"]
-
+__all__ = ["REPORT_DIRS", "REPORT_FILES", "build_report"]
 
 
 def compute_tables(run: RunResults) -> ReportTables:
@@ -42,6 +46,10 @@ def compute_tables(run: RunResults) -> ReportTables:
         classification=cls_table,
         segmentation=seg_table,
         per_class=per_class_table(run),
+        groups=groups_table(run),
+        label_conflicts=run.conflicts,
+        leakage=leakage_table(run),
+        clusters=duplicate_clusters(run),
     )
 
 
@@ -53,6 +61,7 @@ def write_figures(run: RunResults, tables: ReportTables, out_dir: Path) -> None:
     figures.plot_overlays(run, fig_dir / "overlays.png")
     figures.plot_training_curves(run, fig_dir / "training_curves.png")
     figures.plot_confusion(run, fig_dir / "confusion.png")
+    figures.plot_leakage(tables.leakage, fig_dir / "leakage.png")
 
 
 def build_report(
@@ -68,14 +77,17 @@ def build_report(
     ``index.html`` is written last, so its presence means the report is complete.
     """
     out_dir = Path(out_dir)
-    run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES)
+    leakage_models = ((run_info.get("params") or {}).get("leakage") or {}).get("models") or ()
+    run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models)
     tables = compute_tables(run)
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)
     write_figures(run, tables, out_dir)
-    blocks = build_blocks(run, tables, run_info)
+    unreadable = figures.write_contact_sheets(run, tables.sheets, out_dir / SHEETS_DIR)
+    blocks = build_blocks(run, tables, run_info, unreadable)
     write_text(out_dir / "report.md", render_markdown(blocks))
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"busflow report — {run_info.get('dataset', 'unknown dataset')}"
+    leaky = f" — {split_label(run)} split" if run.leaky else ""
+    title = f"busflow report — {run_info.get('dataset', 'unknown dataset')}{leaky}"
     subtitle = f"generated {generated} · busflow {run_info.get('busflow_version', 'n/a')}"
     write_text(out_dir / "index.html", render_html(blocks, title, subtitle))

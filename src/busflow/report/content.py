@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +12,12 @@ import pandas as pd
 
 from .loading import RunResults
 from .render import (
+    NA,
     Block,
     Bullets,
     Details,
     Figure,
+    Gallery,
     Heading,
     KeyValues,
     Links,
@@ -24,8 +26,12 @@ from .render import (
     fmt_mean_sd,
     fmt_value,
     format_frame,
+    is_missing,
 )
-from .tables import overlap_by_fold
+from .tables import DuplicateCluster, duplicate_links, excluded_images, split_label
+
+MAX_SHEETS = 300  # contact sheets drawn and shown; label conflicts and larger clusters come first
+MAX_GROUP_ROWS = 50  # rows of tables/groups.csv shown in the report
 
 HEADLINE_METRICS: tuple[str, ...] = (
     "accuracy",
@@ -68,11 +74,21 @@ class ReportTables:
     classification: pd.DataFrame
     segmentation: pd.DataFrame
     per_class: pd.DataFrame
+    groups: pd.DataFrame
+    label_conflicts: pd.DataFrame
+    leakage: pd.DataFrame
+    clusters: tuple[DuplicateCluster, ...] = ()
 
     def files(self) -> dict[str, pd.DataFrame]:
         """Relative CSV path -> table."""
         return {f"tables/{name}.csv": getattr(self, name) for name in
-                ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split")}
+                ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split", "groups",
+                 "label_conflicts", "leakage")}
+
+    @property
+    def sheets(self) -> tuple[DuplicateCluster, ...]:
+        """The clusters that get a contact sheet (at most MAX_SHEETS)."""
+        return self.clusters[:MAX_SHEETS]
 
 
 def library_versions() -> dict[str, str]:
@@ -87,13 +103,18 @@ def library_versions() -> dict[str, str]:
             "seaborn": seaborn.__version__}
 
 
-def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any]) -> list[Block]:
-    """All report sections in order."""
+def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any],
+                 unreadable: Sequence[str] = ()) -> list[Block]:
+    """All report sections in order; ``unreadable`` lists images drawn as placeholders on contact sheets."""
     return [
+        *leaky_warning_blocks(run),
         *summary_blocks(run, tables, run_info),
         *dataset_blocks(tables),
-        *split_blocks(tables),
+        *split_blocks(run, tables),
+        *grouping_blocks(run, tables, run_info),
+        *cluster_blocks(tables, unreadable),
         *leaderboard_blocks(tables),
+        *leakage_blocks(run, tables),
         *figure_blocks(run),
         *per_fold_blocks(run, tables),
         *metric_blocks(),
@@ -101,6 +122,20 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
         *params_blocks(run_info),
         *file_blocks(tables),
     ]
+
+
+def split_params(run_info: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``split`` section of the run's params (empty when not recorded)."""
+    return (run_info.get("params") or {}).get("split") or {}
+
+
+def leaky_warning_blocks(run: RunResults) -> list[Block]:
+    """A warning at the top when the models were trained and tested on the image-level (leaky) split."""
+    if not run.leaky:
+        return []
+    return [Para(f"WARNING: split.protocol is {split_label(run)}. Its folds ignore patients and duplicate "
+                 "frames, so images of one patient or copies of one frame can sit in train and test: every metric "
+                 "of this report is optimistically biased. Use this protocol only for the leakage study.", "bad")]
 
 
 def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any]) -> list[Block]:
@@ -113,6 +148,7 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
         *library_versions().items(),
         ("classes", ", ".join(run.classes)),
         ("images / patients", f"{len(index)} / {index['patient_id'].nunique() if 'patient_id' in index else 'n/a'}"),
+        ("split protocol", split_label(run)),
         ("folds", ", ".join(str(f) for f in run.folds)),
     ]
     models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds)" for row in tables.leaderboard.itertuples())
@@ -125,31 +161,102 @@ def dataset_blocks(tables: ReportTables) -> list[Block]:
     return [Heading("Dataset"), Table(frame, "Images and patients per class (tables/dataset.csv)")]
 
 
-def split_blocks(tables: ReportTables) -> list[Block]:
-    """Per-fold overlap verdict and the role-by-role counts."""
-    blocks: list[Block] = [Heading("Patient-level split audit")]
-    overlaps = overlap_by_fold(tables.split)
-    for fold, text in overlaps.items():
-        css = "ok" if text == "none" else "bad"
-        blocks.append(Para(f"fold {fold}: patient overlap: {text}", css))
-    if not overlaps:
-        blocks.append(Para("no split information for the requested folds", "note"))
-    counts = [c for c in tables.split.columns if c not in ("fold", "role", "patient_overlap")]
-    frame = format_frame(tables.split.drop(columns=["patient_overlap"]), count_columns=counts)
-    blocks.append(Table(frame, "Images, patients, groups and class counts per fold and role (tables/split.csv)"))
+def split_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
+    """Protocol, the audit verdict per split and the role-by-role counts with their crossings."""
+    passed = bool(run.audit.get("passed"))
+    blocks: list[Block] = [
+        Heading("Split audit"),
+        KeyValues((("protocol", split_label(run)), ("audit (split/audit.json)", "passed" if passed else "FAILED"))),
+        *(audit_verdict(split) for split in run.audit.get("splits", [])),
+    ]
+    labels = ("split", "protocol", "column", "role", "crossings")
+    counts = [c for c in tables.split.columns if c not in labels]
+    blocks.append(Table(format_frame(tables.split, count_columns=counts),
+                        "Images, groups, patients and classes per split, role column and role, with the groups, "
+                        "patients and identical images the audit found across role boundaries (tables/split.csv)",
+                        "no split counts"))
     return blocks
+
+
+def audit_verdict(split: Mapping[str, Any]) -> Para:
+    """One line per audited split: clean, leaky by design, or failed."""
+    name, crossings = f"{split['split']} split ({split['protocol']})", int(split.get("crossings", 0))
+    if split.get("leaky"):
+        return Para(f"{name}: leaky by design, {crossings} crossings recorded (the leak the leakage study "
+                    "measures)", "note")
+    if crossings == 0:
+        return Para(f"{name}: no group, patient or identical image crosses a role boundary", "ok")
+    return Para(f"{name}: {crossings} crossings across role boundaries: the audit failed", "bad")
+
+
+def grouping_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any]) -> list[Block]:
+    """How images were grouped, what linked them, and the label-conflict policy with its effect."""
+    sizes = run.groups.groupby("group_id").size()
+    reasons = run.links["reason"].astype(str).value_counts().sort_index()
+    duplicates = duplicate_links(run.links)
+    in_clusters = len(set(duplicates["image_a"]) | set(duplicates["image_b"]))
+    conflicts = tables.label_conflicts
+    pairs = (
+        ("grouping (split.grouping)", grouping_mode(run, run_info)),
+        ("groups", f"{len(sizes)} ({int((sizes >= 2).sum())} with ≥ 2 images)"),
+        ("links", ", ".join(f"{reason}: {n}" for reason, n in reasons.items()) or "none"),
+        ("images in duplicate clusters", f"{in_clusters} of {len(run.index)} ({len(tables.clusters)} clusters)"),
+        ("label-conflict clusters", f"{len(conflicts)} ({int(conflicts['n_images'].sum())} images)"),
+        ("label-conflict policy (split.label_conflicts)",
+         f"{split_params(run_info).get('label_conflicts', 'n/a')}: {excluded_images(run.folds_table)} images "
+         "excluded from every fold"),
+    )
+    shown = format_frame(tables.groups.head(MAX_GROUP_ROWS), count_columns=("n_images",))
+    more = f"; the first {MAX_GROUP_ROWS} of {len(tables.groups)} shown" if len(tables.groups) > MAX_GROUP_ROWS else ""
+    return [
+        Heading("Grouping and duplicates"),
+        KeyValues(pairs),
+        Table(format_frame(conflicts, count_columns=("n_images",)),
+              "Duplicate clusters filed under several classes (tables/label_conflicts.csv)", "no label conflicts"),
+        Table(shown, f"Groups of several images (tables/groups.csv{more})", "every group holds a single image"),
+    ]
+
+
+def grouping_mode(run: RunResults, run_info: Mapping[str, Any]) -> str:
+    """``split.grouping``, with what ``auto`` resolved to for this dataset."""
+    from ..groups import grouping_sources
+
+    mode = split_params(run_info).get("grouping")
+    if mode is None:
+        return "n/a"
+    if mode != "auto":
+        return str(mode)
+    use_patients, _ = grouping_sources(mode, run.index)
+    return f"auto → {'patients' if use_patients else 'near-duplicates'}"
+
+
+def cluster_blocks(tables: ReportTables, unreadable: Sequence[str]) -> list[Block]:
+    """The contact sheets of the duplicate clusters (capped at MAX_SHEETS)."""
+    blocks: list[Block] = [Heading("Duplicate-cluster contact sheets")]
+    if not tables.clusters:
+        return [*blocks, Para("no exact or near-duplicate links: no contact sheets", "note")]
+    blocks.append(Para("One sheet per cluster of images joined by exact or near-duplicate links (patient links "
+                       "aside), each image at its original resolution scaled to a common height; the titles of "
+                       "label-conflict clusters are red. Files: clusters/."))
+    if len(tables.clusters) > MAX_SHEETS:
+        blocks.append(Para(f"Capped: {MAX_SHEETS} of {len(tables.clusters)} clusters have a sheet (label conflicts "
+                           "and larger clusters first); all are listed in tables/groups.csv.", "bad"))
+    if unreadable:
+        blocks.append(Para(f"{len(unreadable)} image(s) could not be read and are placeholders: "
+                           + "; ".join(unreadable[:10]) + (" …" if len(unreadable) > 10 else ""), "bad"))
+    return [*blocks, Gallery(tuple((c.sheet, c.caption) for c in tables.sheets))]
 
 
 def leaderboard_display(leaderboard: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Headline metrics per model as ``mean ± sd`` (kind="mean_sd") or pooled values (kind="pooled")."""
     rows = []
     for _, row in leaderboard.iterrows():
-        out = {"model": row["model"], "tasks": row["tasks"], "folds": fmt_value(row["n_folds"])}
+        out = {"model": row["model"], "split": row["split"], "tasks": row["tasks"], "folds": fmt_value(row["n_folds"])}
         for metric in HEADLINE_METRICS:
             out[metric] = (fmt_mean_sd(row[f"{metric}_mean"], row[f"{metric}_sd"]) if kind == "mean_sd"
                            else fmt_value(row[f"{metric}_pooled"]))
         rows.append(out)
-    return pd.DataFrame(rows, columns=["model", "tasks", "folds", *HEADLINE_METRICS])
+    return pd.DataFrame(rows, columns=["model", "split", "tasks", "folds", *HEADLINE_METRICS])
 
 
 def leaderboard_blocks(tables: ReportTables) -> list[Block]:
@@ -160,6 +267,35 @@ def leaderboard_blocks(tables: ReportTables) -> list[Block]:
         Table(leaderboard_display(lb, "pooled"), "Headline metrics pooled over all test folds", "no models"),
         Para("All leaderboard metrics (mean, sd and pooled columns) are in tables/leaderboard.csv.", "note"),
     ]
+
+
+def leakage_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
+    """Grouped vs image-level results of the leakage models, with the inflation."""
+    blocks: list[Block] = [Heading("Leakage study")]
+    if not run.leakage_models:
+        return [*blocks, Para("No leakage study configured (leakage.models is empty).", "note"),
+                Figure("figures/leakage.png", "Leakage study: not configured.")]
+    blocks.append(Para(f"{', '.join(run.leakage_models)} also trained on image-level folds "
+                       "(split/folds_random_image.csv) that ignore patients and duplicate clusters; the inflation "
+                       "is the image-level minus the grouped (leak-free) mean over folds."))
+    missing = [m for m in run.leakage_models if m not in run.models]
+    if missing:
+        blocks.append(Para(f"No grouped results for {', '.join(missing)} (not in this run's models): "
+                           "their inflation is n/a.", "bad"))
+    return [*blocks, Table(leakage_display(tables.leakage), "Grouped vs image-level folds (tables/leakage.csv)",
+                           "no headline metrics in the leakage runs"),
+            Figure("figures/leakage.png", "Grouped (leak-free) vs image-level (leaky) folds per model and metric, "
+                                          "mean ± sd over folds; the numbers are the inflation.")]
+
+
+def leakage_display(leakage: pd.DataFrame) -> pd.DataFrame:
+    """tables/leakage.csv with ``mean ± sd`` cells."""
+    return pd.DataFrame({
+        "model": leakage["model"], "metric": leakage["metric"],
+        "grouped (leak-free)": [fmt_mean_sd(m, s) for m, s in zip(leakage["grouped_mean"], leakage["grouped_sd"])],
+        "image-level (leaky)": [fmt_mean_sd(m, s) for m, s in zip(leakage["image_level_mean"], leakage["image_level_sd"])],
+        "inflation": [NA if is_missing(v) else f"{v:+.3f}" for v in leakage["inflation"]],
+    })
 
 
 def figure_blocks(run: RunResults) -> list[Block]:

@@ -6,7 +6,9 @@ A figure whose section does not apply is still written, as a small panel that sa
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -20,17 +22,28 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from ..io import atomic_path  # noqa: E402
+from ..io import atomic_dir, atomic_path  # noqa: E402
 from .loading import RunResults  # noqa: E402
-from .tables import model_classes, one_vs_rest_auc, pooled_per_image, pooled_predictions  # noqa: E402
+from .tables import (  # noqa: E402
+    DuplicateCluster,
+    model_classes,
+    one_vs_rest_auc,
+    pooled_per_image,
+    pooled_predictions,
+)
 
 DPI = 110
 BAR_CLS_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro")
 BAR_SEG_METRICS: tuple[str, ...] = ("dice", "iou_tumour", "dice_lesion_images")
 NO_CLS = "no classification models in this run"
 NO_SEG = "no segmentation models in this run"
+NO_LEAKAGE = "no leakage study configured (leakage.models is empty)"
+# Contact sheets: every image scaled to a common height, at most TILES_PER_ROW side by side (sizes in pixels).
+TILE_HEIGHT, TILES_PER_ROW, SHEET_GAP, TILE_TITLE, SHEET_HEADER, SHEET_MIN_WIDTH = 200, 6, 12, 40, 56, 480
+CONFLICT_COLOR = "#b00000"
 
 
 def save_figure(fig: Figure, target: Path) -> None:
@@ -292,3 +305,120 @@ def summed_confusion(run: RunResults, model: str) -> tuple[np.ndarray | None, li
             continue
         total = cm if total is None else total + cm
     return total, classes
+
+
+# --------------------------------------------------------------------------- leakage study
+
+
+def plot_leakage(leakage: pd.DataFrame, target: Path) -> None:
+    """Paired bars per leakage model x metric: grouped vs image-level mean over folds, sd error bars."""
+    if leakage.empty:
+        return save_figure(placeholder_figure(NO_LEAKAGE), target)
+    x = np.arange(len(leakage))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(leakage) + 2.5), 4.4))
+    for offset, prefix, label, color in ((-0.2, "grouped", "grouped (leak-free)", "#4c72b0"),
+                                         (0.2, "image_level", "image-level (leaky)", "#dd8452")):
+        ax.bar(x + offset, leakage[f"{prefix}_mean"], 0.4, yerr=leakage[f"{prefix}_sd"].fillna(0), capsize=3,
+               label=label, color=color)
+    ticks = [f"{m}\n{k}\nΔ {d:+.3f}" for m, k, d in zip(leakage["model"], leakage["metric"], leakage["inflation"])]
+    ax.set_xticks(x, [t.replace("nan", "n/a") for t in ticks], fontsize=8)
+    ax.set(title="Leakage study: grouped vs image-level folds (mean ± sd over folds)",
+           xlabel="Δ: inflation, image-level minus grouped", ylabel="score", ylim=(0, 1.1))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, target)
+
+
+# --------------------------------------------------------------------------- duplicate-cluster contact sheets
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One image of a contact sheet: scaled pixels, or ``None`` and the reason it could not be read."""
+
+    caption: str
+    pixels: np.ndarray | None = field(default=None, compare=False)
+    error: str = ""
+
+    @property
+    def width(self) -> int:
+        return TILE_HEIGHT if self.pixels is None else int(self.pixels.shape[1])
+
+
+def write_contact_sheets(run: RunResults, clusters: Sequence[DuplicateCluster], target_dir: Path) -> list[str]:
+    """One PNG per cluster in ``target_dir`` (created even when empty, replaced as a whole).
+
+    Returns ``"<image id>: <error>"`` for every image that could not be read (drawn as a placeholder tile).
+    """
+    index = run.index.drop_duplicates("image_id").set_index("image_id")
+    problems: list[str] = []
+    with atomic_dir(target_dir) as tmp:
+        for cluster in clusters:
+            tiles = [read_tile(index, image_id) for image_id in cluster.image_ids]
+            problems += [f"{i}: {t.error}" for i, t in zip(cluster.image_ids, tiles) if t.error]
+            save_figure(contact_sheet(cluster, tiles), tmp / Path(cluster.sheet).name)
+    return problems
+
+
+def read_tile(index: pd.DataFrame, image_id: str) -> Tile:
+    """The original image of ``image_id`` (``image_path`` of index.csv) scaled to TILE_HEIGHT, or a placeholder."""
+    label = index["label"].get(image_id, "?")
+    try:
+        with Image.open(Path(str(index.at[image_id, "image_path"]))) as img:
+            img.load()
+            width, height = img.size
+            pixels = np.asarray(_displayable(img).resize(
+                (max(1, round(width * TILE_HEIGHT / height)), TILE_HEIGHT), Image.Resampling.LANCZOS))
+    except Exception as error:  # noqa: BLE001 - an unreadable image becomes a placeholder tile, never a crash
+        return Tile(f"{image_id} · {label}\nunreadable", error=f"{type(error).__name__}: {error}")
+    return Tile(f"{image_id} · {label}\n{width}×{height} px", pixels)
+
+
+def _displayable(img: Image.Image) -> Image.Image:
+    """8-bit grayscale or RGB; 16-bit and float images are min-max scaled."""
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode.startswith(("I", "F")):
+        values = np.asarray(img, dtype=np.float32)
+        span = max(float(values.max() - values.min()), 1e-6)
+        return Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def contact_sheet(cluster: DuplicateCluster, tiles: Sequence[Tile]) -> Figure:
+    """The tiles side by side (rows of TILES_PER_ROW) under a title with the labels and link scores."""
+    rows = [list(range(k, min(k + TILES_PER_ROW, len(tiles)))) for k in range(0, len(tiles), TILES_PER_ROW)]
+    width = max(SHEET_MIN_WIDTH, *(sum(tiles[i].width + SHEET_GAP for i in row) + SHEET_GAP for row in rows))
+    row_height = TILE_TITLE + TILE_HEIGHT
+    height = SHEET_HEADER + row_height * len(rows) + SHEET_GAP
+    fig = plt.figure(figsize=(width / DPI, height / DPI))
+    for r, row in enumerate(rows):
+        left, bottom = SHEET_GAP, height - SHEET_HEADER - (r + 1) * row_height
+        for i in row:
+            ax = fig.add_axes((left / width, bottom / height, tiles[i].width / width, TILE_HEIGHT / height))
+            _tile_panel(ax, tiles[i])
+            left += tiles[i].width + SHEET_GAP
+    fig.suptitle(sheet_title(cluster), y=1 - 6 / height, va="top", fontsize=9,
+                 color=CONFLICT_COLOR if cluster.label_conflict else "black")
+    return fig
+
+
+def _tile_panel(ax: plt.Axes, tile: Tile) -> None:
+    ax.set_axis_off()
+    ax.set_title(tile.caption, fontsize=7.5)
+    if tile.pixels is None:
+        ax.imshow(np.full((TILE_HEIGHT, TILE_HEIGHT), 225, np.uint8), cmap="gray", vmin=0, vmax=255)
+        ax.text(0.5, 0.5, textwrap.fill(tile.error, 30, max_lines=6), ha="center", va="center", fontsize=7,
+                color=CONFLICT_COLOR, transform=ax.transAxes)
+        return
+    ax.imshow(tile.pixels, cmap="gray" if tile.pixels.ndim == 2 else None, vmin=0, vmax=255,
+              interpolation="nearest")
+
+
+def sheet_title(cluster: DuplicateCluster, max_links: int = 3) -> str:
+    """The cluster's caption and its strongest links with their scores."""
+    links = cluster.links.sort_values("score", ascending=False, kind="stable")
+    parts = [f"{a}–{b} {reason} {float(score):.3f}" for a, b, reason, score
+             in links[["image_a", "image_b", "reason", "score"]].head(max_links).itertuples(index=False)]
+    more = f" (+{len(links) - max_links} more)" if len(links) > max_links else ""
+    return f"{cluster.caption}\nlinks: {'; '.join(parts)}{more}"

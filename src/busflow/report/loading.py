@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..layout import LEAKY_SPLIT, SPLIT_FILES
+
 
 @dataclass(frozen=True)
 class FoldResult:
@@ -47,10 +49,26 @@ class RunResults:
     arrays_path: Path
     folds_table: pd.DataFrame
     groups: pd.DataFrame
+    links: pd.DataFrame
+    conflicts: pd.DataFrame
+    split_counts: pd.DataFrame
+    audit: dict[str, Any]
     models: tuple[str, ...]
     folds: tuple[int, ...]
     classes: tuple[str, ...]
     results: tuple[FoldResult, ...] = field(default_factory=tuple)
+    leakage_models: tuple[str, ...] = ()
+    leaky_results: tuple[FoldResult, ...] = field(default_factory=tuple)  # the same models on the image-level split
+
+    @property
+    def protocol(self) -> str:
+        """The split protocol the models were trained on (``protocol`` column of folds.csv)."""
+        return str(self.folds_table["protocol"].iloc[0]) if len(self.folds_table) else "n/a"
+
+    @property
+    def leaky(self) -> bool:
+        """True when the main split itself is the deliberately leaky image-level split."""
+        return self.protocol == LEAKY_SPLIT
 
     def of_model(self, model: str) -> list[FoldResult]:
         """The fold results of one model, in fold order."""
@@ -88,9 +106,13 @@ def _read_csv_optional(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def load_fold(results_dir: Path, model: str, fold: int) -> FoldResult:
-    """Read metrics.json, history.csv, per_image.csv and (if present) predictions.csv."""
-    directory = results_dir / "models" / model / f"fold{fold}"
+def load_fold(results_dir: Path, model: str, fold: int, split: str = "main") -> FoldResult:
+    """Read metrics.json, history.csv, per_image.csv and (if present) predictions.csv.
+
+    ``split=LEAKY_SPLIT`` reads the run of the leakage study under ``models/<model>/random_image/``.
+    """
+    leaky = (LEAKY_SPLIT,) if split == LEAKY_SPLIT else ()
+    directory = results_dir.joinpath("models", model, *leaky, f"fold{fold}")
     metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
     history = _read_csv_optional(directory / "history.csv")
     per_image = _read_csv_optional(directory / "per_image.csv")
@@ -113,24 +135,41 @@ def _classes_from(arrays_path: Path, fallback: Sequence[str]) -> tuple[str, ...]
     return tuple(str(c) for c in fallback)
 
 
+def _read_split(results_dir: Path, key: str) -> pd.DataFrame:
+    """One table of the split stage (:data:`SPLIT_FILES`), ids as strings, empty cells as ``""`` in text columns."""
+    text_columns = {c: str for c in ("image_id", "group_id", "linked_to", "image_a", "image_b", "images", "labels")}
+    frame = pd.read_csv(results_dir / SPLIT_FILES[key], dtype=text_columns)
+    for column in set(text_columns) & set(frame.columns):
+        frame[column] = frame[column].fillna("")
+    if "label_conflict" in frame:
+        frame["label_conflict"] = frame["label_conflict"].astype(str).str.lower() == "true"
+    return frame
+
+
 def load_results(
-    results_dir: Path, models: Sequence[str], folds: Sequence[int], classes: Sequence[str]
+    results_dir: Path,
+    models: Sequence[str],
+    folds: Sequence[int],
+    classes: Sequence[str],
+    leakage_models: Sequence[str] = (),
 ) -> RunResults:
-    """Load every input of the report for the given models and folds."""
+    """Load every input of the report for the given models and folds (and the leakage study's runs)."""
     results_dir = Path(results_dir)
     arrays_path = results_dir / "data" / "arrays.npz"
     index = pd.read_csv(results_dir / "data" / "index.csv", dtype={"image_id": str, "patient_id": str})
-    folds_table = pd.read_csv(results_dir / "split" / "folds.csv", dtype={"image_id": str, "group_id": str})
-    groups_path = results_dir / "split" / "groups.csv"
-    groups = pd.read_csv(groups_path, dtype=str) if groups_path.exists() else pd.DataFrame()
-    fold_results = tuple(load_fold(results_dir, m, f) for m in models for f in folds)
     return RunResults(
         index=index,
         arrays_path=arrays_path,
-        folds_table=folds_table,
-        groups=groups,
+        folds_table=_read_split(results_dir, "folds"),
+        groups=_read_split(results_dir, "groups"),
+        links=_read_split(results_dir, "links"),
+        conflicts=_read_split(results_dir, "conflicts"),
+        split_counts=pd.read_csv(results_dir / SPLIT_FILES["counts"]),
+        audit=json.loads((results_dir / SPLIT_FILES["audit"]).read_text(encoding="utf-8")),
         models=tuple(models),
         folds=tuple(int(f) for f in folds),
         classes=_classes_from(arrays_path, classes),
-        results=fold_results,
+        results=tuple(load_fold(results_dir, m, f) for m in models for f in folds),
+        leakage_models=tuple(leakage_models),
+        leaky_results=tuple(load_fold(results_dir, m, f, LEAKY_SPLIT) for m in leakage_models for f in folds),
     )

@@ -61,12 +61,17 @@ class Links:
 
 
 @dataclass(frozen=True)
+class Gallery:
+    items: tuple[tuple[str, str], ...]  # (image path relative to the report directory, caption)
+
+
+@dataclass(frozen=True)
 class Details:
     summary: str
     text: str  # preformatted
 
 
-Block = Heading | Para | Bullets | KeyValues | Table | Figure | Links | Details
+Block = Heading | Para | Bullets | KeyValues | Table | Figure | Gallery | Links | Details
 
 
 # --------------------------------------------------------------------------- value formatting
@@ -144,6 +149,8 @@ def _md_block(block: Block) -> str:
         return f"![{block.caption}]({block.path})\n\n*{block.caption}*"
     if isinstance(block, Links):
         return "\n".join(f"- [{text}]({href})" for href, text in block.items)
+    if isinstance(block, Gallery):
+        return "\n".join(f"- [{text}]({path})" for path, text in block.items)
     if isinstance(block, Details):
         return f"<details><summary>{block.summary}</summary>\n\n```yaml\n{block.text.rstrip()}\n```\n\n</details>"
     raise TypeError(f"unknown block {block!r}")
@@ -176,6 +183,8 @@ dl.kv dt{font-weight:bold}dl.kv dd{margin:0;font-family:monospace}
 pre{background:#f5f6f8;padding:1em;overflow:auto;font-size:.85em}
 .muted{color:#777;font-size:.9em}
 .scroll{overflow-x:auto}
+.gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{margin:0;max-width:540px}
+.gallery img{max-height:260px}
 """
 
 
@@ -188,6 +197,11 @@ def html_table(frame: pd.DataFrame, caption: str = "") -> str:
         for row in frame.itertuples(index=False)
     )
     return f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def _html_thumbnail(path: str, caption: str) -> str:
+    src, cap = html.escape(path, quote=True), html.escape(caption)
+    return f'<figure><a href="{src}"><img src="{src}" alt="{cap}" loading="lazy"></a><figcaption>{cap}</figcaption></figure>'
 
 
 def _html_block(block: Block) -> str:
@@ -209,6 +223,8 @@ def _html_block(block: Block) -> str:
     if isinstance(block, Figure):
         src, cap = html.escape(block.path, quote=True), html.escape(block.caption)
         return f'<figure><img src="{src}" alt="{cap}"><figcaption>{cap}</figcaption></figure>'
+    if isinstance(block, Gallery):
+        return '<div class="gallery">' + "".join(_html_thumbnail(p, t) for p, t in block.items) + "</div>"
     if isinstance(block, Links):
         items = "".join(f'<li><a href="{html.escape(h, quote=True)}">{html.escape(t)}</a></li>' for h, t in block.items)
         return f"<ul>{items}</ul>"

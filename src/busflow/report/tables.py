@@ -1,4 +1,5 @@
-"""Report tables: dataset summary, split audit, per-fold metrics, per-class metrics, leaderboard.
+"""Report tables: dataset, split audit, groups and duplicate clusters, per-fold and per-class metrics,
+leaderboard and leakage study.
 
 All functions return plain :class:`pandas.DataFrame` objects with a fixed column order so the
 CSV files are deterministic and header-only (but valid) when a section does not apply.
@@ -7,7 +8,10 @@ CSV files are deterministic and header-only (but valid) when a section does not 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +23,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from ..layout import REPORT_DIRS
+from ..split import EXCLUDED
 from .loading import FoldResult, RunResults, to_float
 
 CLS_METRICS: tuple[str, ...] = (
@@ -50,7 +56,19 @@ LEADERBOARD_METRICS: tuple[str, ...] = CLS_METRICS + (
     "iou_lesion_images",
     "empty_image_false_positive_rate",
 )
-ROLES: tuple[str, ...] = ("train", "val", "test")
+GROUP_COLUMNS: tuple[str, ...] = ("group_id", "n_images", "image_ids", "labels", "reasons", "min_score", "max_score",
+                                  "label_conflict")
+SHEETS_DIR = REPORT_DIRS[0]  # the contact sheets of the duplicate clusters
+# (metrics.json block, metric) compared between the grouped and the image-level split in the leakage study.
+LEAKAGE_METRICS: tuple[tuple[str, str], ...] = (
+    ("classification", "accuracy"),
+    ("classification", "balanced_accuracy"),
+    ("classification", "roc_auc_macro"),
+    ("segmentation", "dice"),
+    ("segmentation", "iou_tumour"),
+)
+LEAKAGE_COLUMNS: tuple[str, ...] = ("model", "metric", "grouped_mean", "grouped_sd", "grouped_folds",
+                                    "image_level_mean", "image_level_sd", "image_level_folds", "inflation")
 
 
 # --------------------------------------------------------------------------- dataset & split
@@ -77,86 +95,106 @@ def _count_row(name: str, part: pd.DataFrame, total: int) -> dict[str, object]:
 
 
 def split_table(run: RunResults) -> pd.DataFrame:
-    """Per fold and role: images, patients, groups and class counts, plus the overlap check."""
-    table = _split_frame(run)
-    columns = ["fold", "role", "images", "patients", "groups", *run.classes, "patient_overlap"]
+    """split/split_counts.csv (one row per split x role column x role) plus the audit's ``crossings`` there."""
+    crossings = audit_crossings(run.audit)
+    keys = zip(run.split_counts["split"], run.split_counts["column"])
+    return run.split_counts.assign(crossings=[crossings.get(key, "none") for key in keys])
+
+
+def audit_crossings(audit: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """(split, column) -> ``"none"`` or the non-zero crossing counts of split/audit.json, ``; ``-joined."""
+    out = {}
+    for split in audit.get("splits", []):
+        for check in split.get("columns", []):
+            found = [f"{n} {what}" for what, n in check.items() if " across " in what and n]
+            out[(str(split["split"]), str(check["column"]))] = "; ".join(found) or "none"
+    return out
+
+
+def excluded_images(folds: pd.DataFrame) -> int:
+    """Images excluded from every test fold's roles (e.g. label conflicts dropped by the split)."""
+    columns = [c for c in folds.columns if re.fullmatch(r"fold\d+", c)]
+    return int((folds[columns] == EXCLUDED).all(axis=1).sum()) if columns else 0
+
+
+# --------------------------------------------------------------------------- grouping & duplicate clusters
+
+
+def groups_table(run: RunResults) -> pd.DataFrame:
+    """One row per group of several images: members, labels, link reasons and link score range."""
+    groups = run.groups.merge(run.index[["image_id", "label"]], on="image_id", how="left")
+    group_of = dict(zip(groups["image_id"], groups["group_id"]))
+    links_of = dict(tuple(run.links.groupby(run.links["image_a"].map(group_of), sort=False)))
     rows = []
-    for fold in run.folds:
-        col = f"fold{fold}"
-        if col not in table:
+    for group_id, part in groups.groupby("group_id", sort=True):
+        if len(part) < 2:
             continue
-        overlap = overlap_text(table, col)
-        for role in _roles_present(table[col]):
-            part = table[table[col] == role]
-            counts = part["label"].astype(str).value_counts()
-            rows.append(
-                {
-                    "fold": fold,
-                    "role": role,
-                    "images": len(part),
-                    "patients": part["patient_id"].nunique(),
-                    "groups": part["group_id"].nunique(),
-                    **{c: int(counts.get(c, 0)) for c in run.classes},
-                    "patient_overlap": overlap,
-                }
-            )
-    return pd.DataFrame(rows, columns=columns)
+        links = links_of.get(group_id, run.links.iloc[:0])
+        scores = pd.to_numeric(links["score"], errors="coerce")
+        rows.append({"group_id": group_id, "n_images": len(part), "image_ids": "; ".join(sorted(part["image_id"])),
+                     "labels": "; ".join(sorted(set(part["label"].astype(str)))),
+                     "reasons": "; ".join(sorted(set(links["reason"].astype(str)))),
+                     "min_score": scores.min(), "max_score": scores.max(),
+                     "label_conflict": bool(part["label_conflict"].any())})
+    frame = pd.DataFrame(rows, columns=GROUP_COLUMNS)
+    return frame.sort_values(["n_images", "group_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
-def _split_frame(run: RunResults) -> pd.DataFrame:
-    """folds.csv joined with patient ids (from index.csv) and labels."""
-    table = run.folds_table.copy()
-    wanted = [c for c in ("patient_id", "label") if c not in table and c in run.index]
-    if wanted:
-        table = table.merge(run.index[["image_id", *wanted]], on="image_id", how="left")
-    if "patient_id" not in table:
-        table["patient_id"] = table["group_id"]
-    table["patient_id"] = table["patient_id"].fillna(table["group_id"])
-    return table
+def duplicate_links(links: pd.DataFrame) -> pd.DataFrame:
+    """The exact and near-duplicate links (same frame), not the patient links."""
+    return links[links["reason"].astype(str) != "patient"]
 
 
-def _roles_present(roles: pd.Series) -> list[str]:
-    present = set(roles.dropna().astype(str))
-    return [r for r in ROLES if r in present] + sorted(present - set(ROLES))
+@dataclass(frozen=True)
+class DuplicateCluster:
+    """Images joined by exact/near-duplicate links, with those links and the path of its contact sheet."""
+
+    cluster_id: str
+    image_ids: tuple[str, ...]
+    labels: tuple[str, ...]
+    label_conflict: bool
+    links: pd.DataFrame = field(compare=False)
+    sheet: str = ""  # relative to the report directory
+
+    @property
+    def caption(self) -> str:
+        """Cluster, size and labels, ``LABEL CONFLICT`` when they differ."""
+        conflict = " · LABEL CONFLICT" if self.label_conflict else ""
+        return f"cluster {self.cluster_id}: {len(self.image_ids)} images · {', '.join(self.labels)}{conflict}"
 
 
-def overlap_text(table: pd.DataFrame, fold_col: str) -> str:
-    """``"none"`` or a ``; ``-joined list of groups/patients that appear in more than one role."""
-    leaks = _leaks(table, "group_id", fold_col, "group")
-    group_names = {name for name, _ in leaks}
-    leaks += [(n, r) for n, r in _leaks(table, "patient_id", fold_col, "patient") if n not in group_names]
-    if not leaks:
-        return "none"
-    return "; ".join(f"{name} ({roles})" for name, roles in leaks)
+def duplicate_clusters(run: RunResults) -> tuple[DuplicateCluster, ...]:
+    """Connected components of the duplicate links; label conflicts first, then larger clusters, then by id."""
+    from ..data.dedup import duplicate_clusters as components
 
-
-def _leaks(table: pd.DataFrame, key: str, fold_col: str, kind: str) -> list[tuple[str, str]]:
-    valid = table.dropna(subset=[key, fold_col])
-    roles = valid.groupby(valid[key].astype(str))[fold_col].agg(lambda s: sorted(set(s.astype(str))))
-    out = []
-    for ident, role_list in roles.items():
-        if len(role_list) > 1:
-            ordered = [r for r in ROLES if r in role_list] + [r for r in role_list if r not in ROLES]
-            out.append((f"{kind} {ident}", "/".join(ordered)))
-    return sorted(out)
-
-
-def overlap_by_fold(split: pd.DataFrame) -> dict[int, str]:
-    """Fold -> overlap text, read back from :func:`split_table` output."""
-    if split.empty:
-        return {}
-    first = split.drop_duplicates("fold")
-    return {int(f): str(t) for f, t in zip(first["fold"], first["patient_overlap"])}
+    links = duplicate_links(run.links)
+    roots = pd.Series(components(sorted(set(links["image_a"]) | set(links["image_b"])), links), dtype=str)
+    label_of = dict(zip(run.index["image_id"], run.index["label"].astype(str)))
+    conflict_of = dict(zip(run.groups["image_id"], run.groups["label_conflict"]))
+    found = []
+    for cluster_id, members in roots.groupby(roots, sort=True):
+        ids = tuple(sorted(members.index))
+        found.append(DuplicateCluster(str(cluster_id), ids, tuple(sorted({label_of.get(i, "?") for i in ids})),
+                                      any(conflict_of.get(i, False) for i in ids),
+                                      links[links["image_a"].isin(ids)].reset_index(drop=True)))
+    found.sort(key=lambda c: (not c.label_conflict, -len(c.image_ids), c.cluster_id))
+    return tuple(replace(c, sheet=f"{SHEETS_DIR}/{k:04d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', c.cluster_id)}.png")
+                 for k, c in enumerate(found, start=1))
 
 
 # --------------------------------------------------------------------------- per-fold metrics
 
 
+def split_label(run: RunResults) -> str:
+    """The split protocol of the run's models, marked ``(LEAKY)`` for the image-level split."""
+    return f"{run.protocol} (LEAKY)" if run.leaky else run.protocol
+
+
 def _fold_table(run: RunResults, part: str, metrics: tuple[str, ...]) -> pd.DataFrame:
     """One row per model x fold with the scalar ``metrics`` of one part ('classification'/'segmentation')."""
-    columns = ["model", "fold", "n_test_images", *metrics]
+    columns = ["model", "split", "fold", "n_test_images", *metrics]
     rows = [
-        {"model": r.model, "fold": r.fold, "n_test_images": r.metrics.get("n_test_images"),
+        {"model": r.model, "split": split_label(run), "fold": r.fold, "n_test_images": r.metrics.get("n_test_images"),
          **{m: to_float(getattr(r, part).get(m)) for m in metrics}}
         for r in run.results
         if getattr(r, part) is not None
@@ -200,22 +238,53 @@ def model_classes(result: FoldResult, default: Sequence[str]) -> list[str]:
 
 def leaderboard_table(run: RunResults, cls_table: pd.DataFrame, seg_table: pd.DataFrame) -> pd.DataFrame:
     """One row per model: mean and sd over folds (NaN-skipping, sd with ddof=1) plus pooled values."""
-    columns = ["model", "tasks", "n_folds"]
+    columns = ["model", "split", "tasks", "n_folds"]
     for metric in LEADERBOARD_METRICS:
         columns += [f"{metric}_mean", f"{metric}_sd", f"{metric}_pooled"]
     rows = []
     for model in run.models:
-        row: dict[str, object] = {"model": model, "tasks": model_tasks(run, model),
+        row: dict[str, object] = {"model": model, "split": split_label(run), "tasks": model_tasks(run, model),
                                   "n_folds": len(run.of_model(model))}
         pooled = {**pooled_classification(run, model), **pooled_segmentation(run, model)}
         for metric in LEADERBOARD_METRICS:
             table = cls_table if metric in CLS_METRICS else seg_table
-            values = table.loc[table["model"] == model, metric].astype(float)
-            row[f"{metric}_mean"] = values.mean() if values.notna().any() else math.nan
-            row[f"{metric}_sd"] = values.std(ddof=1) if values.notna().sum() > 1 else math.nan
+            row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(table.loc[table["model"] == model, metric])
             row[f"{metric}_pooled"] = pooled.get(metric, math.nan)
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
+
+
+def mean_sd(values: pd.Series) -> tuple[float, float]:
+    """Mean and sample sd (ddof=1) of the defined values; NaN when too few are defined."""
+    values = pd.to_numeric(values, errors="coerce")
+    mean = float(values.mean()) if values.notna().any() else math.nan
+    sd = float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan
+    return mean, sd
+
+
+# --------------------------------------------------------------------------- leakage study
+
+
+def leakage_table(run: RunResults) -> pd.DataFrame:
+    """Per leakage model and headline metric: grouped vs image-level mean ± sd over folds and the inflation."""
+    rows = []
+    for model in run.leakage_models:
+        leaky = [r for r in run.leaky_results if r.model == model]
+        for part, metric in LEAKAGE_METRICS:
+            grouped, image_level = _metric_values(run.of_model(model), part, metric), _metric_values(leaky, part, metric)
+            if grouped.isna().all() and image_level.isna().all():
+                continue
+            (g_mean, g_sd), (i_mean, i_sd) = mean_sd(grouped), mean_sd(image_level)
+            rows.append({"model": model, "metric": metric, "grouped_mean": g_mean, "grouped_sd": g_sd,
+                         "grouped_folds": int(grouped.notna().sum()), "image_level_mean": i_mean,
+                         "image_level_sd": i_sd, "image_level_folds": int(image_level.notna().sum()),
+                         "inflation": i_mean - g_mean})
+    return pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
+
+
+def _metric_values(results: Sequence[FoldResult], part: str, metric: str) -> pd.Series:
+    """One metric of one metrics.json block over folds (NaN where undefined or the block is absent)."""
+    return pd.Series([to_float((getattr(r, part) or {}).get(metric)) for r in results], dtype=float)
 
 
 def model_tasks(run: RunResults, model: str) -> str:
