@@ -109,3 +109,13 @@ def test_schema_architectures_match_the_registry() -> None:
 
     schema_archs = load_schema()["$defs"]["training"]["properties"]["arch"]["enum"]
     assert sorted(schema_archs) == sorted(available_architectures())
+
+
+def test_duplicate_settings_in_the_schema_match_the_detector() -> None:
+    import dataclasses
+
+    from busflow.config import load_schema
+    from busflow.data.dedup import DuplicateSettings
+
+    schema = load_schema()["properties"]["split"]["properties"]["duplicates"]["properties"]
+    assert set(schema) == {f.name for f in dataclasses.fields(DuplicateSettings)}
