@@ -52,7 +52,8 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     save_arrays(args.arrays, arrays)
     write_csv(args.index, index)
     counts = ", ".join(f"{n} {label}" for label, n in index["label"].value_counts().sort_index().items())
-    print(f"preprocessed {len(index)} images ({counts}) of {index['patient_id'].nunique()} patients to "
+    patients = f"{index['patient_id'].nunique()} patients" if index["patient_known"].all() else "unknown patients"
+    print(f"preprocessed {len(index)} images ({counts}) of {patients} to "
           f"{settings['size']} px, enhancement {settings['enhance']}; {int(index['colour_overlay'].sum())} with colour overlays")
 
 
