@@ -11,7 +11,6 @@ for 2 CPU cores, runs `snakemake --cores all` in a scratch copy and prints repor
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline_walltime import REPO, run, scratch_project
+from pipeline_walltime import REPO, keep_or_remove, run, scratch_project
 
 CPU_NETWORKS = {
     "unet": {"features": [16, 16, 32, 64, 128, 16]},
@@ -65,10 +64,7 @@ def main() -> None:
     print(f"images excluded as label conflicts: {int(excluded['images'].sum()) if len(excluded) else 0}")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(pd.read_csv(report / "tables" / "leakage.csv").to_string(index=False))
-    if args.keep:
-        print(f"project kept at {project}")
-    else:
-        shutil.rmtree(scratch)
+    keep_or_remove(scratch, args.keep)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,14 @@ def scratch_project(params: Path, root: Path) -> Path:
     return root
 
 
+def keep_or_remove(scratch: Path, keep: bool) -> None:
+    """Leave the scratch project for inspection (--keep) or delete it."""
+    if keep:
+        print(f"scratch project kept at {scratch}")
+    else:
+        shutil.rmtree(scratch)
+
+
 def scale_lr(project: Path, model: str, factor: float) -> None:
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
@@ -94,10 +102,7 @@ def main() -> None:
     width = max(len(name) for name, _ in figures)
     for name, value in figures:
         print(f"{name:<{width}}  {value}")
-    if args.keep:
-        print(f"scratch project kept at {project}")
-    else:
-        shutil.rmtree(root)
+    keep_or_remove(root, args.keep)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import preprocess_index
 from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model
-from busflow.split import kfold_split, patient_groups, role_indices
+from busflow.groups import build_groups
+from busflow.split import make_split, role_indices
 from busflow.train.device import seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from conftest import TINY_PARAMS
@@ -29,7 +30,8 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArrayData, dict[
     generate_phantoms(root, n_patients=70, seed=11, image_size=(96, 120))
     index = ingest_folder(root)
     arrays = preprocess_index(index, size=32)
-    folds = kfold_split(index, patient_groups(index), n_folds=3, val_fraction=0.15, seed=0)
+    split = dict(load_params(TINY_PARAMS)["split"], n_folds=3, val_fraction=0.15)
+    folds = make_split(index, build_groups(index, split)[0], split, seed=0)
     rows = role_indices(folds, arrays["image_ids"], fold=0)
     return ArrayData(arrays["images"], arrays["masks"], arrays["labels"]), rows
 
