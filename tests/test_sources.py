@@ -28,6 +28,10 @@ def test_busi_ingests_the_official_layout(busi_root: Path) -> None:
     assert index.set_index("image_id").loc["benign (195)", "mask_paths"].count(";") == 2  # _mask, _mask_1, _mask_2
     assert not index["patient_known"].any()  # BUSI publishes no patient ids
     assert index["colour_overlay"].sum() == 16  # the Doppler / annotated RGB images of this copy
+    for row in index.itertuples():  # every mask file is pixel-aligned with its image
+        for mask in row.mask_paths.split(";"):
+            with Image.open(mask) as handle:
+                assert handle.size == (row.width, row.height), mask
 
 
 def test_busi_masks_match_their_images_and_normals_are_empty(busi_root: Path) -> None:
@@ -132,3 +136,26 @@ def test_missing_path_and_missing_source_are_clear_errors(tmp_path: Path) -> Non
         find_dataset_root(tmp_path, "busbra")
     with pytest.raises(DatasetError, match="source.json: missing"):
         ingest_raw(tmp_path)
+
+
+def test_cli_download_from_an_unreachable_host_explains_the_manual_steps(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    import yaml
+
+    from busflow.cli import main
+
+    with socket.socket() as probe:  # a local port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    params = _params(tmp_path, url=f"http://127.0.0.1:{port}/Dataset_BUSI.zip", sha256="ab" * 32)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "source.json").write_text("{}")  # an earlier stage output must survive the failure
+    assert main(["download", "--params", str(params_file), "--out", str(raw)]) == 2
+    message = capsys.readouterr().err
+    assert f"http://127.0.0.1:{port}/Dataset_BUSI.zip" in message and "data.busi.path" in message
+    assert "sha256sum" in message and (raw / "source.json").read_text() == "{}"

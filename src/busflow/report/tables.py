@@ -75,22 +75,23 @@ LEAKAGE_COLUMNS: tuple[str, ...] = ("model", "metric", "grouped_mean", "grouped_
 
 
 def dataset_table(index: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
-    """Images and patients per class, plus an ``all`` row."""
+    """Images, patients (n/a where the source publishes none) and colour-overlay images per class, plus ``all``."""
     rows = []
     for name in [*classes, *sorted(set(index["label"].astype(str)) - set(classes))]:
         part = index[index["label"].astype(str) == name]
         rows.append(_count_row(name, part, len(index)))
     rows.append(_count_row("all", index, len(index)))
-    return pd.DataFrame(rows, columns=["class", "images", "patients", "fraction_images"])
+    return pd.DataFrame(rows, columns=["class", "images", "patients", "fraction_images", "colour_overlay"])
 
 
 def _count_row(name: str, part: pd.DataFrame, total: int) -> dict[str, object]:
-    patients = part["patient_id"].nunique() if "patient_id" in part else math.nan
+    known = "patient_id" in part and ("patient_known" not in part or bool(part["patient_known"].astype(bool).all()))
     return {
         "class": name,
         "images": len(part),
-        "patients": patients,
+        "patients": part["patient_id"].nunique() if known else math.nan,
         "fraction_images": len(part) / total if total else math.nan,
+        "colour_overlay": int(part["colour_overlay"].astype(bool).sum()) if "colour_overlay" in part else math.nan,
     }
 
 
