@@ -18,8 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from busflow.data.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, find_duplicate_links
+
 GROUPS_COLUMNS = ["image_id", "group_id", "reason", "linked_to", "score", "label_conflict"]
-LINK_COLUMNS = ["image_a", "image_b", "reason", "score", "scale", "overlap"]
 
 
 def grouping_sources(grouping: str, index: pd.DataFrame) -> tuple[bool, bool]:
@@ -31,8 +32,6 @@ def grouping_sources(grouping: str, index: pd.DataFrame) -> tuple[bool, bool]:
 
 
 def duplicate_links(index: pd.DataFrame, settings: Mapping[str, Any]) -> pd.DataFrame:
-    from busflow.data.dedup import DuplicateSettings, find_duplicate_links
-
     links = find_duplicate_links(index["image_id"].tolist(), index["image_path"].tolist(), DuplicateSettings(**settings))
     return links[LINK_COLUMNS]
 
@@ -72,8 +71,6 @@ def _group_names(index: pd.DataFrame, components: dict[str, str], use_patients: 
 
 def label_conflicts(index: pd.DataFrame, duplicates: pd.DataFrame) -> pd.Series:
     """Per image: whether its duplicate cluster holds more than one class label."""
-    from busflow.data.dedup import duplicate_clusters
-
     clusters = pd.Series(duplicate_clusters(index["image_id"].tolist(), duplicates))
     labels = index.set_index("image_id")["label"]
     n_labels = labels.groupby(clusters.reindex(labels.index)).transform("nunique")
@@ -82,8 +79,6 @@ def label_conflicts(index: pd.DataFrame, duplicates: pd.DataFrame) -> pd.Series:
 
 def build_groups(index: pd.DataFrame, split: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(groups table, links table) for the index under ``split.grouping``."""
-    from busflow.data.dedup import duplicate_clusters
-
     use_patients, use_duplicates = grouping_sources(split["grouping"], index)
     duplicates = duplicate_links(index, split["duplicates"]) if use_duplicates else pd.DataFrame(columns=LINK_COLUMNS)
     links = pd.concat([patient_links(index) if use_patients else None, duplicates], ignore_index=True)
