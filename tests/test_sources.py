@@ -159,3 +159,42 @@ def test_cli_download_from_an_unreachable_host_explains_the_manual_steps(
     message = capsys.readouterr().err
     assert f"http://127.0.0.1:{port}/Dataset_BUSI.zip" in message and "data.busi.path" in message
     assert "sha256sum" in message and (raw / "source.json").read_text() == "{}"
+
+
+def _busbra_like(root: Path) -> Path:
+    """Three images of two patients in the BUS-BRA layout, with an official 5-fold file."""
+    (root / "Images").mkdir(parents=True)
+    (root / "Masks").mkdir()
+    for image_id in ("bus_0001-l", "bus_0001-r", "bus_0002-s"):
+        Image.fromarray(np.full((30, 40), 90, np.uint8)).save(root / "Images" / f"{image_id}.png")
+        Image.fromarray(np.zeros((30, 40), np.uint8)).convert("1").save(root / "Masks" / f"mask_{image_id[4:]}.png")
+    (root / "bus_data.csv").write_text("ID,Case,Pathology,BIRADS,Device\nbus_0001-l,1,benign,3,A\n"
+                                       "bus_0001-r,1,malignant,5,A\nbus_0002-s,2,benign,2,B\n")
+    (root / "5-fold-cv.csv").write_text("ID,Pathology,kFold\nbus_0001-l,benign,2\nbus_0001-r,malignant,2\nbus_0002-s,benign,5\n")
+    return root
+
+
+def test_busbra_layout_and_metadata(tmp_path: Path) -> None:
+    index = ingest_busbra(_busbra_like(tmp_path / "BUSBRA")).set_index("image_id")
+    assert index["patient_id"].to_dict() == {"bus_0001-l": "1", "bus_0001-r": "1", "bus_0002-s": "2"}
+    assert index["official_fold5"].to_dict() == {"bus_0001-l": 1, "bus_0001-r": 1, "bus_0002-s": 4}
+    assert index.loc["bus_0001-r", "birads"] == 5 and "official_fold10" not in index
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda r: (r / "Masks" / "mask_0002-s.png").unlink(), "mask_0002-s.png: mask of image bus_0002-s is missing"),
+        (lambda r: (r / "Images" / "bus_0009-l.png").write_bytes(b""), "bus_0009-l.png: image not listed in bus_data.csv"),
+        (lambda r: (r / "Images" / "bus_0001-l.png").unlink(), "bus_0001-l.png: listed in bus_data.csv but missing"),
+        (lambda r: (r / "bus_data.csv").write_text("ID,Case\nbus_0001-l,1\n"), "bus_data.csv: missing column"),
+        (lambda r: (r / "5-fold-cv.csv").write_text("ID,kFold\nbus_0001-l,1\n"), "5-fold-cv.csv: no fold for image"),
+        (lambda r: (r / "bus_data.csv").write_text(
+            "ID,Case,Pathology\nbus_0001-l,1,benign\nbus_0001-r,1,unknown\nbus_0002-s,2,benign\n"), "pathology 'unknown'"),
+    ],
+)
+def test_busbra_layout_errors_name_the_file(tmp_path: Path, breakage, message: str) -> None:
+    root = _busbra_like(tmp_path / "BUSBRA")
+    breakage(root)
+    with pytest.raises(DatasetError, match=message):
+        ingest_busbra(root)
