@@ -90,3 +90,19 @@ def test_normalise_uses_robust_range() -> None:
     image[0, 0] = 10_000.0  # one saturated pixel must not compress the rest
     out = normalise(image)
     assert out.min() == 0 and out[30, 30] == 255
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "RGB", "RGBA", "P"])
+def test_every_mask_mode_gives_the_same_lesion(tmp_path: Path, mode: str) -> None:
+    from busflow.data.preprocess import load_mask_union
+
+    lesion = np.zeros((12, 16), np.uint8)
+    lesion[3:7, 4:10] = 255
+    image = Image.fromarray(lesion)
+    if mode == "P":  # a palette mask whose lesion index is dark red (luminance below 128)
+        image = image.convert("P")
+        image.putpalette([0, 0, 0] + [200, 0, 0] * 255)
+    else:
+        image = image.convert(mode)
+    image.save(tmp_path / "m.png")
+    assert (load_mask_union([str(tmp_path / "m.png")], (12, 16)) == (lesion > 0)).all()

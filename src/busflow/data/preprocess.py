@@ -33,18 +33,27 @@ def load_grayscale(path: str | Path) -> np.ndarray:
         raise DatasetError(f"{path}: cannot be decoded as an image ({error})") from None
 
 
+def mask_pixels(mask: Image.Image) -> np.ndarray:
+    """Lesion pixels of one mask file: where its brightest colour channel is at least half range (>= 128).
+
+    1-bit, L, RGB, RGBA and palette masks all pass through their RGB rendering (palette colours resolved,
+    alpha ignored), so a white, red or green lesion drawn on black counts alike.
+    """
+    return np.asarray(mask.convert("RGB")).max(axis=2) >= 128
+
+
 def load_mask_union(mask_paths: list[str], shape: tuple[int, int]) -> np.ndarray:
-    """Pixel-wise OR of all lesion masks of an image; a pixel is lesion where any channel is non-zero."""
+    """Pixel-wise OR of all lesion masks of an image (see :func:`mask_pixels` for the per-file rule)."""
     union = np.zeros(shape, dtype=bool)
     for path in mask_paths:
         try:
             with Image.open(path) as mask:
-                mask_array = np.asarray(mask.convert("L"))
+                lesion = mask_pixels(mask)
         except OSError as error:
             raise DatasetError(f"{path}: cannot be decoded as a mask ({error})") from None
-        if mask_array.shape != shape:
-            raise DatasetError(f"{path}: mask size {mask_array.shape[::-1]} differs from its image {shape[::-1]}")
-        union |= mask_array > 127
+        if lesion.shape != shape:
+            raise DatasetError(f"{path}: mask size {lesion.shape[::-1]} differs from its image {shape[::-1]}")
+        union |= lesion
     return union
 
 
