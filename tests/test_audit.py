@@ -52,3 +52,9 @@ def test_group_split_across_roles_fails() -> None:
     folds.loc[folds["image_id"] == members.iloc[1], "fold1"] = "train"
     with pytest.raises(DatasetError, match=f"fold1: 1 groups across test.*{patient}"):
         audit_split({"main": folds}, index, ids, images)
+
+
+def test_patients_are_not_counted_where_the_source_has_none() -> None:
+    index, folds, ids, images = _case()
+    _, counts = audit_split({"main": folds}, index.assign(patient_known=False), ids, images)
+    assert counts["patients"].isna().all() and (counts["groups"] > 0).all()

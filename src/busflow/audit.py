@@ -57,7 +57,9 @@ def _check_column(table: pd.DataFrame, column: str, patients_known: bool) -> dic
     return result
 
 
-def role_counts(table: pd.DataFrame, column: str, classes: tuple[str, ...] = CLASSES) -> list[dict[str, Any]]:
+def role_counts(table: pd.DataFrame, column: str, patients_known: bool,
+                classes: tuple[str, ...] = CLASSES) -> list[dict[str, Any]]:
+    """Images, groups, patients (None where the source publishes none) and classes per role of one column."""
     rows = []
     for role in (*ROLES, EXCLUDED):
         part = table[table[column] == role]
@@ -65,7 +67,7 @@ def role_counts(table: pd.DataFrame, column: str, classes: tuple[str, ...] = CLA
             continue
         counts = part["label"].value_counts()
         rows.append({"column": column, "role": role, "images": len(part), "groups": part["group_id"].nunique(),
-                     "patients": part["patient_id"].nunique(), **{c: int(counts.get(c, 0)) for c in classes}})
+                     "patients": part["patient_id"].nunique() if patients_known else None, **{c: int(counts.get(c, 0)) for c in classes}})
     return rows
 
 
@@ -82,7 +84,7 @@ def audit_folds(name: str, folds: pd.DataFrame, index: pd.DataFrame, content: pd
     columns = role_columns(folds)
     checks = [_check_column(table, c, patients_known) for c in columns]
     crossings = sum(v for check in checks for k, v in check.items() if " across " in k)
-    counts = pd.DataFrame([row for c in columns for row in role_counts(table, c)]).assign(split=name, protocol=protocol)
+    counts = pd.DataFrame([row for c in columns for row in role_counts(table, c, patients_known)]).assign(split=name, protocol=protocol)
     leaky = protocol in LEAKY_PROTOCOLS
     summary = {"split": name, "protocol": protocol, "leaky": leaky, "crossings": int(crossings),
                "passed": leaky or crossings == 0, "columns": checks}
