@@ -18,7 +18,7 @@ from torch import nn
 
 from busflow.train.augment import augment_batch, build_augmentation
 from busflow.train.device import autocast
-from busflow.train.losses import TaskLoss, inverse_frequency_weights
+from busflow.train.losses import TaskLoss, inverse_frequency_weights, oversampled
 
 
 @dataclass
@@ -43,7 +43,12 @@ def _optimizer(model: nn.Module, spec: Mapping[str, Any]) -> torch.optim.Optimiz
     if kind == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay, nesterov=True)
     optimizer_class = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    return optimizer_class(model.parameters(), lr=lr, weight_decay=decay)
+    return optimizer_class(model.parameters(), lr=lr, weight_decay=decay, betas=tuple(spec["betas"]))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any]) -> torch.optim.lr_scheduler.LRScheduler | None:
+    step = spec["lr_step"]
+    return torch.optim.lr_scheduler.StepLR(optimizer, step["epochs"], step["gamma"]) if step["epochs"] else None
 
 
 def _to_device(device: torch.device, *arrays: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
@@ -118,19 +123,24 @@ def fit(
     """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history."""
     model.to(device)
     class_weights = inverse_frequency_weights(data.labels[train_rows], n_classes) if spec["class_weights"] else None
-    criterion = TaskLoss(tasks, class_weights, spec["seg_loss_weight"]).to(device)
+    criterion = TaskLoss(tasks, class_weights, spec["seg_loss_weight"], cls_loss=spec["cls_loss"],
+                         seg_loss=spec["seg_loss"], focal_gamma=spec["focal_gamma"]).to(device)
     optimizer = _optimizer(model, spec)
+    scheduler = _scheduler(optimizer, spec)
     augmentation = build_augmentation(spec["augment"], data.images.shape[-1], seed)
     rng = np.random.default_rng(seed)
     best_loss, best_state, stale, history = float("inf"), copy.deepcopy(model.state_dict()), 0, []
     for epoch in range(1, spec["epochs"] + 1):
         started = time.perf_counter()
-        train_loss = _train_epoch(model, criterion, optimizer, data, rng.permutation(train_rows), spec, augmentation, device, epoch)
+        epoch_rows = oversampled(train_rows, data.labels, rng) if spec["oversample"] else rng.permutation(train_rows)
+        train_loss = _train_epoch(model, criterion, optimizer, data, epoch_rows, spec, augmentation, device, epoch)
         val_loss = _validation_loss(model, criterion, data, val_rows, device, spec["batch_size"])
         val_score = _validation_score(tasks, data, val_rows, predict(model, data, val_rows, device))
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
                         "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)})
+        if scheduler is not None:
+            scheduler.step()
         improved = val_loss < best_loss
         if improved:
             best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
