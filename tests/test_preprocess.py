@@ -106,3 +106,15 @@ def test_every_mask_mode_gives_the_same_lesion(tmp_path: Path, mode: str) -> Non
         image = image.convert(mode)
     image.save(tmp_path / "m.png")
     assert (load_mask_union([str(tmp_path / "m.png")], (12, 16)) == (lesion > 0)).all()
+
+
+def test_binary_task_leaves_normals_out_and_relabels(tmp_path: Path) -> None:
+    from busflow.data.preprocess import select_classes
+
+    index = ingest_folder(_dataset(tmp_path / "raw"))
+    binary = select_classes(index, ["benign", "malignant"])
+    arrays = preprocess_index(binary, size=32, classes=["benign", "malignant"])
+    assert binary["label"].tolist() == ["benign", "malignant"] and arrays["labels"].tolist() == [0, 1]
+    assert arrays["classes"].tolist() == ["benign", "malignant"]
+    with pytest.raises(DatasetError, match=r"no image of class \['normal'\]"):
+        select_classes(binary, ["normal", "benign", "malignant"])

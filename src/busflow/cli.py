@@ -42,19 +42,22 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    from busflow.data.preprocess import preprocess_index, save_arrays
+    from busflow.data.preprocess import preprocess_index, save_arrays, select_classes
     from busflow.data.sources import ingest_raw
     from busflow.io import write_csv
 
     settings = _load(args, check_registry=False)["preprocess"]
-    index = ingest_raw(args.raw)
-    arrays = preprocess_index(index, settings["size"], enhancement=settings["enhance"], options=settings["enhance_options"])
+    ingested = ingest_raw(args.raw)
+    index = select_classes(ingested, settings["classes"])
+    arrays = preprocess_index(index, settings["size"], classes=settings["classes"], enhancement=settings["enhance"],
+                              options=settings["enhance_options"])
     save_arrays(args.arrays, arrays)
     write_csv(args.index, index)
     counts = ", ".join(f"{n} {label}" for label, n in index["label"].value_counts().sort_index().items())
     patients = f"{index['patient_id'].nunique()} patients" if index["patient_known"].all() else "unknown patients"
     print(f"preprocessed {len(index)} images ({counts}) of {patients} to "
-          f"{settings['size']} px, enhancement {settings['enhance']}; {int(index['colour_overlay'].sum())} with colour overlays")
+          f"{settings['size']} px, enhancement {settings['enhance']}; {int(index['colour_overlay'].sum())} with colour overlays; "
+          f"{len(ingested) - len(index)} image(s) of classes outside preprocess.classes left out")
 
 
 def cmd_group(args: argparse.Namespace) -> None:

@@ -5,7 +5,7 @@ The output ``arrays.npz`` is read once per training job, so no job decodes PNGs 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,21 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     return np.asarray(image_resized), (np.asarray(mask_resized) > 127).astype(np.uint8)
 
 
-def preprocess_index(index: pd.DataFrame, size: int, *, enhancement: str = "none",
+def select_classes(index: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """The images of the task's classes (e.g. benign/malignant for a binary task; normals left out)."""
+    counts = index["label"].value_counts()
+    empty = [c for c in classes if counts.get(c, 0) == 0]
+    if empty:
+        present = sorted(counts.index)
+        raise DatasetError(f"preprocess.classes: no image of class {empty} in this dataset (it has {present}); "
+                           f"choose among those")
+    return index[index["label"].isin(classes)].reset_index(drop=True)
+
+
+def preprocess_index(index: pd.DataFrame, size: int, *, classes: Sequence[str] = CLASSES, enhancement: str = "none",
                      options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Images (uint8, contrast-enhanced at full resolution, then resized) and union masks, in index order."""
+    """Images (uint8, contrast-enhanced at full resolution, then resized) and union masks, in index order;
+    labels index ``classes``."""
     from busflow.data.enhance import enhance
 
     count = len(index)
@@ -88,9 +100,9 @@ def preprocess_index(index: pd.DataFrame, size: int, *, enhancement: str = "none
     return {
         "images": images,
         "masks": masks,
-        "labels": np.array([CLASSES.index(label) for label in index["label"]], dtype=np.int64),
+        "labels": np.array([list(classes).index(label) for label in index["label"]], dtype=np.int64),
         "image_ids": index["image_id"].to_numpy(dtype=str),
-        "classes": np.array(CLASSES, dtype=str),
+        "classes": np.array(list(classes), dtype=str),
     }
 
 
