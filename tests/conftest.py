@@ -68,3 +68,22 @@ def busi_root() -> Path:
 def busbra_root() -> Path:
     """The local BUS-BRA subset; the test is skipped where it is absent."""
     return _shared_dataset(BUSBRA_ROOT)
+
+
+@pytest.fixture(scope="module")
+def single_thread_torch():
+    """Tiny tensors gain nothing from intra-op threads, and OpenMP spin-waits make them 10-50x slower on a
+    contended CPU; the global setting is restored for other test modules."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def seeded_torch(single_thread_torch: None) -> None:
+    import torch
+
+    torch.manual_seed(0)

@@ -27,19 +27,7 @@ FAST_OPTIONS = {
 TASK_KEY = {"cls": "logits", "seg": "seg"}
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, and OpenMP spin-waits make them
-    # 10-50x slower on a contended CPU; restore the global setting for other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("seeded_torch")
 
 
 def _weighted_sum(out: dict[str, torch.Tensor]) -> torch.Tensor:

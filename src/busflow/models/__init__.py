@@ -1,6 +1,14 @@
 """Network registry and architectures; importing this package registers every builder."""
 
-from busflow.models import cascade, classifiers, multitask, segmenters  # noqa: F401  (register builders)
+from busflow.models import (  # noqa: F401  (importing registers the builders)
+    cascade,
+    classical,
+    classifiers,
+    multitask,
+    segmenters,
+    zoo_classifiers,
+    zoo_segmenters,
+)
 from busflow.models.registry import (
     ModelEntry,
     Task,

@@ -120,8 +120,13 @@ def fit(
     seed: int,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history."""
+    """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history.
+
+    A model without trainable parameters (e.g. the classical segmenter) is evaluated once on ``val_rows``.
+    """
     model.to(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        return _evaluate_untrainable(model, tasks, data, val_rows, device, log)
     class_weights = inverse_frequency_weights(data.labels[train_rows], n_classes) if spec["class_weights"] else None
     criterion = TaskLoss(tasks, class_weights, spec["seg_loss_weight"], cls_loss=spec["cls_loss"],
                          seg_loss=spec["seg_loss"], focal_gamma=spec["focal_gamma"]).to(device)
@@ -153,6 +158,16 @@ def fit(
             break
     model.load_state_dict(best_state)
     return pd.DataFrame(history)
+
+
+def _evaluate_untrainable(model: nn.Module, tasks: frozenset[str], data: ArrayData, val_rows: np.ndarray,
+                          device: torch.device, log: Callable[[str], None]) -> pd.DataFrame:
+    started = time.perf_counter()
+    val_score = _validation_score(tasks, data, val_rows, predict(model, data, val_rows, device))
+    seconds = time.perf_counter() - started
+    log(f"no trainable parameters: evaluated once, val_score {val_score:.3f}  {seconds:5.1f}s")
+    return pd.DataFrame([{"epoch": 0, "train_loss": float("nan"), "val_loss": float("nan"), "val_score": val_score,
+                          "lr": 0.0, "seconds": round(seconds, 3)}])
 
 
 def _train_epoch(
