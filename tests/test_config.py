@@ -52,6 +52,11 @@ def test_unknown_architecture_names_the_key(params: dict) -> None:
     assert "models.unet.arch" in _error(params)
 
 
+def test_unknown_architecture_option_names_the_key(params: dict) -> None:
+    params["models"]["unet"]["options"]["featurez"] = [8, 8]
+    assert "models.unet.options.featurez: not an option of unet" in _error(params)
+
+
 def test_fold_beyond_n_folds(params: dict) -> None:
     params["train"]["folds"] = [0, 5]
     assert "train.folds: fold 5" in _error(params)
@@ -77,8 +82,11 @@ def test_split_and_data_rules_name_the_key(params: dict, change, message: str) -
 
 
 def test_presets_are_complete_valid_params() -> None:
-    for name, dataset, protocol in (("busi", "busi", "kfold"), ("busbra", "busbra", "official")):
-        preset = load_params(REPO / "config" / "presets" / f"{name}.yaml")
+    expected = {"busi": ("busi", "kfold"), "busbra": ("busbra", "official"), "p000": ("busi", "kfold"),
+                "p001": ("busi", "kfold"), "p002": ("busi", "cascade"), "p003": ("busi", "kfold"), "p004": ("busi", "kfold")}
+    assert sorted(p.stem for p in (REPO / "config" / "presets").glob("*.yaml")) == sorted(expected)
+    for name, (dataset, protocol) in expected.items():
+        preset = load_params(REPO / "config" / "presets" / f"{name}.yaml")  # schema, cross-key rules and options
         assert preset["dataset"] == dataset and preset["split"]["protocol"] == protocol
         assert preset["data"][dataset]["url"].startswith("https://")
 

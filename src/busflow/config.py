@@ -100,16 +100,19 @@ def _split_problems(params: Mapping[str, Any]) -> list[str]:
 
 def check_architectures(params: Mapping[str, Any], source: str = "params") -> None:
     """Every configured network must be registered and provide what its role needs (imports torch)."""
-    from busflow.models import model_tasks
+    from busflow.models import model_options, model_tasks
 
     problems: list[str] = []
     specs = {f"models.{n}": s for n, s in params["models"].items()}
     specs["cascade.classifier"] = params["cascade"]["classifier"]
     for key, spec in specs.items():
         try:
-            model_tasks(spec["arch"])
+            allowed = model_options(spec["arch"])
         except (KeyError, ValueError) as error:
             problems.append(f"{key}.arch: {error}")
+            continue
+        problems += [f"{key}.options.{name}: not an option of {spec['arch']} (options: {', '.join(sorted(allowed)) or 'none'})"
+                     for name in sorted(set(spec.get("options") or {}) - set(allowed))]
     segmenter = params["cascade"]["segmenter"]
     if segmenter in params["models"] and "seg" not in model_tasks(params["models"][segmenter]["arch"]):
         problems.append(f"cascade.segmenter: model '{segmenter}' has no segmentation output")

@@ -30,8 +30,9 @@ REPORT_FILES: tuple[str, ...] = (
 REPORT_DIRS: tuple[str, ...] = ("clusters",)
 
 
-def results_root(dataset: str) -> str:
-    return f"results/{dataset}"
+def results_root(run: str) -> str:
+    """Outputs of one run: ``results/<run>`` (``run`` in params; by convention the dataset or preset name)."""
+    return f"results/{run}"
 
 
 LEAKY_SPLIT = "random_image"  # the image-level split of the leakage study
@@ -46,7 +47,7 @@ SPLIT_FILES: dict[str, str] = {
 }
 
 
-def fold_dir(dataset: str, model: str, fold: int | str, split: str = "main") -> str:
+def fold_dir(run: str, model: str, fold: int | str, split: str = "main") -> str:
     """Outputs of one model on one test fold; runs on the leaky split live beside them under ``random_image/``."""
     leaky = f"{LEAKY_SPLIT}/" if split == LEAKY_SPLIT else ""
-    return f"{results_root(dataset)}/models/{model}/{leaky}fold{fold}"
+    return f"{results_root(run)}/models/{model}/{leaky}fold{fold}"

@@ -12,7 +12,7 @@ rule cascade:
         threshold=config["evaluate"]["threshold"],
         seed=config["seed"],
         device=config["device"],
-        out=lambda wildcards: fold_dir(DATASET, CASCADE, wildcards.fold),
+        out=lambda wildcards: fold_dir(RUN, CASCADE, wildcards.fold),
     threads: 1
     resources:
         gpu=1 if config["device"].startswith("cuda") else 0,

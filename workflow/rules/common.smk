@@ -30,7 +30,8 @@ config.update(yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")))
 validate_params(config, PARAMS_FILE, check_registry=False)  # schema (filling defaults) and cross-key rules
 
 DATASET = config["dataset"]
-RESULTS = results_root(DATASET)
+RUN = config["run"]
+RESULTS = results_root(RUN)
 MODELS = config["train"]["models"]
 FOLDS = config["train"]["folds"]
 CASCADE = config["cascade"]["name"]
@@ -43,7 +44,7 @@ wildcard_constraints:
 
 
 def model_files(model, fold, names, split="main"):
-    return [f"{fold_dir(DATASET, model, fold, split)}/{name}" for name in names]
+    return [f"{fold_dir(RUN, model, fold, split)}/{name}" for name in names]
 
 
 def model_params(wildcards):

@@ -9,7 +9,7 @@ rule evaluate:
     params:
         params_yaml=PARAMS_FILE,
         evaluate=config["evaluate"],
-        out=lambda wildcards: fold_dir(DATASET, wildcards.model, wildcards.fold),
+        out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold),
     conda:
         "../envs/busflow.yaml"
     log:
@@ -35,6 +35,6 @@ use rule evaluate as evaluate_leaky with:
     params:
         params_yaml=PARAMS_FILE,
         evaluate=config["evaluate"],
-        out=lambda wildcards: fold_dir(DATASET, wildcards.model, wildcards.fold, LEAKY_SPLIT),
+        out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold, LEAKY_SPLIT),
     log:
         f"{RESULTS}/logs/evaluate/{{model}}_{LEAKY_SPLIT}_fold{{fold}}.log",

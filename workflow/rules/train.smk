@@ -13,7 +13,7 @@ rule train:
         model=model_params,
         seed=config["seed"],
         device=config["device"],
-        out=lambda wildcards: fold_dir(DATASET, wildcards.model, wildcards.fold),
+        out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold),
     threads: 1
     resources:
         gpu=1 if config["device"].startswith("cuda") else 0,
@@ -41,6 +41,6 @@ use rule train as train_leaky with:
         model=model_params,
         seed=config["seed"],
         device=config["device"],
-        out=lambda wildcards: fold_dir(DATASET, wildcards.model, wildcards.fold, LEAKY_SPLIT),
+        out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold, LEAKY_SPLIT),
     log:
         f"{RESULTS}/logs/train/{{model}}_{LEAKY_SPLIT}_fold{{fold}}.log",

@@ -20,6 +20,8 @@ def build_augmentation(settings: Mapping[str, Any], size: int, seed: int) -> Com
     transforms = []
     if settings.get("flip", True):
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))
+    if settings.get("vertical_flip", False):  # P004; anatomically odd for ultrasound (skin line at the top)
+        transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=0))
     rotate, zoom, shift = settings.get("rotate_deg", 0), settings.get("zoom", 0), settings.get("shift", 0)
     if rotate or zoom or shift:
         transforms.append(
