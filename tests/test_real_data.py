@@ -46,3 +46,27 @@ def test_busbra_official_folds_pass_the_audit(tmp_path: Path, busbra_root: Path)
     counts = pd.read_csv(split / "split_counts.csv")
     tests = counts[(counts["split"] == "main") & (counts["role"] == "test")]
     assert tests["images"].sum() == 623 and tests["patients"].sum() == 354
+
+
+def test_p002_cascade_protocol_runs_end_to_end_on_busi(tmp_path: Path, busi_root: Path) -> None:
+    """The seed-002 split through the real DAG: the ROI classifier is tested only on its own test part,
+    which the segmenter never trained or validated on."""
+    params = yaml.safe_load((REPO / "config" / "presets" / "p002.yaml").read_text())
+    params["data"]["busi"]["path"] = str(busi_root)
+    params["preprocess"]["size"] = 64
+    params["models"]["unet_p002"].update(epochs=1, options={"filters": [8, 16, 32, 64], "bottleneck": 128})
+    params["cascade"].update(crop_size=32)
+    params["cascade"]["classifier"].update(epochs=1)
+    scratch = tmp_path / "params.yaml"
+    scratch.write_text(yaml.safe_dump(params, sort_keys=False))
+    project = workflow_copy(tmp_path / "project", scratch)
+    run_tool(["snakemake", "--cores", "2"], project)
+    results = project / "results" / "p002"
+    folds = pd.read_csv(results / "split" / "folds.csv").set_index("image_id")
+    classified = pd.read_csv(results / "models" / "cascade" / "fold0" / "predictions.csv")["image_id"]
+    segmented = pd.read_csv(results / "models" / "unet_p002" / "fold0" / "predictions.csv")["image_id"]
+    assert set(classified) == set(folds.index[folds["cascade0"] == "test"])
+    assert (folds.loc[classified, "fold0"] == "test").all()  # never a segmenter training/validation image
+    assert set(segmented) == set(folds.index[folds["fold0"] == "test"])
+    assert set(folds["label"]) == {"benign", "malignant"}  # the binary task left the normals out
+    assert (results / "report" / "index.html").stat().st_size > 0
