@@ -19,6 +19,7 @@ REPORT_FILES: tuple[str, ...] = (
     "tables/groups.csv",
     "tables/label_conflicts.csv",
     "tables/leakage.csv",
+    "tables/reproduction.csv",
     "figures/roc.png",
     "figures/metrics_bar.png",
     "figures/overlays.png",

@@ -9,6 +9,8 @@ rule report:
         models=MODELS,
         folds=FOLDS,
         cascade=CASCADE,
+        leakage=LEAKAGE_MODELS,
+        reproduces=config["reproduces"],
         # results/<dataset>/ from its data/index.csv input; the report folder from index.html.
         results=lambda wildcards, input: str(Path(input[0]).parent.parent),
         out=lambda wildcards, output: str(Path(output[0]).parent),

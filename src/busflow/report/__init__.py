@@ -19,6 +19,7 @@ from . import figures
 from .content import ReportTables, build_blocks
 from .loading import RunResults, load_results
 from .render import render_html, render_markdown
+from .reproduction import reproduction_table
 from .tables import (
     SHEETS_DIR,
     classification_table,
@@ -36,8 +37,13 @@ from .tables import (
 __all__ = ["REPORT_DIRS", "REPORT_FILES", "build_report"]
 
 
-def compute_tables(run: RunResults) -> ReportTables:
-    """All report tables from the loaded results."""
+def our_protocol(run: RunResults) -> str:
+    grouping = "image level, LEAKY" if run.leaky else "grouped by patient or duplicate cluster, leak-free"
+    return f"busflow {split_label(run)} split, {len(run.folds)} test fold(s), {grouping}"
+
+
+def compute_tables(run: RunResults, paper: str | None = None) -> ReportTables:
+    """All report tables from the loaded results; ``paper`` adds its reproduction table."""
     cls_table, seg_table = classification_table(run), segmentation_table(run)
     return ReportTables(
         dataset=dataset_table(run.index, run.classes),
@@ -49,6 +55,7 @@ def compute_tables(run: RunResults) -> ReportTables:
         groups=groups_table(run),
         label_conflicts=run.conflicts,
         leakage=leakage_table(run),
+        reproduction=reproduction_table(paper, run.results, our_protocol(run)),
         clusters=duplicate_clusters(run),
     )
 
@@ -77,9 +84,10 @@ def build_report(
     ``index.html`` is written last, so its presence means the report is complete.
     """
     out_dir = Path(out_dir)
-    leakage_models = ((run_info.get("params") or {}).get("leakage") or {}).get("models") or ()
+    params = run_info.get("params") or {}
+    leakage_models = (params.get("leakage") or {}).get("models") or ()
     run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models)
-    tables = compute_tables(run)
+    tables = compute_tables(run, params.get("reproduces"))
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)
     write_figures(run, tables, out_dir)

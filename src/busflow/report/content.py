@@ -28,6 +28,7 @@ from .render import (
     format_frame,
     is_missing,
 )
+from .reproduction import published
 from .tables import DuplicateCluster, duplicate_links, excluded_images, split_label
 
 MAX_SHEETS = 300  # contact sheets drawn and shown; label conflicts and larger clusters come first
@@ -77,13 +78,14 @@ class ReportTables:
     groups: pd.DataFrame
     label_conflicts: pd.DataFrame
     leakage: pd.DataFrame
+    reproduction: pd.DataFrame
     clusters: tuple[DuplicateCluster, ...] = ()
 
     def files(self) -> dict[str, pd.DataFrame]:
         """Relative CSV path -> table."""
         return {f"tables/{name}.csv": getattr(self, name) for name in
                 ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split", "groups",
-                 "label_conflicts", "leakage")}
+                 "label_conflicts", "leakage", "reproduction")}
 
     @property
     def sheets(self) -> tuple[DuplicateCluster, ...]:
@@ -114,6 +116,7 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
         *grouping_blocks(run, tables, run_info),
         *cluster_blocks(tables, unreadable),
         *leaderboard_blocks(tables),
+        *reproduction_blocks(tables),
         *leakage_blocks(run, tables),
         *figure_blocks(run),
         *per_fold_blocks(run, tables),
@@ -267,6 +270,24 @@ def leaderboard_blocks(tables: ReportTables) -> list[Block]:
         Table(leaderboard_display(lb, "pooled"), "Headline metrics pooled over all test folds", "no models"),
         Para("All leaderboard metrics (mean, sd and pooled columns) are in tables/leaderboard.csv.", "note"),
     ]
+
+
+def reproduction_blocks(tables: ReportTables) -> list[Block]:
+    """The reproduced paper's published numbers beside ours, protocols named (nothing when none is set)."""
+    table = tables.reproduction
+    if table.empty:
+        return []
+    paper = str(table["paper"].iloc[0])
+    display = pd.DataFrame({
+        "model": table["model"], "metric": table["metric"], "paper": [fmt_value(v) for v in table["paper_value"]],
+        "ours (mean ± sd)": [fmt_mean_sd(m, s) if status == "ok" else status
+                             for m, s, status in zip(table["ours_mean"], table["ours_sd"], table["status"])],
+        "delta": [NA if is_missing(v) else f"{v:+.3f}" for v in table["delta"]],
+    })
+    return [Heading(f"Reproduction of {paper}: {published()[paper]['title']}"),
+            Para(f"Ours: {table['our_protocol'].iloc[0]}. Paper: {table['paper_protocol'].iloc[0]}. "
+                 "A drop from the published value is expected where the paper's split let duplicates leak."),
+            Table(display, "Published vs reproduced (tables/reproduction.csv)", "no published values")]
 
 
 def leakage_blocks(run: RunResults, tables: ReportTables) -> list[Block]:

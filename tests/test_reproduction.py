@@ -1,0 +1,62 @@
+"""Reproduction tables: published numbers beside ours, with honest gaps for models or metrics a run lacks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from busflow.report.loading import FoldResult
+from busflow.report.reproduction import metric_value, published, reproduction_table
+
+
+def _result(model: str, fold: int, accuracy: float, malignant_specificity: float) -> FoldResult:
+    metrics = {"classification": {"accuracy": accuracy, "roc_auc_macro": 0.9,
+                                  "per_class": {"malignant": {"specificity": malignant_specificity, "recall": 0.8}}},
+               "segmentation": {"iou_tumour": 0.5}}
+    return FoldResult(model, fold, Path("."), metrics, pd.DataFrame(), pd.DataFrame(), None)
+
+
+def test_metric_paths_and_false_positive_rate() -> None:
+    metrics = _result("m", 0, 0.9, 0.97).metrics
+    assert metric_value(metrics, "classification.accuracy") == 0.9
+    assert metric_value(metrics, "classification.per_class.malignant.fpr") == pytest.approx(0.03)
+    assert math.isnan(metric_value(metrics, "classification.f1_weighted"))
+    assert math.isnan(metric_value(metrics, "segmentation.per_class.x.y"))
+
+
+def test_p003_table_sets_published_beside_ours() -> None:
+    results = [_result("mtl_resnet50", 0, 0.80, 0.96), _result("mtl_resnet50", 1, 0.90, 0.94)]
+    table = reproduction_table("p003", results, "busflow kfold").set_index(["model", "metric"])
+    accuracy = table.loc[("mtl_resnet50", "ACC")]
+    assert accuracy["paper_value"] == 0.946 and accuracy["ours_mean"] == pytest.approx(0.85)
+    assert accuracy["delta"] == pytest.approx(0.85 - 0.946) and accuracy["folds"] == 2 and accuracy["status"] == "ok"
+    assert table.loc[("mtl_resnet50", "FPR"), "ours_mean"] == pytest.approx(0.05)
+    assert table.loc[("swin_tiny", "ACC"), "status"] == "model not in this run"
+    assert len(table) == len(published()["p003"]["rows"])
+
+
+def test_metrics_a_run_does_not_compute_are_said_so() -> None:
+    table = reproduction_table("p001", [_result("vgg19", 0, 0.9, 0.9)], "busflow kfold")
+    assert table.set_index("model").loc["vgg19", "status"] == "metric not computed"
+
+
+def test_no_paper_gives_an_empty_table_and_unknown_paper_an_error() -> None:
+    assert reproduction_table(None, [], "x").empty
+    with pytest.raises(ValueError, match="no published values for 'p999'"):
+        reproduction_table("p999", [], "x")
+
+
+def test_every_published_model_is_a_model_of_its_preset() -> None:
+    import yaml
+
+    from conftest import REPO
+
+    for paper, source in published().items():
+        preset = yaml.safe_load((REPO / "config" / "presets" / f"{paper}.yaml").read_text())
+        assert preset["reproduces"] == paper
+        ours = {*preset["train"]["models"], preset["cascade"]["name"]}
+        missing = {row["model"] for row in source["rows"]} - ours
+        assert missing <= {"seg_ensemble", "seg_ensemble_weighted"}, (paper, missing)  # P001's ensembles
