@@ -165,27 +165,6 @@ class VGG(nn.Module):
         return {"logits": self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))}
 
 
-def _build_vgg(
-    config: str,
-    *,
-    in_channels: int,
-    n_classes: int,
-    batch_norm: bool,
-    width_factor: float,
-    classifier_width: int,
-    dropout: float,
-) -> nn.Module:
-    return VGG(
-        in_channels,
-        n_classes,
-        VGG_CONFIGS[config],
-        batch_norm=bool(batch_norm),
-        width_factor=width_factor,
-        classifier_width=classifier_width,
-        dropout=dropout,
-    )
-
-
 @register("vgg16", tasks={"cls"}, description="VGG-16 (config D) classifier, optional batch norm")
 def build_vgg16(
     *,
@@ -198,15 +177,8 @@ def build_vgg16(
 ) -> nn.Module:
     """Build VGG-16 (Simonyan & Zisserman, 2015, config "D"); ``width_factor`` scales every conv width
     (1.0 = 64..512) and ``classifier_width`` the two hidden dense layers (4096)."""
-    return _build_vgg(
-        "D",
-        in_channels=in_channels,
-        n_classes=n_classes,
-        batch_norm=batch_norm,
-        width_factor=width_factor,
-        classifier_width=classifier_width,
-        dropout=dropout,
-    )
+    return VGG(in_channels, n_classes, VGG_CONFIGS["D"], batch_norm=bool(batch_norm), width_factor=width_factor,
+               classifier_width=classifier_width, dropout=dropout)
 
 
 @register("vgg19", tasks={"cls"}, description="VGG-19 (config E) classifier, optional batch norm")
@@ -220,15 +192,8 @@ def build_vgg19(
     dropout: float = 0.5,
 ) -> nn.Module:
     """Build VGG-19 (Simonyan & Zisserman, 2015, config "E"); options as for ``vgg16``."""
-    return _build_vgg(
-        "E",
-        in_channels=in_channels,
-        n_classes=n_classes,
-        batch_norm=batch_norm,
-        width_factor=width_factor,
-        classifier_width=classifier_width,
-        dropout=dropout,
-    )
+    return VGG(in_channels, n_classes, VGG_CONFIGS["E"], batch_norm=bool(batch_norm), width_factor=width_factor,
+               classifier_width=classifier_width, dropout=dropout)
 
 
 # --------------------------------------------------------------------------- EfficientNet
