@@ -366,7 +366,7 @@ def test_read_tile_scales_originals_and_survives_unreadable_files(tmp_path: Path
         assert tile.pixels is None and tile.error, image_id
 
 
-def test_unreadable_image_gives_a_placeholder_sheet(tmp_path: Path) -> None:
+def test_unreadable_image_gives_an_error_tile_not_a_crash(tmp_path: Path) -> None:
     results = make_results(tmp_path / "results", ["unet"], [0])
     index = pd.read_csv(results / "data" / "index.csv")
     victim = _planted_clusters(index)["conflict"][1]

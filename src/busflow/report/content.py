@@ -107,7 +107,7 @@ def library_versions() -> dict[str, str]:
 
 def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any],
                  unreadable: Sequence[str] = ()) -> list[Block]:
-    """All report sections in order; ``unreadable`` lists images drawn as placeholders on contact sheets."""
+    """All report sections in order; ``unreadable`` lists images shown as error tiles on contact sheets."""
     return [
         *leaky_warning_blocks(run),
         *summary_blocks(run, tables, run_info),
@@ -245,7 +245,7 @@ def cluster_blocks(tables: ReportTables, unreadable: Sequence[str]) -> list[Bloc
         blocks.append(Para(f"Capped: {MAX_SHEETS} of {len(tables.clusters)} clusters have a sheet (label conflicts "
                            "and larger clusters first); all are listed in tables/groups.csv.", "bad"))
     if unreadable:
-        blocks.append(Para(f"{len(unreadable)} image(s) could not be read and are placeholders: "
+        blocks.append(Para(f"{len(unreadable)} image(s) could not be read; their tiles name the error: "
                            + "; ".join(unreadable[:10]) + (" …" if len(unreadable) > 10 else ""), "bad"))
     return [*blocks, Gallery(tuple((c.sheet, c.caption) for c in tables.sheets))]
 
@@ -320,7 +320,7 @@ def leakage_display(leakage: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure_blocks(run: RunResults) -> list[Block]:
-    """Figure links with captions (placeholders say when a section does not apply)."""
+    """Figure links with captions (a message figure says when a section does not apply)."""
     return [
         Heading("Figures"),
         Figure("figures/metrics_bar.png", "Key metrics per model, mean over folds with sd error bars."),

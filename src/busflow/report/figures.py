@@ -55,7 +55,7 @@ def save_figure(fig: Figure, target: Path) -> None:
         plt.close(fig)
 
 
-def placeholder_figure(text: str) -> Figure:
+def message_figure(text: str) -> Figure:
     """A small figure that only carries a message."""
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, wrap=True)
@@ -81,7 +81,7 @@ def plot_roc(run: RunResults, target: Path) -> None:
     """One-vs-rest ROC curves per class, one panel per classification model, pooled over folds."""
     models = run.cls_models
     if not models:
-        return save_figure(placeholder_figure(NO_CLS), target)
+        return save_figure(message_figure(NO_CLS), target)
     fig, axes = _grid(len(models), 3, (4.6, 4.2))
     for ax, model in zip(axes, models):
         _roc_panel(ax, run, model)
@@ -124,7 +124,7 @@ def plot_metrics_bar(cls_table: pd.DataFrame, seg_table: pd.DataFrame, models: S
     panels = [(t, m, title) for t, m, title in ((cls_table, BAR_CLS_METRICS, "classification"),
                                                 (seg_table, BAR_SEG_METRICS, "segmentation")) if not t.empty]
     if not panels:
-        return save_figure(placeholder_figure("no metrics in this run"), target)
+        return save_figure(message_figure("no metrics in this run"), target)
     fig, axes = _grid(len(panels), 2, (7.2, 4.2))
     palette = dict(zip(models, sns.color_palette("tab10", n_colors=max(len(models), 1))))
     for ax, (table, metrics, title) in zip(axes, panels):
@@ -156,7 +156,7 @@ def plot_overlays(run: RunResults, target: Path) -> None:
     """Best, median and worst test image by Dice for each segmentation model."""
     models = run.seg_models
     if not models:
-        return save_figure(placeholder_figure(NO_SEG), target)
+        return save_figure(message_figure(NO_SEG), target)
     images, masks, row_of = _load_arrays(run.arrays_path)
     fig, axes = plt.subplots(len(models), 3, figsize=(10.5, 3.7 * len(models)), squeeze=False)
     cache: dict[Path, tuple[np.ndarray, dict[str, int]]] = {}
@@ -240,7 +240,7 @@ def plot_training_curves(run: RunResults, target: Path) -> None:
     """Train (solid) and validation (dashed) loss per epoch; one panel per model, one colour per fold."""
     models = list(run.models)
     if not models:
-        return save_figure(placeholder_figure("no models in this run"), target)
+        return save_figure(message_figure("no models in this run"), target)
     fig, axes = _grid(len(models), 3, (4.6, 3.6))
     colors = sns.color_palette("tab10", n_colors=max(len(run.folds), 1))
     for ax, model in zip(axes, models):
@@ -276,7 +276,7 @@ def plot_confusion(run: RunResults, target: Path) -> None:
     """Confusion matrices summed over folds, one heatmap per classification model."""
     models = run.cls_models
     if not models:
-        return save_figure(placeholder_figure(NO_CLS), target)
+        return save_figure(message_figure(NO_CLS), target)
     fig, axes = _grid(len(models), 3, (4.4, 3.9))
     for ax, model in zip(axes, models):
         matrix, classes = summed_confusion(run, model)
@@ -313,7 +313,7 @@ def summed_confusion(run: RunResults, model: str) -> tuple[np.ndarray | None, li
 def plot_leakage(leakage: pd.DataFrame, target: Path) -> None:
     """Paired bars per leakage model x metric: grouped vs image-level mean over folds, sd error bars."""
     if leakage.empty:
-        return save_figure(placeholder_figure(NO_LEAKAGE), target)
+        return save_figure(message_figure(NO_LEAKAGE), target)
     x = np.arange(len(leakage))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(leakage) + 2.5), 4.4))
     for offset, prefix, label, color in ((-0.2, "grouped", "grouped (leak-free)", "#4c72b0"),
@@ -348,7 +348,7 @@ class Tile:
 def write_contact_sheets(run: RunResults, clusters: Sequence[DuplicateCluster], target_dir: Path) -> list[str]:
     """One PNG per cluster in ``target_dir`` (created even when empty, replaced as a whole).
 
-    Returns ``"<image id>: <error>"`` for every image that could not be read (drawn as a placeholder tile).
+    Returns ``"<image id>: <error>"`` for every image that could not be read (drawn as a tile naming the error).
     """
     index = run.index.drop_duplicates("image_id").set_index("image_id")
     problems: list[str] = []
@@ -361,7 +361,7 @@ def write_contact_sheets(run: RunResults, clusters: Sequence[DuplicateCluster], 
 
 
 def read_tile(index: pd.DataFrame, image_id: str) -> Tile:
-    """The original image of ``image_id`` (``image_path`` of index.csv) scaled to TILE_HEIGHT, or a placeholder."""
+    """The original image of ``image_id`` (``image_path`` of index.csv) scaled to TILE_HEIGHT, or an error tile."""
     label = index["label"].get(image_id, "?")
     try:
         with Image.open(Path(str(index.at[image_id, "image_path"]))) as img:
@@ -369,7 +369,7 @@ def read_tile(index: pd.DataFrame, image_id: str) -> Tile:
             width, height = img.size
             pixels = np.asarray(_displayable(img).resize(
                 (max(1, round(width * TILE_HEIGHT / height)), TILE_HEIGHT), Image.Resampling.LANCZOS))
-    except Exception as error:  # noqa: BLE001 - an unreadable image becomes a placeholder tile, never a crash
+    except (OSError, KeyError, ValueError, Image.DecompressionBombError) as error:  # an error tile, never a crash
         return Tile(f"{image_id} · {label}\nunreadable", error=f"{type(error).__name__}: {error}")
     return Tile(f"{image_id} · {label}\n{width}×{height} px", pixels)
 
