@@ -3,7 +3,6 @@ better than the same network untrained, and the cascade classifier beats chance 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -14,29 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image
-from scipy import ndimage
 
 from busflow.data.preprocess import load_arrays
 from busflow.evaluate.metrics import lesion_mask
+from busflow.io import read_table
 from busflow.models import build_model
-from busflow.split import role_indices
+from busflow.morphology import largest_component
+from busflow.split import group_ids_of, role_indices
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from busflow.train.outputs import prediction_table, save_predictions, save_run
 from busflow.train.stage import describe_model, job_seed
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest connected lesion: the cascade classifies one mass per image."""
-    labelled, count = ndimage.label(mask)
-    if count <= 1:
-        return mask.astype(bool)
-    sizes = ndimage.sum_labels(mask, labelled, index=np.arange(1, count + 1))
-    return labelled == (1 + int(np.argmax(sizes)))
 
 
 def lesion_box(mask: np.ndarray, margin: float, empty_fraction: float) -> Box:
@@ -87,7 +78,7 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     seed = job_seed(params["seed"], cascade["name"], fold)
     seed_everything(seed)
     arrays = load_arrays(arrays_path)
-    folds = pd.read_csv(folds_path, dtype={"image_id": str, "group_id": str})
+    folds = read_table(folds_path)
     roles = role_indices(folds, arrays["image_ids"], fold, stage="cascade")
     classes = arrays["classes"].tolist()
     test = roles["test"]
@@ -108,7 +99,6 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
                                 "empty_roi_fraction": cascade["empty_roi_fraction"]})
     save_run(out_dir, model.cpu(), description, history)
     outputs = predict(model.to(device), data, test, device)
-    group_of = dict(zip(folds["image_id"], folds["group_id"]))
-    table = prediction_table(arrays["image_ids"][test], [group_of[str(i)] for i in arrays["image_ids"][test]],
+    table = prediction_table(arrays["image_ids"][test], group_ids_of(folds, arrays["image_ids"][test]),
                              data.labels[test], classes, outputs)
     save_predictions(out_dir, table, outputs, extra={"boxes": boxes[test], "crops": crops[test]})

@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import pandas as pd
-
 from busflow import __version__
 
 
@@ -62,10 +60,10 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 def cmd_group(args: argparse.Namespace) -> None:
     from busflow.groups import build_groups
-    from busflow.io import write_csv
+    from busflow.io import read_table, write_csv
 
     split = _load(args, check_registry=False)["split"]
-    index = _read_index(args.index)
+    index = read_table(args.index)
     groups, links = build_groups(index, split)
     write_csv(args.links, links)
     write_csv(args.groups, groups)
@@ -76,19 +74,19 @@ def cmd_group(args: argparse.Namespace) -> None:
 
 def cmd_split(args: argparse.Namespace) -> None:
     from busflow.groups import conflict_summary
-    from busflow.io import write_csv
+    from busflow.io import read_table, write_csv
     from busflow.split import make_split
 
     params = _load(args, check_registry=False)
     split = params["split"]
-    index = _read_index(args.index)
-    groups = pd.read_csv(args.groups, dtype={"image_id": str, "group_id": str, "linked_to": str}, keep_default_na=False,
-                         converters={"label_conflict": lambda v: v == "True"})
+    index = read_table(args.index)
+    groups = read_table(args.groups)
     folds = make_split(index, groups, split, params["seed"])
     leaky = make_split(index, groups, split, params["seed"], protocol="random_image")
     conflicts = conflict_summary(groups, index, split["label_conflicts"])
-    for row in conflicts.itertuples() if split["label_conflicts"] == "flag" else ():
-        print(f"warning: label conflict in {row.group_id}: {row.images} filed as {row.labels}", file=sys.stderr)
+    if split["label_conflicts"] == "flag":
+        for row in conflicts.itertuples():
+            print(f"warning: label conflict in {row.group_id}: {row.images} filed as {row.labels}", file=sys.stderr)
     write_csv(args.conflicts, conflicts)
     write_csv(args.leaky, leaky)
     write_csv(args.folds, folds)
@@ -99,24 +97,16 @@ def cmd_split(args: argparse.Namespace) -> None:
 def cmd_audit(args: argparse.Namespace) -> None:
     from busflow.audit import audit_split
     from busflow.data.preprocess import load_arrays
-    from busflow.io import write_csv, write_json
+    from busflow.io import read_table, write_csv, write_json
 
     arrays = load_arrays(args.arrays)
-    splits = {"main": _read_folds(args.folds), "leakage_study": _read_folds(args.leaky)}
-    summary, counts = audit_split(splits, _read_index(args.index), arrays["image_ids"], arrays["images"])
+    splits = {"main": read_table(args.folds), "leakage_study": read_table(args.leaky)}
+    summary, counts = audit_split(splits, read_table(args.index), arrays["image_ids"], arrays["images"])
     write_csv(args.counts, counts)
     write_json(args.out, summary)
     for item in summary["splits"]:
         state = "leaky by design" if item["leaky"] else "no group, patient or identical image crosses a role boundary"
         print(f"{item['split']} ({item['protocol']}): {item['crossings']} crossings, {state}")
-
-
-def _read_index(path: str) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
-
-
-def _read_folds(path: str) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"image_id": str, "group_id": str})
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """Atomic file output: every stage writes to a temporary name and renames on success.
 
-An interrupted stage therefore never leaves a half-written file that looks finished.
+An interrupted stage therefore never leaves a half-written file that looks finished. :func:`read_table` is
+the one reader of the stages' CSV tables, so ids stay strings everywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas
 
 
 def _current_umask() -> int:
@@ -62,6 +66,22 @@ def write_json(target: str | os.PathLike[str], payload: Any) -> None:
     write_text(target, json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
-def write_csv(target: str | os.PathLike[str], frame: "pandas.DataFrame") -> None:  # noqa: F821
+def write_csv(target: str | os.PathLike[str], frame: "pandas.DataFrame") -> None:
     with atomic_path(target) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+# Columns of the stage tables that hold ids or text: read as strings, empty cells as "" (never NaN or numbers).
+TEXT_COLUMNS = ("image_id", "patient_id", "group_id", "linked_to", "image_a", "image_b", "images", "labels")
+
+
+def read_table(path: str | os.PathLike[str]) -> "pandas.DataFrame":
+    """A CSV written by a stage: id and text columns as strings, ``label_conflict`` as bool."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
+    for column in set(TEXT_COLUMNS) & set(frame.columns):
+        frame[column] = frame[column].fillna("")
+    if "label_conflict" in frame:
+        frame["label_conflict"] = frame["label_conflict"].astype(str).str.lower() == "true"
+    return frame

@@ -143,6 +143,12 @@ def make_split(index: pd.DataFrame, groups: pd.DataFrame, split: Mapping[str, An
     return table
 
 
+def group_ids_of(folds: pd.DataFrame, image_ids: np.ndarray) -> list[str]:
+    """The group of each of ``image_ids`` (for the prediction tables)."""
+    group_of = dict(zip(folds["image_id"].astype(str), folds["group_id"]))
+    return [group_of[str(i)] for i in image_ids]
+
+
 def role_indices(folds: pd.DataFrame, image_ids: np.ndarray, fold: int, stage: str = "fold") -> dict[str, np.ndarray]:
     """Row numbers into the arrays (ordered as ``image_ids``) for each role of test fold ``fold``.
 

@@ -15,6 +15,7 @@ from scipy import ndimage
 from torch import nn
 
 from busflow.models.registry import register
+from busflow.morphology import largest_component
 
 LESION_LOGIT = 12.0  # sigmoid(12) > 0.99999: a hard mask expressed as logits
 
@@ -42,15 +43,6 @@ def _without_border_components(mask: np.ndarray) -> np.ndarray:
     return mask & ~np.isin(labelled, border[border > 0])
 
 
-def _largest_component(mask: np.ndarray, min_area: int) -> np.ndarray:
-    labelled, count = ndimage.label(mask)
-    if count == 0:
-        return mask
-    sizes = ndimage.sum_labels(mask, labelled, index=np.arange(1, count + 1))
-    best = int(np.argmax(sizes))
-    return labelled == best + 1 if sizes[best] >= min_area else np.zeros_like(mask)
-
-
 def segment_dark_lesion(image: np.ndarray, *, sigma: float, opening_radius: int, closing_radius: int,
                         drop_border: bool, min_area_fraction: float) -> np.ndarray:
     """Boolean lesion mask of one grayscale image (any scale)."""
@@ -63,7 +55,7 @@ def segment_dark_lesion(image: np.ndarray, *, sigma: float, opening_radius: int,
     mask = ndimage.binary_fill_holes(mask)
     if drop_border:
         mask = _without_border_components(mask)
-    return _largest_component(mask, int(min_area_fraction * mask.size))
+    return largest_component(mask, int(min_area_fraction * mask.size))
 
 
 class ThresholdMorphologySegmenter(nn.Module):

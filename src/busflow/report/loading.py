@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..io import read_table
 from ..layout import LEAKY_SPLIT, SPLIT_FILES
 
 
@@ -136,14 +137,8 @@ def _classes_from(arrays_path: Path, fallback: Sequence[str]) -> tuple[str, ...]
 
 
 def _read_split(results_dir: Path, key: str) -> pd.DataFrame:
-    """One table of the split stage (:data:`SPLIT_FILES`), ids as strings, empty cells as ``""`` in text columns."""
-    text_columns = {c: str for c in ("image_id", "group_id", "linked_to", "image_a", "image_b", "images", "labels")}
-    frame = pd.read_csv(results_dir / SPLIT_FILES[key], dtype=text_columns)
-    for column in set(text_columns) & set(frame.columns):
-        frame[column] = frame[column].fillna("")
-    if "label_conflict" in frame:
-        frame["label_conflict"] = frame["label_conflict"].astype(str).str.lower() == "true"
-    return frame
+    """One table of the split stage (:data:`SPLIT_FILES`)."""
+    return read_table(results_dir / SPLIT_FILES[key])
 
 
 def load_results(
@@ -156,15 +151,14 @@ def load_results(
     """Load every input of the report for the given models and folds (and the leakage study's runs)."""
     results_dir = Path(results_dir)
     arrays_path = results_dir / "data" / "arrays.npz"
-    index = pd.read_csv(results_dir / "data" / "index.csv", dtype={"image_id": str, "patient_id": str})
     return RunResults(
-        index=index,
+        index=read_table(results_dir / "data" / "index.csv"),
         arrays_path=arrays_path,
         folds_table=_read_split(results_dir, "folds"),
         groups=_read_split(results_dir, "groups"),
         links=_read_split(results_dir, "links"),
         conflicts=_read_split(results_dir, "conflicts"),
-        split_counts=pd.read_csv(results_dir / SPLIT_FILES["counts"]),
+        split_counts=_read_split(results_dir, "counts"),
         audit=json.loads((results_dir / SPLIT_FILES["audit"]).read_text(encoding="utf-8")),
         models=tuple(models),
         folds=tuple(int(f) for f in folds),

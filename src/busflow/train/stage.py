@@ -6,13 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from busflow.config import model_spec
 from busflow.data.preprocess import load_arrays
 from busflow.models import build_model, model_tasks
-from busflow.split import role_indices
+from busflow.io import read_table
+from busflow.split import group_ids_of, role_indices
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from busflow.train.outputs import prediction_table, save_predictions, save_run
@@ -36,7 +34,8 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     seed = job_seed(params["seed"], model_name, fold)
     seed_everything(seed)
     arrays = load_arrays(arrays_path)
-    roles = role_indices(pd.read_csv(folds_path, dtype={"image_id": str, "group_id": str}), arrays["image_ids"], fold)
+    folds = read_table(folds_path)
+    roles = role_indices(folds, arrays["image_ids"], fold)
     classes = arrays["classes"].tolist()
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])
     device = resolve_device(params["device"])
@@ -50,11 +49,5 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     save_run(out_dir, model.cpu(), describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1]), history)
     test = roles["test"]
     outputs = predict(model.to(device), data, test, device)
-    groups = _groups_of(folds_path, arrays["image_ids"][test])
+    groups = group_ids_of(folds, arrays["image_ids"][test])
     save_predictions(out_dir, prediction_table(arrays["image_ids"][test], groups, data.labels[test], classes, outputs), outputs)
-
-
-def _groups_of(folds_path: Path, image_ids: np.ndarray) -> list[str]:
-    folds = pd.read_csv(folds_path, dtype={"image_id": str, "group_id": str})
-    group_of = dict(zip(folds["image_id"], folds["group_id"]))
-    return [group_of[str(i)] for i in image_ids]
