@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from busflow import CLASSES
-from busflow.data.folder import DatasetError
+from busflow.data.folder import DatasetError, patients_known
 from busflow.split import EXCLUDED, LEAKY_PROTOCOLS, ROLES
 
 BOUNDARIES = (("test", ("train", "val")), ("val", ("train",)))
@@ -44,9 +44,9 @@ def _crossing(roles: pd.Series, keys: pd.Series) -> dict[str, list[str]]:
     return found
 
 
-def _check_column(table: pd.DataFrame, column: str, patients_known: bool) -> dict[str, Any]:
+def _check_column(table: pd.DataFrame, column: str, count_patients: bool) -> dict[str, Any]:
     keys = {"groups": table["group_id"], "identical_images": table["content"]}
-    if patients_known:
+    if count_patients:
         keys["patients"] = table["patient_id"]
     result: dict[str, Any] = {"column": column}
     for name, values in keys.items():
@@ -57,7 +57,7 @@ def _check_column(table: pd.DataFrame, column: str, patients_known: bool) -> dic
     return result
 
 
-def role_counts(table: pd.DataFrame, column: str, patients_known: bool,
+def role_counts(table: pd.DataFrame, column: str, count_patients: bool,
                 classes: tuple[str, ...] = CLASSES) -> list[dict[str, Any]]:
     """Images, groups, patients (None where the source publishes none) and classes per role of one column."""
     rows = []
@@ -67,7 +67,7 @@ def role_counts(table: pd.DataFrame, column: str, patients_known: bool,
             continue
         counts = part["label"].value_counts()
         rows.append({"column": column, "role": role, "images": len(part), "groups": part["group_id"].nunique(),
-                     "patients": part["patient_id"].nunique() if patients_known else None, **{c: int(counts.get(c, 0)) for c in classes}})
+                     "patients": part["patient_id"].nunique() if count_patients else None, **{c: int(counts.get(c, 0)) for c in classes}})
     return rows
 
 
@@ -78,13 +78,13 @@ def _joined(folds: pd.DataFrame, index: pd.DataFrame, content: pd.Series) -> pd.
 
 def audit_folds(name: str, folds: pd.DataFrame, index: pd.DataFrame, content: pd.Series) -> tuple[dict[str, Any], pd.DataFrame]:
     """Checks and counts of one folds table; ``leaky`` marks the protocols allowed to cross."""
-    patients_known = bool(index["patient_known"].astype(bool).all()) if "patient_known" in index else True
+    known = patients_known(index)
     table = _joined(folds, index, content)
     protocol = str(folds["protocol"].iloc[0])
     columns = role_columns(folds)
-    checks = [_check_column(table, c, patients_known) for c in columns]
+    checks = [_check_column(table, c, known) for c in columns]
     crossings = sum(v for check in checks for k, v in check.items() if " across " in k)
-    counts = pd.DataFrame([row for c in columns for row in role_counts(table, c, patients_known)]).assign(split=name, protocol=protocol)
+    counts = pd.DataFrame([row for c in columns for row in role_counts(table, c, known)]).assign(split=name, protocol=protocol)
     leaky = protocol in LEAKY_PROTOCOLS
     summary = {"split": name, "protocol": protocol, "leaky": leaky, "crossings": int(crossings),
                "passed": leaky or crossings == 0, "columns": checks}

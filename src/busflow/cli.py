@@ -40,6 +40,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
+    from busflow.data.folder import patients_known
     from busflow.data.preprocess import preprocess_index, save_arrays, select_classes
     from busflow.data.sources import ingest_raw
     from busflow.io import write_csv
@@ -52,7 +53,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     save_arrays(args.arrays, arrays)
     write_csv(args.index, index)
     counts = ", ".join(f"{n} {label}" for label, n in index["label"].value_counts().sort_index().items())
-    patients = f"{index['patient_id'].nunique()} patients" if index["patient_known"].all() else "unknown patients"
+    patients = f"{index['patient_id'].nunique()} patients" if patients_known(index) else "unknown patients"
     print(f"preprocessed {len(index)} images ({counts}) of {patients} to "
           f"{settings['size']} px, enhancement {settings['enhance']}; {int(index['colour_overlay'].sum())} with colour overlays; "
           f"{len(ingested) - len(index)} image(s) of classes outside preprocess.classes left out")

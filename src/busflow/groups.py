@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from busflow.data.folder import patients_known
 from busflow.data.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, find_duplicate_links
 
 GROUPS_COLUMNS = ["image_id", "group_id", "reason", "linked_to", "score", "label_conflict"]
@@ -25,9 +26,9 @@ GROUPS_COLUMNS = ["image_id", "group_id", "reason", "linked_to", "score", "label
 
 def grouping_sources(grouping: str, index: pd.DataFrame) -> tuple[bool, bool]:
     """(use patients, use duplicates) for the ``split.grouping`` setting and this index."""
-    patients_known = bool(index["patient_known"].astype(bool).all()) if "patient_known" in index else True
     if grouping == "auto":
-        return patients_known, not patients_known
+        known = patients_known(index)
+        return known, not known
     return "patient" in grouping, "duplicates" in grouping
 
 
@@ -46,13 +47,13 @@ def patient_links(index: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LINK_COLUMNS)
 
 
-def _strongest_link(image_id: str, links: pd.DataFrame) -> tuple[str, str, float]:
-    mine = links[(links["image_a"] == image_id) | (links["image_b"] == image_id)]
-    if mine.empty:
-        return "", "", float("nan")
-    best = mine.sort_values(["score", "image_a", "image_b"], ascending=[False, True, True], kind="stable").iloc[0]
-    other = best["image_b"] if best["image_a"] == image_id else best["image_a"]
-    return str(best["reason"]), str(other), float(best["score"])
+def strongest_links(links: pd.DataFrame) -> pd.DataFrame:
+    """Per linked image: the reason, other image and score of its highest-scoring link (index: image_id)."""
+    as_a = links.rename(columns={"image_a": "image_id", "image_b": "linked_to"})
+    as_b = links.rename(columns={"image_b": "image_id", "image_a": "linked_to"})
+    both = pd.concat([as_a, as_b], ignore_index=True)
+    ordered = both.sort_values(["image_id", "score", "linked_to"], ascending=[True, False, True], kind="stable")
+    return ordered.drop_duplicates("image_id").set_index("image_id")[["reason", "linked_to", "score"]]
 
 
 def _group_names(index: pd.DataFrame, components: dict[str, str], use_patients: bool) -> dict[str, str]:
@@ -85,12 +86,15 @@ def build_groups(index: pd.DataFrame, split: Mapping[str, Any]) -> tuple[pd.Data
     links = links.astype({"score": float, "scale": float, "overlap": float})
     components = duplicate_clusters(index["image_id"].tolist(), links)
     names = _group_names(index, components, use_patients)
-    rows = []
-    for image_id in index["image_id"]:
-        reason, other, score = _strongest_link(image_id, links)
-        rows.append({"image_id": image_id, "group_id": names[components[image_id]],
-                     "reason": reason or ("patient" if use_patients else "unique"), "linked_to": other, "score": score})
-    groups = pd.DataFrame(rows).assign(label_conflict=label_conflicts(index, duplicates).to_numpy())
+    strongest = strongest_links(links).reindex(index["image_id"])
+    groups = pd.DataFrame({
+        "image_id": index["image_id"].to_numpy(),
+        "group_id": [names[components[i]] for i in index["image_id"]],
+        "reason": strongest["reason"].fillna("patient" if use_patients else "unique").to_numpy(),
+        "linked_to": strongest["linked_to"].fillna("").to_numpy(),
+        "score": strongest["score"].to_numpy(dtype=float),
+        "label_conflict": label_conflicts(index, duplicates).to_numpy(),
+    })
     return groups[GROUPS_COLUMNS], links.sort_values(["image_a", "image_b", "reason"], kind="stable").reset_index(drop=True)
 
 

@@ -125,6 +125,11 @@ def ingest_folder(root: str | Path) -> pd.DataFrame:
     return finalise_index(_attach_patients(index, root))
 
 
+def patients_known(index: pd.DataFrame) -> bool:
+    """Whether the source published a patient for every image (else patient_id is just the image id)."""
+    return bool(index["patient_known"].astype(bool).all())
+
+
 def finalise_index(index: pd.DataFrame) -> pd.DataFrame:
     """Contract columns first, any source-specific metadata after; rows sorted by image id."""
     extra = [c for c in index.columns if c not in SOURCE_COLUMNS]

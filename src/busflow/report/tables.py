@@ -23,6 +23,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from ..data.folder import patients_known
 from ..layout import REPORT_DIRS
 from ..split import EXCLUDED
 from .loading import FoldResult, RunResults, to_float
@@ -85,13 +86,12 @@ def dataset_table(index: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
 
 
 def _count_row(name: str, part: pd.DataFrame, total: int) -> dict[str, object]:
-    known = "patient_id" in part and ("patient_known" not in part or bool(part["patient_known"].astype(bool).all()))
     return {
         "class": name,
         "images": len(part),
-        "patients": part["patient_id"].nunique() if known else math.nan,
+        "patients": part["patient_id"].nunique() if patients_known(part) else math.nan,
         "fraction_images": len(part) / total if total else math.nan,
-        "colour_overlay": int(part["colour_overlay"].astype(bool).sum()) if "colour_overlay" in part else math.nan,
+        "colour_overlay": int(part["colour_overlay"].astype(bool).sum()),
     }
 
 
