@@ -106,18 +106,27 @@ def _cascade(labels: np.ndarray, groups: np.ndarray, split: Mapping[str, Any], s
 
 
 def _official(labels: np.ndarray, groups: np.ndarray, split: Mapping[str, Any], seed: int,
-              official: np.ndarray | None) -> dict[str, np.ndarray]:
-    if official is None:
-        raise DatasetError(f"split.protocol official: the dataset publishes no {split['official_folds']}-fold split "
-                           "(only BUS-BRA does)")
+              official: np.ndarray) -> dict[str, np.ndarray]:
     return {role_column(k): _with_val(official == k, labels, groups, split["val_fraction"], seed + k + 1)
             for k in range(split["official_folds"])}
+
+
+def _published_folds(index: pd.DataFrame, image_ids: pd.Series, split: Mapping[str, Any]) -> np.ndarray:
+    """The dataset's own fold of each image (BUS-BRA's official_fold5 / official_fold10 index columns)."""
+    column = f"official_fold{split['official_folds']}"
+    if column not in index:
+        raise DatasetError(f"split.protocol official: the dataset publishes no {split['official_folds']}-fold split "
+                           "(only BUS-BRA does)")
+    return index.set_index("image_id").loc[image_ids, column].to_numpy()
 
 
 def _check_official_grouping(official: np.ndarray, groups: np.ndarray) -> None:
     per_group = pd.Series(official).groupby(groups).nunique()
     if (per_group > 1).any():
         raise DatasetError(f"official folds split group '{per_group.index[per_group > 1][0]}' across folds")
+
+
+BUILDERS = {"kfold": _kfold, "random_image": _kfold, "holdout": _holdout, "cascade": _cascade}
 
 
 def make_split(index: pd.DataFrame, groups: pd.DataFrame, split: Mapping[str, Any], seed: int,
@@ -128,13 +137,12 @@ def make_split(index: pd.DataFrame, groups: pd.DataFrame, split: Mapping[str, An
     keep = ~(table["label_conflict"].to_numpy(bool) & (split["label_conflicts"] == "drop"))
     labels = table["label"].to_numpy()[keep]
     group_ids = (table["image_id"] if protocol in LEAKY_PROTOCOLS else table["group_id"]).to_numpy()[keep]
-    official_column = f"official_fold{split['official_folds']}"
-    official = index.set_index("image_id").loc[table["image_id"], official_column].to_numpy()[keep] if official_column in index else None
-    if protocol == "official" and official is not None:
+    if protocol == "official":
+        official = _published_folds(index, table["image_id"], split)[keep]
         _check_official_grouping(official, group_ids)
-    builders = {"kfold": _kfold, "random_image": _kfold, "holdout": _holdout, "cascade": _cascade}
-    columns = (_official(labels, group_ids, split, seed, official) if protocol == "official"
-               else builders[protocol](labels, group_ids, split, seed))
+        columns = _official(labels, group_ids, split, seed, official)
+    else:
+        columns = BUILDERS[protocol](labels, group_ids, split, seed)
     table = table[["image_id", "group_id", "label", "label_conflict"]].assign(protocol=protocol)
     for name, roles in columns.items():
         full = np.full(len(table), EXCLUDED, dtype=object)
