@@ -9,7 +9,7 @@ import pytest
 
 from busflow.config import load_schema
 from busflow.data.folder import DatasetError
-from busflow.split import EXCLUDED, make_split, n_test_folds, role_indices
+from busflow.split import EXCLUDED, make_split, n_test_folds, role_columns, role_indices
 
 
 def _index(n_patients: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -34,12 +34,8 @@ def _split_params(**overrides: object) -> dict:
     return {**defaults, **overrides}
 
 
-def _role_columns(folds: pd.DataFrame) -> list[str]:
-    return [c for c in folds.columns if c.startswith(("fold", "cascade"))]
-
-
 def _assert_grouped(folds: pd.DataFrame) -> None:
-    for column in _role_columns(folds):
+    for column in role_columns(folds):
         roles_per_group = folds.groupby("group_id")[column].nunique()
         assert (roles_per_group == 1).all(), f"a group straddles roles in {column}"
 
@@ -47,17 +43,17 @@ def _assert_grouped(folds: pd.DataFrame) -> None:
 def test_kfold_groups_never_cross_roles_and_every_image_is_tested_once() -> None:
     index = _index()
     folds = make_split(index, _groups(index), _split_params(), seed=1)
-    assert _role_columns(folds) == ["fold0", "fold1", "fold2", "fold3"]
+    assert role_columns(folds) == ["fold0", "fold1", "fold2", "fold3"]
     _assert_grouped(folds)
     for k in range(4):
         assert set(folds[f"fold{k}"]) == {"train", "val", "test"}
-    assert ((folds[_role_columns(folds)] == "test").sum(axis=1) == 1).all()
+    assert ((folds[role_columns(folds)] == "test").sum(axis=1) == 1).all()
 
 
 def test_classes_are_stratified_across_folds() -> None:
     index = _index(n_patients=120)
     folds = make_split(index, _groups(index), _split_params(n_folds=3), seed=3)
-    test_fold = folds[_role_columns(folds)].eq("test").to_numpy().argmax(axis=1)
+    test_fold = folds[role_columns(folds)].eq("test").to_numpy().argmax(axis=1)
     shares = pd.crosstab(test_fold, folds["label"], normalize="index")
     overall = folds["label"].value_counts(normalize=True)
     assert (shares.sub(overall, axis=1).abs() < 0.08).all().all()
@@ -112,9 +108,9 @@ def test_label_conflicts_are_dropped_or_kept_by_policy() -> None:
     dropped = make_split(index, _groups(index, conflicted), _split_params(), seed=0)
     kept = make_split(index, _groups(index, conflicted), _split_params(label_conflicts="keep"), seed=0)
     is_conflict = dropped["image_id"].isin(conflicted)
-    assert (dropped.loc[is_conflict, _role_columns(dropped)] == EXCLUDED).all().all()
-    assert (dropped.loc[~is_conflict, _role_columns(dropped)] != EXCLUDED).all().all()
-    assert (kept[_role_columns(kept)] != EXCLUDED).all().all()
+    assert (dropped.loc[is_conflict, role_columns(dropped)] == EXCLUDED).all().all()
+    assert (dropped.loc[~is_conflict, role_columns(dropped)] != EXCLUDED).all().all()
+    assert (kept[role_columns(kept)] != EXCLUDED).all().all()
 
 
 def test_split_is_deterministic_per_seed() -> None:

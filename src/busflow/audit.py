@@ -17,7 +17,7 @@ import pandas as pd
 
 from busflow import CLASSES
 from busflow.data.folder import DatasetError, patients_known
-from busflow.split import EXCLUDED, LEAKY_PROTOCOLS, ROLES
+from busflow.split import EXCLUDED, LEAKY_PROTOCOLS, ROLES, role_columns
 
 BOUNDARIES = (("test", ("train", "val")), ("val", ("train",)))
 EXAMPLES = 5
@@ -27,10 +27,6 @@ def content_keys(image_ids: np.ndarray, images: np.ndarray) -> pd.Series:
     """image_id -> hash of its preprocessed pixels (equal for identical frames)."""
     return pd.Series([hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()[:16] for img in images],
                      index=pd.Index(image_ids.astype(str), name="image_id"))
-
-
-def role_columns(folds: pd.DataFrame) -> list[str]:
-    return [c for c in folds.columns if c[-1:].isdigit() and c.rstrip("0123456789") in ("fold", "cascade")]
 
 
 def _crossing(roles: pd.Series, keys: pd.Series) -> dict[str, list[str]]:

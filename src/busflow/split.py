@@ -46,6 +46,11 @@ def role_column(fold: int, stage: str = "fold") -> str:
     return f"{stage}{fold}"
 
 
+def role_columns(folds: pd.DataFrame) -> list[str]:
+    """The role columns of a folds table (``fold<k>``, ``cascade<k>``)."""
+    return [c for c in folds.columns if c[-1:].isdigit() and c.rstrip("0123456789") in ("fold", "cascade")]
+
+
 def _grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
     """Fold number of every sample; stratified by label, disjoint in groups."""
     from sklearn.model_selection import StratifiedGroupKFold  # imported here: the Snakefile imports this module
