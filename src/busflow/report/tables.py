@@ -25,7 +25,7 @@ from sklearn.metrics import (
 
 from ..data.folder import patients_known
 from ..layout import REPORT_DIRS
-from ..split import EXCLUDED
+from ..split import EXCLUDED, role_columns
 from .loading import FoldResult, RunResults, to_float
 
 CLS_METRICS: tuple[str, ...] = (
@@ -114,7 +114,7 @@ def audit_crossings(audit: Mapping[str, Any]) -> dict[tuple[str, str], str]:
 
 def excluded_images(folds: pd.DataFrame) -> int:
     """Images excluded from every test fold's roles (e.g. label conflicts dropped by the split)."""
-    columns = [c for c in folds.columns if re.fullmatch(r"fold\d+", c)]
+    columns = [c for c in role_columns(folds) if c.startswith("fold")]
     return int((folds[columns] == EXCLUDED).all(axis=1).sum()) if columns else 0
 
 
