@@ -16,7 +16,12 @@ from dag import snakemake_jobs
 
 pytestmark = pytest.mark.slow
 
-MODELS = ["unet", "resnet50", "mtl_resnet50", "cascade"]
+MODELS = ["unet", "resnet50", "mtl_resnet50", "cascade", "seg_ensemble", "seg_weighted"]
+ENSEMBLES = {"seg_ensemble", "seg_weighted"}
+
+
+def _fold_dir(project: Path, model: str, fold: int) -> Path:
+    return project / "results/synthetic" / ("ensembles" if model in ENSEMBLES else "models") / model / f"fold{fold}"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +50,7 @@ def test_every_declared_output_exists(project: Path) -> None:
 def test_metrics_are_complete_and_in_range(project: Path) -> None:
     for model in MODELS:
         for fold in (0, 1):
-            metrics = json.loads((project / f"results/synthetic/models/{model}/fold{fold}/metrics.json").read_text())
+            metrics = json.loads((_fold_dir(project, model, fold) / "metrics.json").read_text())
             assert metrics["n_test_images"] > 0
             parts = [metrics[p] for p in ("classification", "segmentation") if metrics[p]]
             assert parts, f"{model} fold{fold} has no metrics"
@@ -81,8 +86,8 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
 
     # The cascade's segmenter: its chain includes the cascade.
     _scale_lr(project, "unet", 2)
-    assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "evaluate:2", "evaluate_cascade:2", "evaluate_leaky:2",
-                                             "report:1", "train:2", "train_leaky:2"])
+    assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "ensembles:1", "evaluate:2", "evaluate_cascade:2",
+                                             "evaluate_leaky:2", "report:1", "train:2", "train_leaky:2"])
     planned = run_tool(["snakemake", "--dry-run", "--cores", "2"], project).stdout
     assert "model=unet" in planned and "model=resnet50" not in planned and "model=mtl_resnet50" not in planned
     _scale_lr(project, "unet", 0.5)
@@ -96,5 +101,6 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
     assert _planned_jobs(project) == sorted(["all:1", "evaluate:2", "report:1", "train:2"])
     reproduced = run_tool(["dvc", "repro"], project).stdout
     ran = sorted(re.findall(r"Running stage '([^']+)'", reproduced))
-    assert ran == sorted(["train@resnet50-0", "train@resnet50-1", "evaluate@resnet50-0", "evaluate@resnet50-1", "report"])
+    # DVC's ensembles stage depends on the whole models folder (members cannot be listed), so it reruns too.
+    assert ran == sorted(["train@resnet50-0", "train@resnet50-1", "evaluate@resnet50-0", "evaluate@resnet50-1", "ensembles", "report"])
     assert "up to date" in run_tool(["dvc", "status"], project).stdout

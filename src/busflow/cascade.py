@@ -24,7 +24,8 @@ from busflow.morphology import largest_component
 from busflow.split import group_ids_of, role_indices
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
-from busflow.train.outputs import prediction_table, save_predictions, save_run
+from busflow.predictions import prediction_table, save_predictions
+from busflow.train.outputs import save_run
 from busflow.train.stage import describe_model, job_seed
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
@@ -98,7 +99,10 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     description.update(cascade={"segmenter": cascade["segmenter"], "margin": cascade["margin"],
                                 "empty_roi_fraction": cascade["empty_roi_fraction"]})
     save_run(out_dir, model.cpu(), description, history)
-    outputs = predict(model.to(device), data, test, device)
+    model.to(device)
+    outputs = predict(model, data, test, device)
     table = prediction_table(arrays["image_ids"][test], group_ids_of(folds, arrays["image_ids"][test]),
                              data.labels[test], classes, outputs)
-    save_predictions(out_dir, table, outputs, extra={"boxes": boxes[test], "crops": crops[test]})
+    # Validation crops surround ground-truth lesions, as in training: the segmenter predicts only the test part.
+    validation = (arrays["image_ids"][roles["val"]], predict(model, data, roles["val"], device))
+    save_predictions(out_dir, table, outputs, extra={"boxes": boxes[test], "crops": crops[test]}, validation=validation)

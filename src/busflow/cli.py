@@ -122,13 +122,17 @@ def cmd_cascade(args: argparse.Namespace) -> None:
     run_cascade(_load(args), args.fold, Path(args.arrays), Path(args.folds), Path(args.segmenter), Path(args.out))
 
 
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from busflow.ensemble import build_ensembles
+
+    build_ensembles(_load(args, check_registry=False), Path(args.arrays), Path(args.folds), Path(args.models), Path(args.out))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from busflow.evaluate.stage import evaluate_model
+    from busflow.evaluate.stage import evaluate_model, headline
 
     metrics = evaluate_model(_load(args, check_registry=False), args.model, args.fold, Path(args.arrays), Path(args.predictions), Path(args.out))
-    headline = {k: v for part in ("classification", "segmentation") if metrics[part]
-                for k, v in metrics[part].items() if k in ("accuracy", "roc_auc_macro", "dice")}
-    print(f"[{args.model} fold{args.fold}] " + "  ".join(f"{k} {v:.3f}" for k, v in headline.items() if v is not None))
+    print(f"[{args.model} fold{args.fold}] {headline(metrics)}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -137,7 +141,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from busflow.report import build_report
 
     params = _load(args, check_registry=False)
-    models = [*params["train"]["models"], params["cascade"]["name"]]
+    models = [*params["train"]["models"], params["cascade"]["name"], *params["ensembles"]]
     run_info = {"dataset": params["dataset"], "params_sha256": params_sha256(params), "busflow_version": __version__,
                 "empty_mask_convention": EMPTY_MASK_CONVENTIONS[params["evaluate"]["empty_mask"]], "params": params}
     build_report(results_dir=Path(args.results), out_dir=Path(args.out), models=models, folds=params["train"]["folds"], run_info=run_info)
@@ -171,6 +175,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--fold", required=True, type=int)
     sub = command("cascade", cmd_cascade, "crop predicted lesions and train/test the cascade classifier on one fold", "arrays", "folds", "segmenter", "out")
     sub.add_argument("--fold", required=True, type=int)
+    command("ensemble", cmd_ensemble, "combine and evaluate the predictions of trained models: every ensemble, every fold",
+            "arrays", "folds", "models", "out")
     sub = command("evaluate", cmd_evaluate, "metrics of one model on one test fold", "arrays", "predictions", "out")
     sub.add_argument("--model", required=True)
     sub.add_argument("--fold", required=True, type=int)

@@ -19,6 +19,9 @@ import yaml
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
 
 
+ENSEMBLE_WEIGHTS = ("equal", "validation")  # or one number per member
+
+
 class ParamsError(ValueError):
     """params.yaml is unreadable or violates the schema or a cross-key rule."""
 
@@ -68,11 +71,30 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
         problems.append(f"cascade.segmenter: '{cascade['segmenter']}' is not one of train.models")
     if cascade["name"] in models:
         problems.append(f"cascade.name: '{cascade['name']}' clashes with a model of the same name")
+    problems += _ensemble_problems(params)
     dataset = params["dataset"]
     if dataset not in params["data"]:
         problems.append(f"data.{dataset}: settings for dataset '{dataset}' are missing")
     if problems:
         raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def _ensemble_problems(params: Mapping[str, Any]) -> list[str]:
+    problems = []
+    taken = {*params["models"], params["cascade"]["name"]}
+    for name, spec in params["ensembles"].items():
+        key = f"ensembles.{name}"
+        if name in taken:
+            problems.append(f"{key}: the name clashes with a model or the cascade of the same name")
+        problems += [f"{key}.members: '{m}' is not one of train.models" for m in spec["members"] if m not in params["train"]["models"]]
+        weights = spec["weights"]
+        if isinstance(weights, str) and weights not in ENSEMBLE_WEIGHTS:
+            problems.append(f"{key}.weights: '{weights}' is not one of {', '.join(ENSEMBLE_WEIGHTS)} or a list of numbers")
+        if isinstance(weights, list) and len(weights) != len(spec["members"]):
+            problems.append(f"{key}.weights: {len(weights)} weights for {len(spec['members'])} members")
+        if isinstance(weights, list) and not sum(weights) > 0:
+            problems.append(f"{key}.weights: at least one weight must be positive")
+    return problems
 
 
 def _split_problems(params: Mapping[str, Any]) -> list[str]:
@@ -118,6 +140,10 @@ def check_architectures(params: Mapping[str, Any], source: str = "params") -> No
         problems.append(f"cascade.segmenter: model '{segmenter}' has no segmentation output")
     if "cls" not in model_tasks(params["cascade"]["classifier"]["arch"]):
         problems.append("cascade.classifier.arch: the cascade classifier needs a classification output")
+    if not problems:  # every arch is registered
+        problems += [f"ensembles.{name}.members: the members share no output (all need masks or all class probabilities)"
+                     for name, ensemble in params["ensembles"].items()
+                     if not frozenset.intersection(*(model_tasks(params["models"][m]["arch"]) for m in ensemble["members"]))]
     if problems:
         raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
 

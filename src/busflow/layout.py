@@ -6,6 +6,7 @@ Importing this module is cheap (no torch), so the Snakefile can use it to declar
 from __future__ import annotations
 
 TRAIN_OUTPUTS: tuple[str, ...] = ("weights.pt", "model.json", "history.csv", "predictions.csv", "predictions.npz")
+ENSEMBLE_OUTPUTS: tuple[str, ...] = ("model.json", "predictions.csv", "predictions.npz")
 EVALUATE_OUTPUTS: tuple[str, ...] = ("metrics.json", "per_image.csv")
 REPORT_FILES: tuple[str, ...] = (
     "index.html",
@@ -52,3 +53,9 @@ def fold_dir(run: str, model: str, fold: int | str, split: str = "main") -> str:
     """Outputs of one model on one test fold; runs on the leaky split live beside them under ``random_image/``."""
     leaky = f"{LEAKY_SPLIT}/" if split == LEAKY_SPLIT else ""
     return f"{results_root(run)}/models/{model}/{leaky}fold{fold}"
+
+
+def ensemble_dir(run: str, ensemble: str, fold: int | str) -> str:
+    """Outputs of one ensemble on one test fold. Kept apart from ``models/`` because an ensemble reads
+    that whole folder (DVC cannot list a variable number of member files as dependencies)."""
+    return f"{results_root(run)}/ensembles/{ensemble}/fold{fold}"

@@ -37,6 +37,7 @@ FOLDS = config["train"]["folds"]
 CASCADE = config["cascade"]["name"]
 SEGMENTER = config["cascade"]["segmenter"]
 LEAKAGE_MODELS = config.get("leakage", {}).get("models", [])
+ENSEMBLES = config["ensembles"]
 
 
 wildcard_constraints:
@@ -62,6 +63,7 @@ def report_inputs(wildcards):
     for model in models:
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, *EVALUATE_OUTPUTS))
+    files.append(rules.ensembles.output[0])
     for model in LEAKAGE_MODELS:
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, *EVALUATE_OUTPUTS), LEAKY_SPLIT)

@@ -38,3 +38,4 @@ use rule evaluate as evaluate_leaky with:
         out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold, LEAKY_SPLIT),
     log:
         f"{RESULTS}/logs/evaluate/{{model}}_{LEAKY_SPLIT}_fold{{fold}}.log",
+

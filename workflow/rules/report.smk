@@ -9,6 +9,7 @@ rule report:
         models=MODELS,
         folds=FOLDS,
         cascade=CASCADE,
+        ensembles=list(ENSEMBLES),
         leakage=LEAKAGE_MODELS,
         reproduces=config["reproduces"],
         # results/<dataset>/ from its data/index.csv input; the report folder from index.html.

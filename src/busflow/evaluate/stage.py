@@ -12,14 +12,7 @@ import pandas as pd
 from busflow.data.preprocess import load_arrays
 from busflow.evaluate.metrics import classification_metrics, lesion_mask, segmentation_metrics
 from busflow.io import write_csv, write_json
-
-
-def _test_rows(image_ids: np.ndarray, wanted: np.ndarray, source: Path) -> np.ndarray:
-    position = {str(i): n for n, i in enumerate(image_ids)}
-    missing = [str(i) for i in wanted if str(i) not in position]
-    if missing:
-        raise ValueError(f"{source}: predictions for image(s) not in the preprocessed data: {missing[:5]}")
-    return np.array([position[str(i)] for i in wanted], dtype=np.int64)
+from busflow.predictions import rows_of
 
 
 def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path: Path, predictions_path: Path, out_dir: Path) -> dict[str, Any]:
@@ -27,7 +20,7 @@ def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path
     classes = arrays["classes"].tolist()
     with np.load(predictions_path, allow_pickle=False) as archive:
         outputs = {key: archive[key] for key in archive.files}
-    rows = _test_rows(arrays["image_ids"], outputs["image_ids"], predictions_path)
+    rows = rows_of(arrays["image_ids"], outputs["image_ids"], predictions_path)
     labels = arrays["labels"][rows]
     per_image = pd.DataFrame({"image_id": outputs["image_ids"].astype(str), "label": [classes[i] for i in labels]})
     tasks, classification, segmentation = [], None, None
@@ -47,3 +40,10 @@ def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_image.csv", per_image)
     return metrics
+
+
+def headline(metrics: Mapping[str, Any]) -> str:
+    """One line of the main numbers of an evaluation (accuracy, ROC AUC, Dice)."""
+    values = {k: v for part in ("classification", "segmentation") if metrics[part]
+              for k, v in metrics[part].items() if k in ("accuracy", "roc_auc_macro", "dice")}
+    return "  ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None)

@@ -86,7 +86,8 @@ def build_report(
     out_dir = Path(out_dir)
     params = run_info.get("params") or {}
     leakage_models = (params.get("leakage") or {}).get("models") or ()
-    run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models)
+    ensembles = tuple(params.get("ensembles") or ())
+    run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models, ensembles)
     tables = compute_tables(run, params.get("reproduces"))
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)

@@ -141,6 +141,13 @@ def leaky_warning_blocks(run: RunResults) -> list[Block]:
                  "of this report is optimistically biased. Use this protocol only for the leakage study.", "bad")]
 
 
+def _ensemble_note(spec: Mapping[str, Any] | None) -> str:
+    if not spec:
+        return ""
+    weights = spec["weights"] if isinstance(spec["weights"], str) else "fixed " + "/".join(f"{w:g}" for w in spec["weights"])
+    return f", ensemble of {', '.join(spec['members'])} ({weights} weights)"
+
+
 def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any]) -> list[Block]:
     """Dataset, hash, versions, models and folds."""
     index = run.index
@@ -154,7 +161,9 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
         ("split protocol", split_label(run)),
         ("folds", ", ".join(str(f) for f in run.folds)),
     ]
-    models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds)" for row in tables.leaderboard.itertuples())
+    ensembles = (run_info.get("params") or {}).get("ensembles") or {}
+    models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds){_ensemble_note(ensembles.get(row.model))}"
+                   for row in tables.leaderboard.itertuples())
     return [Heading("Run summary"), KeyValues(tuple(pairs)), Para("Models:"),
             Bullets(models or ("no models in this run",))]
 

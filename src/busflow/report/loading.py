@@ -107,13 +107,16 @@ def _read_csv_optional(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def load_fold(results_dir: Path, model: str, fold: int, split: str = "main") -> FoldResult:
-    """Read metrics.json, history.csv, per_image.csv and (if present) predictions.csv.
-
-    ``split=LEAKY_SPLIT`` reads the run of the leakage study under ``models/<model>/random_image/``.
-    """
+def fold_directory(results_dir: Path, model: str, fold: int, split: str = "main", ensembles: Sequence[str] = ()) -> Path:
+    """Where one model's fold outputs are: ``models/<model>/[random_image/]fold<k>`` or ``ensembles/<name>/fold<k>``."""
+    if model in ensembles:
+        return results_dir / "ensembles" / model / f"fold{fold}"
     leaky = (LEAKY_SPLIT,) if split == LEAKY_SPLIT else ()
-    directory = results_dir.joinpath("models", model, *leaky, f"fold{fold}")
+    return results_dir.joinpath("models", model, *leaky, f"fold{fold}")
+
+
+def load_fold(directory: Path, model: str, fold: int) -> FoldResult:
+    """Read metrics.json, history.csv (absent for ensembles), per_image.csv and predictions.csv of one fold."""
     metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
     history = _read_csv_optional(directory / "history.csv")
     per_image = _read_csv_optional(directory / "per_image.csv")
@@ -147,8 +150,10 @@ def load_results(
     folds: Sequence[int],
     classes: Sequence[str],
     leakage_models: Sequence[str] = (),
+    ensembles: Sequence[str] = (),
 ) -> RunResults:
-    """Load every input of the report for the given models and folds (and the leakage study's runs)."""
+    """Load every input of the report for the given models (ensembles among them) and folds, and the
+    leakage study's runs."""
     results_dir = Path(results_dir)
     arrays_path = results_dir / "data" / "arrays.npz"
     return RunResults(
@@ -163,7 +168,7 @@ def load_results(
         models=tuple(models),
         folds=tuple(int(f) for f in folds),
         classes=_classes_from(arrays_path, classes),
-        results=tuple(load_fold(results_dir, m, f) for m in models for f in folds),
+        results=tuple(load_fold(fold_directory(results_dir, m, f, ensembles=ensembles), m, f) for m in models for f in folds),
         leakage_models=tuple(leakage_models),
-        leaky_results=tuple(load_fold(results_dir, m, f, LEAKY_SPLIT) for m in leakage_models for f in folds),
+        leaky_results=tuple(load_fold(fold_directory(results_dir, m, f, LEAKY_SPLIT), m, f) for m in leakage_models for f in folds),
     )

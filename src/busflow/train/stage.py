@@ -13,7 +13,8 @@ from busflow.io import read_table
 from busflow.split import group_ids_of, role_indices
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
-from busflow.train.outputs import prediction_table, save_predictions, save_run
+from busflow.predictions import prediction_table, save_predictions
+from busflow.train.outputs import save_run
 
 
 def job_seed(seed: int, model: str, fold: int) -> int:
@@ -47,7 +48,9 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
                   seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_run(out_dir, model.cpu(), describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1]), history)
-    test = roles["test"]
-    outputs = predict(model.to(device), data, test, device)
+    test, val = roles["test"], roles["val"]
+    model.to(device)
+    outputs = predict(model, data, test, device)
     groups = group_ids_of(folds, arrays["image_ids"][test])
-    save_predictions(out_dir, prediction_table(arrays["image_ids"][test], groups, data.labels[test], classes, outputs), outputs)
+    save_predictions(out_dir, prediction_table(arrays["image_ids"][test], groups, data.labels[test], classes, outputs), outputs,
+                     validation=(arrays["image_ids"][val], predict(model, data, val, device)))
