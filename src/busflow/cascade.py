@@ -24,7 +24,7 @@ from busflow.morphology import largest_component
 from busflow.split import group_ids_of, role_indices
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
-from busflow.predictions import prediction_table, save_predictions
+from busflow.predictions import load_predictions, prediction_table, save_predictions
 from busflow.train.outputs import save_run
 from busflow.train.stage import describe_model, job_seed
 
@@ -63,13 +63,9 @@ def extract_rois(images: np.ndarray, masks: np.ndarray, *, margin: float, empty_
 
 
 def _predicted_masks(segmenter_predictions: Path, image_ids: np.ndarray, threshold: float) -> np.ndarray:
-    with np.load(segmenter_predictions, allow_pickle=False) as archive:
-        position = {str(i): n for n, i in enumerate(archive["image_ids"])}
-        missing = [str(i) for i in image_ids if str(i) not in position]
-        if missing:
-            raise ValueError(f"{segmenter_predictions}: no predicted mask for test image(s) {missing[:5]}")
-        probs = archive["mask_probs"][[position[str(i)] for i in image_ids]]
-    return lesion_mask(probs, threshold)
+    # The cascade's test images are the segmenter's test images or (cascade protocol) a part of them.
+    test = load_predictions(segmenter_predictions).aligned_to(image_ids, segmenter_predictions, exact=False)
+    return lesion_mask(test.outputs["mask_probs"], threshold)
 
 
 def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_path: Path, segmenter_predictions: Path, out_dir: Path) -> None:

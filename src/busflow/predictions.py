@@ -86,11 +86,11 @@ class PartOutputs:
     image_ids: np.ndarray
     outputs: dict[str, np.ndarray]
 
-    def aligned_to(self, image_ids: Sequence[str], source: Path) -> "PartOutputs":
-        """The same outputs in the order of ``image_ids``; every id must be present."""
+    def aligned_to(self, image_ids: Sequence[str], source: Path, exact: bool = True) -> "PartOutputs":
+        """The outputs of ``image_ids`` in their order; every id must be present, and (``exact``) no other."""
         position = {str(i): n for n, i in enumerate(self.image_ids)}
         missing = [str(i) for i in image_ids if str(i) not in position]
-        if missing or len(position) != len(image_ids):
+        if missing or (exact and len(position) != len(image_ids)):
             extra = sorted(set(position) - {str(i) for i in image_ids})
             raise ValueError(f"{source}: predicted images differ from the expected ones "
                              f"(missing {missing[:5]}, unexpected {extra[:5]})")

@@ -1,8 +1,15 @@
-"""Metric definitions: scikit-learn for classification; Dice/IoU written out in NumPy.
+"""Metric definitions: scikit-learn for classification; Dice/IoU/HD95 written out in NumPy/SciPy.
 
-Dice and IoU follow MONAI's DiceMetric/MeanIoU with ``ignore_empty=False`` exactly (a test checks the
-equality). They are written here because importing torch + MONAI costs an evaluate job ~20 s on a small
-CPU machine, for two lines of arithmetic.
+Dice and IoU follow MONAI's DiceMetric/MeanIoU with ``ignore_empty=False``, and the 95 % Hausdorff distance
+MONAI's ``compute_hausdorff_distance(percentile=95)``, exactly (tests check the equality). They are written
+here because importing torch + MONAI costs an evaluate job ~20 s on a small CPU machine, for a few lines
+of arithmetic. The HD95 is in pixels of the preprocessed image and undefined when either mask is empty.
+Pixel precision TP / (TP + FP) and recall TP / (TP + FN) are per image, averaged over the images where
+they are defined (a predicted lesion, a true lesion respectively).
+
+Classification: per class one-vs-rest, then macro means (over the classes present in the test part) and
+support-weighted means. The operating point takes the positive class (malignant) against the rest at a
+threshold chosen on the fold's validation images and applies it unchanged to the test images.
 
 Empty ground-truth masks (normal images) are never dropped silently. Under the ``match`` convention an
 image with an empty ground truth scores Dice = IoU = 1 when the predicted mask is empty as well and 0
@@ -17,7 +24,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from scipy import ndimage
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 EMPTY_MASK_CONVENTIONS = {
     "match": "an image with an empty ground-truth mask scores Dice = IoU = 1 if the predicted mask is empty too, else 0",
@@ -25,9 +41,9 @@ EMPTY_MASK_CONVENTIONS = {
 }
 
 
-def lesion_mask(stored_probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Binary lesion mask from probabilities stored as uint8 (probability × 255) in predictions.npz."""
-    return stored_probs >= round(threshold * 255)
+def lesion_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Binary lesion mask: lesion probability (as read by ``busflow.predictions.load_predictions``) ≥ threshold."""
+    return probs >= threshold
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -47,36 +63,88 @@ def _specificity(matrix: np.ndarray, column: int) -> float | None:
     return float(true_negative / negatives) if negatives else None
 
 
-def _mean_defined(values: Sequence[float | None]) -> float | None:
-    defined = [v for v in values if v is not None]
-    return float(np.mean(defined)) if defined else None
+def _mean_defined(values: Sequence[float | None], weights: Sequence[float] | None = None) -> float | None:
+    """(Weighted) mean of the values that are defined; None when none is."""
+    weights = [1.0] * len(values) if weights is None else weights
+    pairs = [(v, w) for v, w in zip(values, weights) if v is not None]
+    total = sum(w for _, w in pairs)
+    return float(sum(v * w for v, w in pairs) / total) if total else None
+
+
+def _class_block(y_true: np.ndarray, probs: np.ndarray, matrix: np.ndarray, column: int,
+                 precision: float, recall: float, f1: float, support: int) -> dict[str, Any]:
+    is_class = y_true == column
+    specificity = _specificity(matrix, column)
+    return {"precision": float(precision), "recall": float(recall), "specificity": specificity,
+            "fpr": None if specificity is None else 1.0 - specificity, "f1": float(f1),
+            "roc_auc": _one_vs_rest_auc(is_class, probs[:, column]),
+            "pr_auc": float(average_precision_score(is_class, probs[:, column])) if is_class.any() else None,
+            "support": int(support)}
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro precision/recall/specificity/F1, one-vs-rest ROC AUC, per class."""
+    """Accuracy, balanced accuracy; per class precision, recall (sensitivity), specificity, FPR, F1, ROC AUC
+    and PR AUC (average precision), one class against the rest; their macro and support-weighted means."""
     labels = list(range(len(classes)))
     y_pred = probs.argmax(1)
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    per_class = {}
-    for column, name in enumerate(classes):
-        per_class[name] = {"precision": float(precision[column]), "recall": float(recall[column]),
-                           "specificity": _specificity(matrix, column), "f1": float(f1[column]),
-                           "roc_auc": _one_vs_rest_auc(y_true == column, probs[:, column]), "support": int(support[column])}
+    per_class = {name: _class_block(y_true, probs, matrix, c, precision[c], recall[c], f1[c], support[c])
+                 for c, name in enumerate(classes)}
+    # Macro means run over the classes present in the test part; weighted means weigh them by support.
     present = [name for name in classes if per_class[name]["support"] > 0]
-    return {
-        "classes": list(classes),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        # Macro means run over the classes present in the test part.
-        "precision_macro": _mean_defined([per_class[c]["precision"] for c in present]),
-        "recall_macro": _mean_defined([per_class[c]["recall"] for c in present]),
-        "specificity_macro": _mean_defined([per_class[c]["specificity"] for c in present]),
-        "f1_macro": _mean_defined([per_class[c]["f1"] for c in present]),
-        "roc_auc_macro": _mean_defined([per_class[c]["roc_auc"] for c in present]),
-        "per_class": per_class,
-        "confusion_matrix": matrix.tolist(),
-    }
+    supports = [per_class[name]["support"] for name in present]
+    summary: dict[str, Any] = {"classes": list(classes), "accuracy": float(accuracy_score(y_true, y_pred)),
+                               "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred))}
+    for metric in ("precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
+        values = [per_class[name][metric] for name in present]
+        summary[f"{metric}_macro"] = _mean_defined(values)
+        summary[f"{metric}_weighted"] = _mean_defined(values, supports)
+    return {**summary, "per_class": per_class, "confusion_matrix": matrix.tolist()}
+
+
+OPERATING_RULES = {
+    "youden": "the validation threshold maximising Youden's J = sensitivity + specificity - 1",
+    "sensitivity": "the highest validation threshold whose sensitivity reaches the target",
+}
+
+
+def operating_threshold(is_positive: np.ndarray, scores: np.ndarray, rule: str, target_sensitivity: float = 0.9) -> float | None:
+    """Decision threshold on ``scores`` chosen on *validation* data; None when a side is missing there."""
+    if is_positive.all() or not is_positive.any():
+        return None
+    fpr, tpr, thresholds = roc_curve(is_positive, scores, drop_intermediate=False)
+    thresholds = np.minimum(thresholds, 1.0)  # the first threshold is +inf: "call nothing positive"
+    if rule == "youden":
+        youden = tpr - fpr
+        return float(thresholds[np.flatnonzero(youden >= youden.max() - 1e-12)[0]])  # ties: the highest threshold
+    if rule == "sensitivity":
+        return float(thresholds[int(np.argmax(tpr >= target_sensitivity))])
+    raise ValueError(f"evaluate.operating_point.rule: unknown rule '{rule}' (choose from {sorted(OPERATING_RULES)})")
+
+
+def binary_metrics(is_positive: np.ndarray, called_positive: np.ndarray) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV, NPV, F1 and accuracy of positive/negative calls, with the counts."""
+    tn, fp, fn, tp = confusion_matrix(is_positive, called_positive, labels=[False, True]).ravel().tolist()
+
+    def ratio(numerator: int, denominator: int) -> float | None:
+        return numerator / denominator if denominator else None
+
+    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp),
+            "npv": ratio(tn, tn + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn), "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+            "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def operating_point(y_val: np.ndarray, probs_val: np.ndarray, y_test: np.ndarray, probs_test: np.ndarray,
+                    positive: int, rule: str, target_sensitivity: float) -> dict[str, Any]:
+    """Positive class against the rest at a threshold chosen on validation, applied unchanged to test."""
+    threshold = operating_threshold(y_val == positive, probs_val[:, positive], rule, target_sensitivity)
+    chosen_on = "validation"
+    if threshold is None:  # validation lacks a side: fall back to the neutral threshold, and say so
+        threshold, chosen_on = 0.5, "default 0.5 (the validation part lacks positives or negatives)"
+    return {"rule": rule, "threshold": threshold, "chosen_on": chosen_on,
+            "validation": binary_metrics(y_val == positive, probs_val[:, positive] >= threshold),
+            "test": binary_metrics(y_test == positive, probs_test[:, positive] >= threshold)}
 
 
 def _overlap(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,11 +168,43 @@ def per_image_overlap(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndar
     return dice, iou, iou_background
 
 
+def pixel_precision_recall(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image TP / (TP + FP) (NaN when nothing is predicted) and TP / (TP + FN) (NaN without a lesion)."""
+    flat_pred, flat_true = predicted.reshape(len(predicted), -1), truth.reshape(len(truth), -1)
+    true_positive = (flat_pred & flat_true).sum(1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return true_positive / flat_pred.sum(1), true_positive / flat_true.sum(1)
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels: the mask minus its erosion, the image border counting as outside (as MONAI)."""
+    padded = np.pad(mask, 1)
+    return (padded ^ ndimage.binary_erosion(padded))[1:-1, 1:-1]
+
+
+def hausdorff95(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Symmetric 95th-percentile Hausdorff distance in pixels between the mask boundaries (MONAI's
+    ``compute_hausdorff_distance(percentile=95)``); NaN when either mask is empty."""
+    if not predicted.any() or not truth.any():
+        return math.nan
+    edges_pred, edges_true = _edges(predicted), _edges(truth)
+    to_true = ndimage.distance_transform_edt(~edges_true)[edges_pred]
+    to_pred = ndimage.distance_transform_edt(~edges_pred)[edges_true]
+    return float(max(np.percentile(to_true, 95), np.percentile(to_pred, 95)))
+
+
+def _nanmean_or_none(values: np.ndarray) -> float | None:
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else None
+
+
 def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, convention: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Aggregate and per-image segmentation metrics for boolean masks (N×H×W)."""
     if convention not in EMPTY_MASK_CONVENTIONS:
         raise ValueError(f"evaluate.empty_mask: unknown convention '{convention}' (choose from {sorted(EMPTY_MASK_CONVENTIONS)})")
     dice, iou, iou_background = per_image_overlap(predicted, truth)
+    precision, recall = pixel_precision_recall(predicted.astype(bool), truth.astype(bool))
+    hd95 = np.array([hausdorff95(p, t) for p, t in zip(predicted.astype(bool), truth.astype(bool))])
     has_lesion = truth.reshape(len(truth), -1).any(1)
     predicted_any = predicted.reshape(len(predicted), -1).any(1)
     scored = np.ones(len(truth), bool) if convention == "match" else has_lesion
@@ -114,12 +214,17 @@ def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, convention: s
         "iou_tumour": _nan_to_none(float(iou[scored].mean())) if scored.any() else None,
         "iou_background": float(iou_background.mean()) if len(truth) else None,
         "pixel_accuracy": float((predicted == truth).mean()) if len(truth) else None,
+        "pixel_precision": _nanmean_or_none(precision),
+        "pixel_recall": _nanmean_or_none(recall),
+        "hd95": _nanmean_or_none(hd95),
+        "n_hd95_images": int((~np.isnan(hd95)).sum()),
         "dice_lesion_images": float(dice[has_lesion].mean()) if has_lesion.any() else None,
         "iou_lesion_images": float(iou[has_lesion].mean()) if has_lesion.any() else None,
         "empty_image_false_positive_rate": float(predicted_any[~has_lesion].mean()) if (~has_lesion).any() else None,
         "n_lesion_images": int(has_lesion.sum()),
         "n_empty_images": int((~has_lesion).sum()),
     }
-    per_image = {"dice": dice, "iou": iou, "area_true": truth.reshape(len(truth), -1).sum(1),
+    per_image = {"dice": dice, "iou": iou, "pixel_precision": precision, "pixel_recall": recall, "hd95": hd95,
+                 "area_true": truth.reshape(len(truth), -1).sum(1),
                  "area_pred": predicted.reshape(len(predicted), -1).sum(1)}
     return summary, per_image

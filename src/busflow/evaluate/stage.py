@@ -10,28 +10,44 @@ import numpy as np
 import pandas as pd
 
 from busflow.data.preprocess import load_arrays
-from busflow.evaluate.metrics import classification_metrics, lesion_mask, segmentation_metrics
+from busflow.evaluate.metrics import classification_metrics, lesion_mask, operating_point, segmentation_metrics
 from busflow.io import write_csv, write_json
-from busflow.predictions import rows_of
+from busflow.predictions import load_predictions, rows_of
+
+
+def _classification(params: Mapping[str, Any], labels: np.ndarray, probs: np.ndarray, classes: list[str],
+                    validation: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics and per-image columns; the positive class's operating point is fixed on validation."""
+    metrics = classification_metrics(labels, probs, classes)
+    columns = {"y_true": labels, "y_pred": probs.argmax(1), "confidence": probs.max(1)}
+    setting = params["evaluate"]["operating_point"]
+    if setting["positive_class"] in classes:
+        positive = classes.index(setting["positive_class"])
+        point = operating_point(*validation, labels, probs, positive, setting["rule"], setting["target_sensitivity"])
+        metrics["operating_point"] = {"positive_class": setting["positive_class"], **point}
+        columns["positive_call"] = probs[:, positive] >= point["threshold"]
+    return metrics, columns
 
 
 def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path: Path, predictions_path: Path, out_dir: Path) -> dict[str, Any]:
+    """metrics.json and per_image.csv of one model's test predictions on one fold."""
     arrays = load_arrays(arrays_path)
     classes = arrays["classes"].tolist()
-    with np.load(predictions_path, allow_pickle=False) as archive:
-        outputs = {key: archive[key] for key in archive.files}
-    rows = rows_of(arrays["image_ids"], outputs["image_ids"], predictions_path)
+    test = load_predictions(predictions_path)
+    rows = rows_of(arrays["image_ids"], test.image_ids, predictions_path)
     labels = arrays["labels"][rows]
-    per_image = pd.DataFrame({"image_id": outputs["image_ids"].astype(str), "label": [classes[i] for i in labels]})
+    per_image = pd.DataFrame({"image_id": test.image_ids, "label": [classes[i] for i in labels]})
     tasks, classification, segmentation = [], None, None
-    if "class_probs" in outputs:
+    if "class_probs" in test.outputs:
         tasks.append("cls")
-        probs = outputs["class_probs"]
-        classification = classification_metrics(labels, probs, classes)
-        per_image = per_image.assign(y_true=labels, y_pred=probs.argmax(1), confidence=probs.max(1))
-    if "mask_probs" in outputs:
+        val = load_predictions(predictions_path, "val")
+        val_labels = arrays["labels"][rows_of(arrays["image_ids"], val.image_ids, predictions_path)]
+        classification, columns = _classification(params, labels, test.outputs["class_probs"], classes,
+                                                  (val_labels, val.outputs["class_probs"]))
+        per_image = per_image.assign(**columns)
+    if "mask_probs" in test.outputs:
         tasks.append("seg")
-        predicted = lesion_mask(outputs["mask_probs"], params["evaluate"]["threshold"])
+        predicted = lesion_mask(test.outputs["mask_probs"], params["evaluate"]["threshold"])
         segmentation, per_image_seg = segmentation_metrics(predicted, arrays["masks"][rows] > 0, params["evaluate"]["empty_mask"])
         per_image = per_image.assign(**per_image_seg)
     metrics = {"model": model, "fold": fold, "tasks": tasks, "n_test_images": int(len(rows)),
