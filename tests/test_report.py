@@ -261,6 +261,44 @@ def test_pooled_accuracy_matches_predictions(full: tuple[Path, Path]) -> None:
     assert lb.loc["mtl", "accuracy_pooled"] == pytest.approx((preds["y_true"] == preds["y_pred"]).mean(), abs=1e-5)
 
 
+def test_pooled_values_carry_group_bootstrap_intervals(full: tuple[Path, Path]) -> None:
+    results, out = full
+    intervals = pd.read_csv(out / "tables" / "intervals.csv")
+    assert set(intervals["model"]) == {"unet", "resnet50", "mtl"}
+    defined = intervals.dropna(subset=["ci_low", "ci_high"])
+    assert len(defined) > 20
+    assert (defined["ci_low"] <= defined["estimate"] + 1e-9).all() and (defined["estimate"] <= defined["ci_high"] + 1e-9).all()
+    folds = pd.read_csv(results / "split" / "folds.csv")
+    tested = folds[(folds["fold0"] == "test") | (folds["fold1"] == "test")]
+    dice = intervals.set_index(["model", "metric"]).loc[("unet", "segmentation.dice")]
+    assert dice["n_images"] == len(tested) and dice["n_groups"] == tested["group_id"].nunique() < len(tested)
+    lb = pd.read_csv(out / "tables" / "leaderboard.csv").set_index("model")
+    assert lb.loc["unet", "dice_pooled"] == pytest.approx(dice["estimate"])
+    assert lb.loc["unet", "dice_ci_low"] == pytest.approx(dice["ci_low"])
+    assert "[" in (out / "report.md").read_text()  # the pooled leaderboard shows the intervals
+
+
+def test_models_are_compared_with_the_reference_on_shared_metrics(full: tuple[Path, Path]) -> None:
+    _, out = full
+    comparisons = pd.read_csv(out / "tables" / "comparisons.csv")
+    assert set(comparisons["reference"]) == {"unet"}  # the first model by default
+    assert set(comparisons["model"]) == {"mtl"}  # resnet50 shares no metric with a segmenter
+    dice = comparisons.set_index("metric").loc["segmentation.dice"]
+    assert dice["difference"] == pytest.approx(dice["model_value"] - dice["reference_value"], abs=1e-5)
+    assert dice["ci_low"] <= dice["difference"] <= dice["ci_high"] and 0 < dice["p_value"] <= 1
+
+
+def test_calibration_bins_per_classifier(full: tuple[Path, Path]) -> None:
+    results, out = full
+    calibration = pd.read_csv(out / "tables" / "calibration.csv")
+    assert set(calibration["model"]) == {"resnet50", "mtl"}
+    mtl = calibration[calibration["model"] == "mtl"]
+    tested = sum(len(pd.read_csv(results / "models" / "mtl" / f"fold{k}" / "predictions.csv")) for k in (0, 1))
+    assert len(mtl) == 10 and mtl["n"].sum() == tested
+    filled = mtl[mtl["n"] > 0]
+    assert ((filled["confidence"] >= filled["bin_low"]) & (filled["confidence"] <= filled["bin_high"])).all()
+
+
 def test_seg_only_model_has_na_classification(full: tuple[Path, Path]) -> None:
     _, out = full
     lb = pd.read_csv(out / "tables" / "leaderboard.csv").set_index("model")

@@ -10,6 +10,9 @@ import pytest
 
 from busflow.report.loading import FoldResult
 from busflow.report.reproduction import metric_value, published, reproduction_table
+from busflow.report.uncertainty import INTERVAL_COLUMNS
+
+NO_INTERVALS = pd.DataFrame(columns=INTERVAL_COLUMNS)
 
 
 def _result(model: str, fold: int, accuracy: float, malignant_specificity: float) -> FoldResult:
@@ -29,24 +32,25 @@ def test_metric_paths_and_false_positive_rate() -> None:
 
 def test_p003_table_sets_published_beside_ours() -> None:
     results = [_result("mtl_resnet50", 0, 0.80, 0.96), _result("mtl_resnet50", 1, 0.90, 0.94)]
-    table = reproduction_table("p003", results, "busflow kfold").set_index(["model", "metric"])
+    table = reproduction_table("p003", results, "busflow kfold", NO_INTERVALS).set_index(["model", "metric"])
     accuracy = table.loc[("mtl_resnet50", "ACC")]
     assert accuracy["paper_value"] == 0.946 and accuracy["ours_mean"] == pytest.approx(0.85)
     assert accuracy["delta"] == pytest.approx(0.85 - 0.946) and accuracy["folds"] == 2 and accuracy["status"] == "ok"
     assert table.loc[("mtl_resnet50", "FPR"), "ours_mean"] == pytest.approx(0.05)
     assert table.loc[("swin_tiny", "ACC"), "status"] == "model not in this run"
+    assert math.isnan(accuracy["ours_pooled"])  # no interval computed for it here
     assert len(table) == len(published()["p003"]["rows"])
 
 
 def test_metrics_a_run_does_not_compute_are_said_so() -> None:
-    table = reproduction_table("p001", [_result("vgg19", 0, 0.9, 0.9)], "busflow kfold")
+    table = reproduction_table("p001", [_result("vgg19", 0, 0.9, 0.9)], "busflow kfold", NO_INTERVALS)
     assert table.set_index("model").loc["vgg19", "status"] == "metric not computed"
 
 
 def test_no_paper_gives_an_empty_table_and_unknown_paper_an_error() -> None:
-    assert reproduction_table(None, [], "x").empty
+    assert reproduction_table(None, [], "x", NO_INTERVALS).empty
     with pytest.raises(ValueError, match="no published values for 'p999'"):
-        reproduction_table("p999", [], "x")
+        reproduction_table("p999", [], "x", NO_INTERVALS)
 
 
 def test_every_published_model_is_a_model_of_its_preset() -> None:
@@ -60,3 +64,12 @@ def test_every_published_model_is_a_model_of_its_preset() -> None:
         ours = {*preset["train"]["models"], preset["cascade"]["name"]}
         missing = {row["model"] for row in source["rows"]} - ours
         assert missing <= {"seg_ensemble", "seg_ensemble_weighted"}, (paper, missing)  # P001's ensembles
+
+
+def test_pooled_value_and_interval_sit_beside_the_fold_mean() -> None:
+    intervals = pd.DataFrame([{"model": "mtl_resnet50", "metric": "classification.accuracy", "n_images": 100, "n_groups": 80,
+                               "estimate": 0.86, "ci_low": 0.79, "ci_high": 0.92, "confidence": 0.95, "resamples": 1000}],
+                             columns=INTERVAL_COLUMNS)
+    results = [_result("mtl_resnet50", 0, 0.80, 0.96), _result("mtl_resnet50", 1, 0.90, 0.94)]
+    row = reproduction_table("p003", results, "busflow kfold", intervals).set_index(["model", "metric"]).loc[("mtl_resnet50", "ACC")]
+    assert (row["ours_pooled"], row["ci_low"], row["ci_high"]) == (0.86, 0.79, 0.92)

@@ -72,6 +72,9 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
     if cascade["name"] in models:
         problems.append(f"cascade.name: '{cascade['name']}' clashes with a model of the same name")
     problems += _ensemble_problems(params)
+    reference = params["evaluate"]["reference_model"]
+    if reference is not None and reference not in {*params["train"]["models"], params["cascade"]["name"], *params["ensembles"]}:
+        problems.append(f"evaluate.reference_model: '{reference}' is not a model, the cascade or an ensemble of this run")
     dataset = params["dataset"]
     if dataset not in params["data"]:
         problems.append(f"data.{dataset}: settings for dataset '{dataset}' are missing")

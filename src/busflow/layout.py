@@ -21,12 +21,16 @@ REPORT_FILES: tuple[str, ...] = (
     "tables/label_conflicts.csv",
     "tables/leakage.csv",
     "tables/reproduction.csv",
+    "tables/intervals.csv",
+    "tables/comparisons.csv",
+    "tables/calibration.csv",
     "figures/roc.png",
     "figures/metrics_bar.png",
     "figures/overlays.png",
     "figures/training_curves.png",
     "figures/confusion.png",
     "figures/leakage.png",
+    "figures/calibration.png",
 )
 # Directories the report always creates (possibly empty): one contact sheet per duplicate cluster.
 REPORT_DIRS: tuple[str, ...] = ("clusters",)

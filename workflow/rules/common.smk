@@ -77,6 +77,7 @@ FIGURE_CAPTIONS = {
     "figures/training_curves.png": "training_curves.rst",
     "figures/confusion.png": "confusion.rst",
     "figures/leakage.png": "leakage.rst",
+    "figures/calibration.png": "calibration.rst",
 }
 
 

@@ -12,6 +12,9 @@ rule report:
         ensembles=list(ENSEMBLES),
         leakage=LEAKAGE_MODELS,
         reproduces=config["reproduces"],
+        bootstrap=config["evaluate"]["bootstrap"],
+        reference=config["evaluate"]["reference_model"],
+        seed=config["seed"],
         # results/<dataset>/ from its data/index.csv input; the report folder from index.html.
         results=lambda wildcards, input: str(Path(input[0]).parent.parent),
         out=lambda wildcards, output: str(Path(output[0]).parent),

@@ -35,6 +35,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from busflow.evaluate.statistics import expected_calibration_error
+
 EMPTY_MASK_CONVENTIONS = {
     "match": "an image with an empty ground-truth mask scores Dice = IoU = 1 if the predicted mask is empty too, else 0",
     "exclude": "images with an empty ground-truth mask are left out of Dice/IoU (their false-positive rate is reported separately)",
@@ -94,8 +96,10 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Seque
     # Macro means run over the classes present in the test part; weighted means weigh them by support.
     present = [name for name in classes if per_class[name]["support"] > 0]
     supports = [per_class[name]["support"] for name in present]
+    correct, confidence = (y_true == y_pred).astype(np.float64), probs.max(1).astype(np.float64)
     summary: dict[str, Any] = {"classes": list(classes), "accuracy": float(accuracy_score(y_true, y_pred)),
-                               "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred))}
+                               "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+                               "ece": _nan_to_none(float(expected_calibration_error(correct, confidence, np.ones((1, len(y_true))))[0]))}
     for metric in ("precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
         values = [per_class[name][metric] for name in present]
         summary[f"{metric}_macro"] = _mean_defined(values)
@@ -224,7 +228,8 @@ def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, convention: s
         "n_lesion_images": int(has_lesion.sum()),
         "n_empty_images": int((~has_lesion).sum()),
     }
-    per_image = {"dice": dice, "iou": iou, "pixel_precision": precision, "pixel_recall": recall, "hd95": hd95,
+    pixel_accuracy = (predicted == truth).reshape(len(truth), -1).mean(1)
+    per_image = {"dice": dice, "iou": iou, "pixel_accuracy": pixel_accuracy, "pixel_precision": precision, "pixel_recall": recall, "hd95": hd95,
                  "area_true": truth.reshape(len(truth), -1).sum(1),
                  "area_pred": predicted.reshape(len(predicted), -1).sum(1)}
     return summary, per_image

@@ -25,6 +25,8 @@ def _classification(params: Mapping[str, Any], labels: np.ndarray, probs: np.nda
         positive = classes.index(setting["positive_class"])
         point = operating_point(*validation, labels, probs, positive, setting["rule"], setting["target_sensitivity"])
         metrics["operating_point"] = {"positive_class": setting["positive_class"], **point}
+        metrics["sensitivity_at_threshold"] = point["test"]["sensitivity"]
+        metrics["specificity_at_threshold"] = point["test"]["specificity"]
         columns["positive_call"] = probs[:, positive] >= point["threshold"]
     return metrics, columns
 

@@ -19,6 +19,7 @@ from . import figures
 from .content import ReportTables, build_blocks
 from .loading import RunResults, load_results
 from .render import render_html, render_markdown
+from .uncertainty import BootstrapSettings, calibration_table, comparison_table, interval_table
 from .reproduction import reproduction_table
 from .tables import (
     SHEETS_DIR,
@@ -42,20 +43,30 @@ def our_protocol(run: RunResults) -> str:
     return f"busflow {split_label(run)} split, {len(run.folds)} test fold(s), {grouping}"
 
 
-def compute_tables(run: RunResults, paper: str | None = None) -> ReportTables:
-    """All report tables from the loaded results; ``paper`` adds its reproduction table."""
+def bootstrap_settings(params: Mapping[str, Any]) -> BootstrapSettings:
+    bootstrap = (params.get("evaluate") or {}).get("bootstrap") or {}
+    return BootstrapSettings(int(bootstrap.get("resamples", 1000)), float(bootstrap.get("confidence", 0.95)), int(params.get("seed", 0)))
+
+
+def compute_tables(run: RunResults, params: Mapping[str, Any]) -> ReportTables:
+    """All report tables from the loaded results; ``reproduces`` in params adds its reproduction table."""
     cls_table, seg_table = classification_table(run), segmentation_table(run)
+    settings = bootstrap_settings(params)
+    intervals = interval_table(run, settings)
     return ReportTables(
         dataset=dataset_table(run.index, run.classes),
         split=split_table(run),
-        leaderboard=leaderboard_table(run, cls_table, seg_table),
+        leaderboard=leaderboard_table(run, cls_table, seg_table, intervals),
         classification=cls_table,
         segmentation=seg_table,
         per_class=per_class_table(run),
         groups=groups_table(run),
         label_conflicts=run.conflicts,
         leakage=leakage_table(run),
-        reproduction=reproduction_table(paper, run.results, our_protocol(run)),
+        reproduction=reproduction_table(params.get("reproduces"), run.results, our_protocol(run), intervals),
+        intervals=intervals,
+        comparisons=comparison_table(run, (params.get("evaluate") or {}).get("reference_model"), settings),
+        calibration=calibration_table(run),
         clusters=duplicate_clusters(run),
     )
 
@@ -69,6 +80,7 @@ def write_figures(run: RunResults, tables: ReportTables, out_dir: Path) -> None:
     figures.plot_training_curves(run, fig_dir / "training_curves.png")
     figures.plot_confusion(run, fig_dir / "confusion.png")
     figures.plot_leakage(tables.leakage, fig_dir / "leakage.png")
+    figures.plot_calibration(tables.calibration, tables.intervals, fig_dir / "calibration.png")
 
 
 def build_report(
@@ -88,7 +100,7 @@ def build_report(
     leakage_models = (params.get("leakage") or {}).get("models") or ()
     ensembles = tuple(params.get("ensembles") or ())
     run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models, ensembles)
-    tables = compute_tables(run, params.get("reproduces"))
+    tables = compute_tables(run, params)
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)
     write_figures(run, tables, out_dir)

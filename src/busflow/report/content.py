@@ -23,6 +23,7 @@ from .render import (
     Links,
     Para,
     Table,
+    fmt_interval,
     fmt_mean_sd,
     fmt_value,
     format_frame,
@@ -53,15 +54,27 @@ METRIC_DOCS: tuple[tuple[str, str], ...] = (
     ("specificity_macro", "unweighted mean over classes of TN / (TN + FP), each class one-vs-rest."),
     ("f1_macro", "unweighted mean over classes of the harmonic mean of precision and recall."),
     ("roc_auc_macro", "mean one-vs-rest area under the ROC curve; n/a when a class is missing from the test set."),
+    ("f1_weighted", "mean of the per-class F1 weighted by each class's number of test images."),
+    ("pr_auc_macro", "mean one-vs-rest area under the precision-recall curve (average precision)."),
+    ("ece", "expected calibration error: over ten equal-width bins of top-class confidence, the image-weighted mean "
+            "of |accuracy − mean confidence|."),
+    ("sensitivity_at_threshold / specificity_at_threshold", "the positive class (malignant) against the rest at a "
+     "probability threshold chosen on the fold's validation images (Youden's J or a target sensitivity), never on test."),
     ("dice", "2|P∩T| / (|P| + |T|) between the predicted (probability ≥ 0.5) and the true lesion mask."),
     ("iou_tumour", "intersection over union |P∩T| / |P∪T| of the lesion class."),
     ("iou_background", "intersection over union of the background class."),
     ("pixel_accuracy", "fraction of pixels labelled correctly (lesion or background)."),
+    ("pixel_precision / pixel_recall", "per image TP / (TP + FP) over images with a predicted lesion, and TP / (TP + FN) "
+                                       "over images with a true lesion; averaged over those images."),
+    ("hd95", "95th-percentile symmetric Hausdorff distance between the predicted and true lesion boundaries, in pixels "
+             "of the preprocessed image; only images where both masks are non-empty."),
     ("dice_lesion_images / iou_lesion_images", "Dice / IoU restricted to images whose ground truth has a lesion."),
     ("empty_image_false_positive_rate", "fraction of lesion-free images on which the model predicts any lesion pixel."),
     ("mean ± sd", "over the test folds (sample sd, ddof = 1; n/a with one fold); undefined fold values are skipped."),
     ("pooled", "computed once on all test images of all folds together (classification: pooled predictions; "
                "segmentation: mean of per-image values)."),
+    ("[interval]", "percentile bootstrap interval that resamples groups (patients, or duplicate clusters where patients "
+                   "are unknown) with replacement, never single images, so correlated images of one patient move together."),
 )
 
 
@@ -79,13 +92,16 @@ class ReportTables:
     label_conflicts: pd.DataFrame
     leakage: pd.DataFrame
     reproduction: pd.DataFrame
+    intervals: pd.DataFrame
+    comparisons: pd.DataFrame
+    calibration: pd.DataFrame
     clusters: tuple[DuplicateCluster, ...] = ()
 
     def files(self) -> dict[str, pd.DataFrame]:
         """Relative CSV path -> table."""
         return {f"tables/{name}.csv": getattr(self, name) for name in
                 ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split", "groups",
-                 "label_conflicts", "leakage", "reproduction")}
+                 "label_conflicts", "leakage", "reproduction", "intervals", "comparisons", "calibration")}
 
     @property
     def sheets(self) -> tuple[DuplicateCluster, ...]:
@@ -260,25 +276,55 @@ def cluster_blocks(tables: ReportTables, unreadable: Sequence[str]) -> list[Bloc
 
 
 def leaderboard_display(leaderboard: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """Headline metrics per model as ``mean ± sd`` (kind="mean_sd") or pooled values (kind="pooled")."""
+    """Headline metrics per model as ``mean ± sd`` (kind="mean_sd") or pooled values with their bootstrap
+    interval (kind="pooled")."""
     rows = []
     for _, row in leaderboard.iterrows():
         out = {"model": row["model"], "split": row["split"], "tasks": row["tasks"], "folds": fmt_value(row["n_folds"])}
         for metric in HEADLINE_METRICS:
             out[metric] = (fmt_mean_sd(row[f"{metric}_mean"], row[f"{metric}_sd"]) if kind == "mean_sd"
-                           else fmt_value(row[f"{metric}_pooled"]))
+                           else fmt_interval(row[f"{metric}_pooled"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]))
         rows.append(out)
     return pd.DataFrame(rows, columns=["model", "split", "tasks", "folds", *HEADLINE_METRICS])
 
 
 def leaderboard_blocks(tables: ReportTables) -> list[Block]:
     lb = tables.leaderboard
+    confidence, resamples = _bootstrap_of(tables.intervals)
     return [
         Heading("Leaderboard"),
         Table(leaderboard_display(lb, "mean_sd"), "Headline metrics, mean ± sd over folds", "no models"),
-        Table(leaderboard_display(lb, "pooled"), "Headline metrics pooled over all test folds", "no models"),
-        Para("All leaderboard metrics (mean, sd and pooled columns) are in tables/leaderboard.csv.", "note"),
+        Table(leaderboard_display(lb, "pooled"),
+              f"Headline metrics pooled over all test folds [{confidence} bootstrap interval, {resamples} resamples of "
+              "patients/duplicate groups]", "no models"),
+        Para("All leaderboard metrics (mean, sd, pooled value and interval) are in tables/leaderboard.csv; every "
+             "pooled statistic with its interval, per class as well, in tables/intervals.csv.", "note"),
+        *comparison_blocks(tables),
     ]
+
+
+def _bootstrap_of(intervals: pd.DataFrame) -> tuple[str, str]:
+    if intervals.empty:
+        return "95 %", "n/a"
+    return f"{float(intervals['confidence'].iloc[0]):.0%}", str(int(intervals["resamples"].iloc[0]))
+
+
+def comparison_blocks(tables: ReportTables) -> list[Block]:
+    """Each model against the reference model on the same test images (paired group bootstrap)."""
+    table = tables.comparisons
+    if table.empty:
+        return []
+    display = pd.DataFrame({
+        "model": table["model"], "metric": table["metric"].str.split(".").str[-1],
+        "model value": [fmt_value(v) for v in table["model_value"]],
+        "reference value": [fmt_value(v) for v in table["reference_value"]],
+        "difference [interval]": [fmt_interval(d, lo, hi) for d, lo, hi in zip(table["difference"], table["ci_low"], table["ci_high"])],
+        "p": [fmt_value(v) for v in table["p_value"]], "images": table["n_images"],
+    })
+    reference = str(table["reference"].iloc[0])
+    return [Table(display, f"Paired comparison with {reference} on the test images both predicted: the same "
+                           "resampled groups enter both models; p is the two-sided bootstrap p-value of no difference "
+                           "(tables/comparisons.csv)", "no comparison")]
 
 
 def reproduction_blocks(tables: ReportTables) -> list[Block]:
@@ -292,6 +338,7 @@ def reproduction_blocks(tables: ReportTables) -> list[Block]:
         "ours (mean ± sd)": [fmt_mean_sd(m, s) if status == "ok" else status
                              for m, s, status in zip(table["ours_mean"], table["ours_sd"], table["status"])],
         "delta": [NA if is_missing(v) else f"{v:+.3f}" for v in table["delta"]],
+        "ours pooled [interval]": [fmt_interval(e, lo, hi) for e, lo, hi in zip(table["ours_pooled"], table["ci_low"], table["ci_high"])],
     })
     return [Heading(f"Reproduction of {paper}: {published()[paper]['title']}"),
             Para(f"Ours: {table['our_protocol'].iloc[0]}. Paper: {table['paper_protocol'].iloc[0]}. "
@@ -338,6 +385,8 @@ def figure_blocks(run: RunResults) -> list[Block]:
         Figure("figures/overlays.png", "Best, median and worst test image by Dice per segmentation model: "
                                        "ground truth in green, prediction (p ≥ 0.5) in red."),
         Figure("figures/training_curves.png", "Training (solid) and validation (dashed) loss per epoch and fold."),
+        Figure("figures/calibration.png", "Reliability diagram per classifier (pooled over folds): accuracy against "
+                                          "mean confidence in ten confidence bins; the legend gives the ECE."),
     ]
 
 

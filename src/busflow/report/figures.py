@@ -116,6 +116,27 @@ def _roc_curve_line(ax: plt.Axes, positives: np.ndarray, scores: pd.Series | Non
     ax.plot(fpr, tpr, linewidth=1.6, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
 
 
+# --------------------------------------------------------------------------- calibration
+
+
+def plot_calibration(calibration: pd.DataFrame, intervals: pd.DataFrame, target: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, one line per classifier."""
+    if calibration.empty:
+        return save_figure(message_figure(NO_CLS), target)
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, label="perfect calibration")
+    ece = {r.model: r.estimate for r in intervals.itertuples() if r.metric == "classification.ece"}
+    for model, bins in calibration.groupby("model", sort=False):
+        filled = bins[bins["n"] > 0]
+        label = f"{model} (ECE {ece[model]:.3f})" if model in ece and not math.isnan(ece[model]) else model
+        ax.plot(filled["confidence"], filled["accuracy"], marker="o", linewidth=1.4, label=label)
+    ax.set(title="Reliability (pooled over folds)", xlabel="mean top-class confidence in bin",
+           ylabel="accuracy in bin", xlim=(0, 1), ylim=(0, 1.02), aspect="equal")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, target)
+
+
 # --------------------------------------------------------------------------- metric bars
 
 

@@ -106,6 +106,15 @@ def fmt_mean_sd(mean: object, sd: object, digits: int = 3) -> str:
     return f"{fmt_value(mean, digits)} ± {fmt_value(sd, digits)}"
 
 
+def fmt_interval(estimate: object, low: object, high: object, digits: int = 3) -> str:
+    """``estimate [low, high]``; the estimate alone when the interval is undefined."""
+    if is_missing(estimate):
+        return NA
+    if is_missing(low) or is_missing(high):
+        return fmt_value(estimate, digits)
+    return f"{fmt_value(estimate, digits)} [{fmt_value(low, digits)}, {fmt_value(high, digits)}]"
+
+
 def format_frame(frame: pd.DataFrame, count_columns: Sequence[str] = (), digits: int = 3) -> pd.DataFrame:
     """All cells as display strings; ``count_columns`` are shown as integers."""
     out = pd.DataFrame(index=frame.index)

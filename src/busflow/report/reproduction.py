@@ -4,7 +4,7 @@ protocols named, so a reader sees how much of a published number survives a leak
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,11 @@ import pandas as pd
 import yaml
 
 from .loading import FoldResult
+from .uncertainty import interval_lookup
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 REPRODUCTION_COLUMNS = ["paper", "model", "metric", "paper_value", "ours_mean", "ours_sd", "folds", "delta",
-                        "status", "our_protocol", "paper_protocol"]
+                        "ours_pooled", "ci_low", "ci_high", "status", "our_protocol", "paper_protocol"]
 
 
 @cache
@@ -39,7 +40,8 @@ def metric_value(metrics: dict[str, Any], path: str) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def _row(paper: str, entry: dict[str, Any], results: Sequence[FoldResult], our_protocol: str, paper_protocol: str) -> dict[str, Any]:
+def _row(paper: str, entry: dict[str, Any], results: Sequence[FoldResult], our_protocol: str, paper_protocol: str,
+         pooled: Mapping[tuple[str, str], tuple[float, float, float]]) -> dict[str, Any]:
     values = pd.Series([metric_value(r.metrics, entry["metric"]) for r in results if r.model == entry["model"]], dtype=float)
     defined = values.dropna()
     mean = float(defined.mean()) if len(defined) else math.nan
@@ -47,15 +49,18 @@ def _row(paper: str, entry: dict[str, Any], results: Sequence[FoldResult], our_p
     return {"paper": paper, "model": entry["model"], "metric": entry["label"], "paper_value": float(entry["value"]),
             "ours_mean": mean, "ours_sd": float(defined.std(ddof=1)) if len(defined) > 1 else math.nan,
             "folds": len(defined), "delta": mean - float(entry["value"]), "status": status,
+            **dict(zip(("ours_pooled", "ci_low", "ci_high"), pooled.get((entry["model"], entry["metric"]), (math.nan,) * 3))),
             "our_protocol": our_protocol, "paper_protocol": paper_protocol}
 
 
-def reproduction_table(paper: str | None, results: Sequence[FoldResult], our_protocol: str) -> pd.DataFrame:
-    """One row per published number of ``paper`` (empty when the run reproduces no paper)."""
+def reproduction_table(paper: str | None, results: Sequence[FoldResult], our_protocol: str, intervals: pd.DataFrame) -> pd.DataFrame:
+    """One row per published number of ``paper`` (empty when the run reproduces no paper): ours as mean ± sd
+    over folds and as the pooled value with its bootstrap interval (tables/intervals.csv)."""
     if not paper:
         return pd.DataFrame(columns=REPRODUCTION_COLUMNS)
     if paper not in published():
         raise ValueError(f"reproduces: no published values for '{paper}' (known: {sorted(published())})")
     source = published()[paper]
-    rows = [_row(paper, entry, results, our_protocol, source["protocol"]) for entry in source["rows"]]
+    pooled = interval_lookup(intervals)
+    rows = [_row(paper, entry, results, our_protocol, source["protocol"], pooled) for entry in source["rows"]]
     return pd.DataFrame(rows, columns=REPRODUCTION_COLUMNS)

@@ -15,18 +15,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+from sklearn.metrics import roc_auc_score
 
 from ..data.folder import patients_known
 from ..layout import REPORT_DIRS
 from ..split import EXCLUDED, role_columns
 from .loading import FoldResult, RunResults, to_float
+from .uncertainty import interval_lookup
 
 CLS_METRICS: tuple[str, ...] = (
     "accuracy",
@@ -35,28 +30,30 @@ CLS_METRICS: tuple[str, ...] = (
     "recall_macro",
     "specificity_macro",
     "f1_macro",
+    "f1_weighted",
     "roc_auc_macro",
+    "pr_auc_macro",
+    "ece",
+    "sensitivity_at_threshold",
+    "specificity_at_threshold",
 )
 SEG_METRICS: tuple[str, ...] = (
     "dice",
     "iou_tumour",
     "iou_background",
     "pixel_accuracy",
+    "pixel_precision",
+    "pixel_recall",
+    "hd95",
     "dice_lesion_images",
     "iou_lesion_images",
     "empty_image_false_positive_rate",
 )
 SEG_COUNTS: tuple[str, ...] = ("n_lesion_images", "n_empty_images")
-PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "specificity", "f1", "roc_auc", "support")
-# Metrics summarised in the leaderboard (mean, sd and pooled columns for each).
-LEADERBOARD_METRICS: tuple[str, ...] = CLS_METRICS + (
-    "dice",
-    "iou_tumour",
-    "pixel_accuracy",
-    "dice_lesion_images",
-    "iou_lesion_images",
-    "empty_image_false_positive_rate",
-)
+PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "specificity", "fpr", "f1", "roc_auc", "pr_auc", "support")
+# Metrics summarised in the leaderboard: mean and sd over folds; pooled value with its bootstrap interval.
+LEADERBOARD_METRICS: tuple[str, ...] = tuple(m for m in CLS_METRICS if m != "pr_auc_macro") + tuple(
+    m for m in SEG_METRICS if m != "iou_background")
 GROUP_COLUMNS: tuple[str, ...] = ("group_id", "n_images", "image_ids", "labels", "reasons", "min_score", "max_score",
                                   "label_conflict")
 SHEETS_DIR = REPORT_DIRS[0]  # the contact sheets of the duplicate clusters
@@ -237,20 +234,23 @@ def model_classes(result: FoldResult, default: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- leaderboard
 
 
-def leaderboard_table(run: RunResults, cls_table: pd.DataFrame, seg_table: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: mean and sd over folds (NaN-skipping, sd with ddof=1) plus pooled values."""
+def leaderboard_table(run: RunResults, cls_table: pd.DataFrame, seg_table: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: mean and sd over folds (NaN-skipping, sd with ddof=1), and the pooled value over
+    all test images with its group-bootstrap interval (tables/intervals.csv)."""
     columns = ["model", "split", "tasks", "n_folds"]
     for metric in LEADERBOARD_METRICS:
-        columns += [f"{metric}_mean", f"{metric}_sd", f"{metric}_pooled"]
+        columns += [f"{metric}_mean", f"{metric}_sd", f"{metric}_pooled", f"{metric}_ci_low", f"{metric}_ci_high"]
+    pooled = interval_lookup(intervals)
     rows = []
     for model in run.models:
         row: dict[str, object] = {"model": model, "split": split_label(run), "tasks": model_tasks(run, model),
                                   "n_folds": len(run.of_model(model))}
-        pooled = {**pooled_classification(run, model), **pooled_segmentation(run, model)}
         for metric in LEADERBOARD_METRICS:
-            table = cls_table if metric in CLS_METRICS else seg_table
+            part = "classification" if metric in CLS_METRICS else "segmentation"
+            table = cls_table if part == "classification" else seg_table
             row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(table.loc[table["model"] == model, metric])
-            row[f"{metric}_pooled"] = pooled.get(metric, math.nan)
+            estimate = pooled.get((model, f"{part}.{metric}"), (math.nan,) * 3)
+            row[f"{metric}_pooled"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = estimate
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
@@ -300,40 +300,6 @@ def pooled_predictions(run: RunResults, model: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def pooled_classification(run: RunResults, model: str) -> dict[str, float]:
-    """Classification metrics on the pooled test predictions of all folds."""
-    preds = pooled_predictions(run, model)
-    results = run.of_model(model)
-    if preds.empty or not results or not {"y_true", "y_pred"} <= set(preds.columns):
-        return {}
-    classes = model_classes(results[0], run.classes)
-    labels = list(range(len(classes)))
-    y_true, y_pred = preds["y_true"].to_numpy(int), preds["y_pred"].to_numpy(int)
-    prec, rec, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
-                                                       zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "precision_macro": float(prec),
-        "recall_macro": float(rec),
-        "specificity_macro": _macro_specificity(y_true, y_pred, labels),
-        "f1_macro": float(f1),
-        "roc_auc_macro": _macro_auc(preds, classes),
-    }
-
-
-def _macro_specificity(y_true: np.ndarray, y_pred: np.ndarray, labels: list[int]) -> float:
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
-    total = cm.sum()
-    spec = []
-    for i in labels:
-        fp = cm[:, i].sum() - cm[i, i]
-        tn = total - cm[i, :].sum() - fp
-        if tn + fp > 0:
-            spec.append(tn / (tn + fp))
-    return float(np.mean(spec)) if spec else math.nan
-
-
 def one_vs_rest_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC of a binary problem, NaN when only one class is present."""
     if len(np.unique(y_true)) < 2:
@@ -341,43 +307,8 @@ def one_vs_rest_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y_true, scores))
 
 
-def _macro_auc(preds: pd.DataFrame, classes: Sequence[str]) -> float:
-    """Mean one-vs-rest AUC over classes with both positives and negatives in the pooled set."""
-    aucs = []
-    for i, name in enumerate(classes):
-        col = f"prob_{name}"
-        if col in preds:
-            aucs.append(one_vs_rest_auc((preds["y_true"].to_numpy(int) == i).astype(int), preds[col].to_numpy(float)))
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else math.nan
-
-
 def pooled_per_image(run: RunResults, model: str) -> pd.DataFrame:
     """Per-image segmentation rows of all folds of a model, with a ``fold`` column."""
     parts = [r.per_image.assign(fold=r.fold) for r in run.of_model(model)
              if r.segmentation is not None and "dice" in r.per_image]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def pooled_segmentation(run: RunResults, model: str) -> dict[str, float]:
-    """Per-image segmentation metrics averaged over all test images of all folds."""
-    per_image = pooled_per_image(run, model)
-    if per_image.empty:
-        return {}
-    out = {"dice": _nanmean(per_image["dice"]), "iou_tumour": _nanmean(per_image.get("iou"))}
-    if "area_true" in per_image:
-        lesion = per_image["area_true"].astype(float) > 0
-        out["dice_lesion_images"] = _nanmean(per_image.loc[lesion, "dice"])
-        if "iou" in per_image:
-            out["iou_lesion_images"] = _nanmean(per_image.loc[lesion, "iou"])
-        if "area_pred" in per_image and (~lesion).any():
-            out["empty_image_false_positive_rate"] = float(
-                (per_image.loc[~lesion, "area_pred"].astype(float) > 0).mean())
-    return out
-
-
-def _nanmean(values: pd.Series | None) -> float:
-    if values is None:
-        return math.nan
-    values = pd.to_numeric(values, errors="coerce")
-    return float(values.mean()) if values.notna().any() else math.nan
