@@ -94,9 +94,12 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
     _scale_lr(project, "unet", 0.5)
     assert _planned_jobs(project) == []
 
-    # DVC on the same outputs: record them, then change another model and reproduce for real.
-    run_tool(["dvc", "init", "--no-scm", "--quiet"], project)
+    # DVC on the same outputs: record them (metrics files go to git, as DVC expects), then change another
+    # model and reproduce for real.
+    run_tool(["git", "init", "--quiet"], project)
+    run_tool(["dvc", "init", "--quiet"], project)
     run_tool(["dvc", "commit", "--force", "--quiet"], project)
+    _git_commit(project, "trained")
     assert "up to date" in run_tool(["dvc", "status"], project).stdout
     _scale_lr(project, "resnet50", 2)
     assert _planned_jobs(project) == sorted(["all:1", "evaluate:2", "report:1", "train:2"])
@@ -105,3 +108,17 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
     # DVC's ensembles stage depends on the whole models folder (members cannot be listed), so it reruns too.
     assert ran == sorted(["train@resnet50-0", "train@resnet50-1", "evaluate@resnet50-0", "evaluate@resnet50-1", "ensembles", "report"])
     assert "up to date" in run_tool(["dvc", "status"], project).stdout
+
+    # `dvc metrics diff` against the commit shows the retrained model's metrics, and only those.
+    diff = json.loads(run_tool(["dvc", "metrics", "diff", "--json"], project).stdout)
+    changed = {path for path, values in diff.items() if any(v.get("diff") for v in values.values())}
+    assert changed and all("/resnet50/" in path for path in changed), sorted(changed)
+    assert any(path.endswith("resnet50/fold0/metrics.json") for path in changed)
+    # dvclive's per-epoch curves are DVC plots.
+    plots = run_tool(["dvc", "plots", "show", "--json"], project).stdout
+    assert "unet/fold0/dvclive/plots/metrics/val_loss.tsv" in plots
+
+
+def _git_commit(project: Path, message: str) -> None:
+    run_tool(["git", "add", "-A"], project)
+    run_tool(["git", "-c", "user.name=busflow", "-c", "user.email=busflow@localhost", "commit", "--quiet", "-m", message], project)

@@ -299,6 +299,18 @@ def test_calibration_bins_per_classifier(full: tuple[Path, Path]) -> None:
     assert ((filled["confidence"] >= filled["bin_low"]) & (filled["confidence"] <= filled["bin_high"])).all()
 
 
+def test_failure_gallery_lists_the_most_confident_errors(full: tuple[Path, Path]) -> None:
+    results, out = full
+    failures = pd.read_csv(out / "tables" / "failures.csv")
+    assert set(failures["model"]) <= {"resnet50", "mtl"} and len(failures) > 0
+    preds = pd.concat(pd.read_csv(results / "models" / "resnet50" / f"fold{k}" / "predictions.csv") for k in (0, 1))
+    wrong = preds[preds["y_true"] != preds["y_pred"]]
+    top = wrong[[f"prob_{c}" for c in CLASSES]].max(axis=1).sort_values(ascending=False)
+    listed = failures[failures["model"] == "resnet50"]
+    assert (listed["label"] != listed["predicted"]).all()
+    assert listed["confidence"].tolist() == pytest.approx(top.head(len(listed)).tolist(), abs=1e-5)
+
+
 def test_seg_only_model_has_na_classification(full: tuple[Path, Path]) -> None:
     _, out = full
     lb = pd.read_csv(out / "tables" / "leaderboard.csv").set_index("model")

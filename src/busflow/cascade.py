@@ -25,7 +25,7 @@ from busflow.split import group_ids_of, role_indices
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from busflow.predictions import load_predictions, prediction_table, save_predictions
-from busflow.train.outputs import save_run
+from busflow.train.outputs import epoch_logger, save_run
 from busflow.train.stage import describe_model, job_seed
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
@@ -88,9 +88,10 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     model = build_model(spec["arch"], in_channels=1, n_classes=len(classes), options=spec.get("options"))
     prefix = f"[{cascade['name']} fold{fold}]"
     print(f"{prefix} {spec['arch']} on crops ({cascade['crop_size']} px) of {cascade['segmenter']} masks, device {device}", flush=True)
-    history = fit(model, frozenset({"cls"}), data, roles["train"], roles["val"], spec, n_classes=len(classes),
-                  device=device, seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True))
     out_dir.mkdir(parents=True, exist_ok=True)
+    with epoch_logger(out_dir) as on_epoch:
+        history = fit(model, frozenset({"cls"}), data, roles["train"], roles["val"], spec, n_classes=len(classes),
+                      device=device, seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch)
     description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=cascade["crop_size"])
     description.update(cascade={"segmenter": cascade["segmenter"], "margin": cascade["margin"],
                                 "empty_roi_fraction": cascade["empty_roi_fraction"]})

@@ -5,7 +5,10 @@ Importing this module is cheap (no torch), so the Snakefile can use it to declar
 
 from __future__ import annotations
 
+DVCLIVE_DIR = "dvclive"  # per-epoch curves logged with dvclive, beside history.csv
 TRAIN_OUTPUTS: tuple[str, ...] = ("weights.pt", "model.json", "history.csv", "predictions.csv", "predictions.npz")
+TRAIN_LIVE_METRICS = f"{DVCLIVE_DIR}/metrics.json"  # last epoch's values
+TRAIN_PLOTS = f"{DVCLIVE_DIR}/plots/metrics"  # a folder: one .tsv per logged metric
 ENSEMBLE_OUTPUTS: tuple[str, ...] = ("model.json", "predictions.csv", "predictions.npz")
 EVALUATE_OUTPUTS: tuple[str, ...] = ("metrics.json", "per_image.csv")
 REPORT_FILES: tuple[str, ...] = (
@@ -24,6 +27,7 @@ REPORT_FILES: tuple[str, ...] = (
     "tables/intervals.csv",
     "tables/comparisons.csv",
     "tables/calibration.csv",
+    "tables/failures.csv",
     "figures/roc.png",
     "figures/metrics_bar.png",
     "figures/overlays.png",
@@ -31,6 +35,8 @@ REPORT_FILES: tuple[str, ...] = (
     "figures/confusion.png",
     "figures/leakage.png",
     "figures/calibration.png",
+    "figures/pr.png",
+    "figures/failures.png",
 )
 # Directories the report always creates (possibly empty): one contact sheet per duplicate cluster.
 REPORT_DIRS: tuple[str, ...] = ("clusters",)

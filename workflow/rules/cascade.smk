@@ -6,6 +6,8 @@ rule cascade:
         segmenter=f"{RESULTS}/models/{SEGMENTER}/fold{{fold}}/predictions.npz",
     output:
         multiext(f"{RESULTS}/models/{CASCADE}/fold{{fold}}/", *TRAIN_OUTPUTS),
+        f"{RESULTS}/models/{CASCADE}/fold{{fold}}/{TRAIN_LIVE_METRICS}",
+        directory(f"{RESULTS}/models/{CASCADE}/fold{{fold}}/{TRAIN_PLOTS}"),
     params:
         params_yaml=PARAMS_FILE,
         cascade=config["cascade"],

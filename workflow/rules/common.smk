@@ -6,7 +6,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from busflow.config import validate_params
-from busflow.layout import EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_OUTPUTS, fold_dir, results_root
+from busflow.layout import EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, fold_dir, results_root
 
 
 def _params_file():
@@ -62,11 +62,11 @@ def report_inputs(wildcards):
              *rules.audit.output]
     for model in models:
         for fold in FOLDS:
-            files += model_files(model, fold, (*TRAIN_OUTPUTS, *EVALUATE_OUTPUTS))
+            files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS))
     files.append(rules.ensembles.output[0])
     for model in LEAKAGE_MODELS:
         for fold in FOLDS:
-            files += model_files(model, fold, (*TRAIN_OUTPUTS, *EVALUATE_OUTPUTS), LEAKY_SPLIT)
+            files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS), LEAKY_SPLIT)
     return [*files, rules.download.output[0]]  # contact sheets show the original images
 
 
@@ -78,6 +78,8 @@ FIGURE_CAPTIONS = {
     "figures/confusion.png": "confusion.rst",
     "figures/leakage.png": "leakage.rst",
     "figures/calibration.png": "calibration.rst",
+    "figures/pr.png": "pr.rst",
+    "figures/failures.png": "failures.rst",
 }
 
 

@@ -5,6 +5,8 @@ rule train:
         audit=rules.audit.output.audit,  # no model trains on a split that failed its leakage audit
     output:
         multiext(f"{RESULTS}/models/{{model}}/fold{{fold}}/", *TRAIN_OUTPUTS),
+        f"{RESULTS}/models/{{model}}/fold{{fold}}/{TRAIN_LIVE_METRICS}",
+        directory(f"{RESULTS}/models/{{model}}/fold{{fold}}/{TRAIN_PLOTS}"),
     wildcard_constraints:
         model="|".join(MODELS),
     params:
@@ -34,6 +36,8 @@ use rule train as train_leaky with:
         audit=rules.audit.output.audit,
     output:
         multiext(f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/", *TRAIN_OUTPUTS),
+        f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/{TRAIN_LIVE_METRICS}",
+        directory(f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/{TRAIN_PLOTS}"),
     wildcard_constraints:
         model="|".join(LEAKAGE_MODELS) or "^$",
     params:

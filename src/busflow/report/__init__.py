@@ -19,7 +19,7 @@ from . import figures
 from .content import ReportTables, build_blocks
 from .loading import RunResults, load_results
 from .render import render_html, render_markdown
-from .uncertainty import BootstrapSettings, calibration_table, comparison_table, interval_table
+from .uncertainty import BootstrapSettings, calibration_table, comparison_table, failure_table, interval_table
 from .reproduction import reproduction_table
 from .tables import (
     SHEETS_DIR,
@@ -67,6 +67,7 @@ def compute_tables(run: RunResults, params: Mapping[str, Any]) -> ReportTables:
         intervals=intervals,
         comparisons=comparison_table(run, (params.get("evaluate") or {}).get("reference_model"), settings),
         calibration=calibration_table(run),
+        failures=failure_table(run),
         clusters=duplicate_clusters(run),
     )
 
@@ -75,6 +76,8 @@ def write_figures(run: RunResults, tables: ReportTables, out_dir: Path) -> None:
     """Render every figure into ``out_dir/figures``."""
     fig_dir = out_dir / "figures"
     figures.plot_roc(run, fig_dir / "roc.png")
+    figures.plot_pr(run, fig_dir / "pr.png")
+    figures.plot_failures(tables.failures, run.arrays_path, fig_dir / "failures.png")
     figures.plot_metrics_bar(tables.classification, tables.segmentation, run.models, fig_dir / "metrics_bar.png")
     figures.plot_overlays(run, fig_dir / "overlays.png")
     figures.plot_training_curves(run, fig_dir / "training_curves.png")

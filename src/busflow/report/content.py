@@ -95,13 +95,14 @@ class ReportTables:
     intervals: pd.DataFrame
     comparisons: pd.DataFrame
     calibration: pd.DataFrame
+    failures: pd.DataFrame
     clusters: tuple[DuplicateCluster, ...] = ()
 
     def files(self) -> dict[str, pd.DataFrame]:
         """Relative CSV path -> table."""
         return {f"tables/{name}.csv": getattr(self, name) for name in
                 ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split", "groups",
-                 "label_conflicts", "leakage", "reproduction", "intervals", "comparisons", "calibration")}
+                 "label_conflicts", "leakage", "reproduction", "intervals", "comparisons", "calibration", "failures")}
 
     @property
     def sheets(self) -> tuple[DuplicateCluster, ...]:
@@ -381,10 +382,13 @@ def figure_blocks(run: RunResults) -> list[Block]:
         Heading("Figures"),
         Figure("figures/metrics_bar.png", "Key metrics per model, mean over folds with sd error bars."),
         Figure("figures/roc.png", "One-vs-rest ROC curves per class, test predictions pooled over folds."),
+        Figure("figures/pr.png", "One-vs-rest precision-recall curves per class (AP: average precision), pooled over folds."),
         Figure("figures/confusion.png", "Confusion matrices summed over folds (rows: true class)."),
         Figure("figures/overlays.png", "Best, median and worst test image by Dice per segmentation model: "
                                        "ground truth in green, prediction (p ≥ 0.5) in red."),
         Figure("figures/training_curves.png", "Training (solid) and validation (dashed) loss per epoch and fold."),
+        Figure("figures/failures.png", "Failure gallery: per classifier, the misclassified test images with the highest "
+                                       "confidence in the wrong class (tables/failures.csv)."),
         Figure("figures/calibration.png", "Reliability diagram per classifier (pooled over folds): accuracy against "
                                           "mean confidence in ten confidence bins; the legend gives the ECE."),
     ]

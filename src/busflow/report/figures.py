@@ -23,7 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
-from sklearn.metrics import auc, roc_curve  # noqa: E402
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
 from ..io import atomic_dir, atomic_path  # noqa: E402
 from .loading import RunResults  # noqa: E402
@@ -79,41 +79,84 @@ def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, list[p
 
 def plot_roc(run: RunResults, target: Path) -> None:
     """One-vs-rest ROC curves per class, one panel per classification model, pooled over folds."""
+    _class_curves(run, target, "roc")
+
+
+def plot_pr(run: RunResults, target: Path) -> None:
+    """One-vs-rest precision-recall curves per class, one panel per classification model, pooled over folds."""
+    _class_curves(run, target, "pr")
+
+
+def _class_curves(run: RunResults, target: Path, kind: str) -> None:
     models = run.cls_models
     if not models:
         return save_figure(message_figure(NO_CLS), target)
     fig, axes = _grid(len(models), 3, (4.6, 4.2))
     for ax, model in zip(axes, models):
-        _roc_panel(ax, run, model)
+        _curve_panel(ax, run, model, kind)
     fig.tight_layout()
     save_figure(fig, target)
 
 
-def _roc_panel(ax: plt.Axes, run: RunResults, model: str) -> None:
+def _curve_panel(ax: plt.Axes, run: RunResults, model: str, kind: str) -> None:
     preds = pooled_predictions(run, model)
     classes = model_classes(run.of_model(model)[0], run.classes)
-    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
     if preds.empty or "y_true" not in preds:
         ax.text(0.5, 0.5, "no predictions", ha="center", va="center")
     else:
         y_true = preds["y_true"].to_numpy(int)
         for i, name in enumerate(classes):
-            _roc_curve_line(ax, (y_true == i).astype(int), preds.get(f"prob_{name}"), name)
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set(title=f"{model} (pooled over folds)", xlabel="false positive rate", ylabel="true positive rate",
-           xlim=(0, 1), ylim=(0, 1.02), aspect="equal")
+            _class_curve_line(ax, (y_true == i).astype(int), preds.get(f"prob_{name}"), name, kind)
+        ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+    labels = (("false positive rate", "true positive rate") if kind == "roc" else ("recall", "precision"))
+    ax.set(title=f"{model} (pooled over folds)", xlabel=labels[0], ylabel=labels[1], xlim=(0, 1), ylim=(0, 1.02),
+           aspect="equal")
 
 
-def _roc_curve_line(ax: plt.Axes, positives: np.ndarray, scores: pd.Series | None, name: str) -> None:
+def _class_curve_line(ax: plt.Axes, positives: np.ndarray, scores: pd.Series | None, name: str, kind: str) -> None:
+    area_name = "AUC" if kind == "roc" else "AP"
     if scores is None:
         ax.plot([], [], label=f"{name} (no probabilities)")
         return
-    area = one_vs_rest_auc(positives, scores.to_numpy(float))
-    if math.isnan(area):
-        ax.plot([], [], label=f"{name} (AUC n/a)")
+    values = scores.to_numpy(float)
+    if math.isnan(one_vs_rest_auc(positives, values)):
+        ax.plot([], [], label=f"{name} ({area_name} n/a)")
         return
-    fpr, tpr, _ = roc_curve(positives, scores.to_numpy(float))
-    ax.plot(fpr, tpr, linewidth=1.6, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+    if kind == "roc":
+        x, y, _ = roc_curve(positives, values)
+        area = auc(x, y)
+    else:
+        y, x, _ = precision_recall_curve(positives, values)
+        area = average_precision_score(positives, values)
+    ax.plot(x, y, linewidth=1.6, label=f"{name} ({area_name} {area:.3f})", drawstyle="steps-post" if kind == "pr" else "default")
+
+
+# --------------------------------------------------------------------------- failure gallery
+
+
+def plot_failures(failures: pd.DataFrame, arrays_path: Path, target: Path) -> None:
+    """The most confident misclassifications of each classifier (tables/failures.csv), one row per model."""
+    if failures.empty:
+        return save_figure(message_figure("no misclassified test images (or no classification models)"), target)
+    images, _, row_of = _load_arrays(arrays_path)
+    models = list(dict.fromkeys(failures["model"]))
+    columns = int(failures.groupby("model").size().max())
+    fig, axes = plt.subplots(len(models), columns, figsize=(2.8 * columns, 3.1 * len(models)), squeeze=False)
+    for row, model in zip(axes, models):
+        picks = failures[failures["model"] == model].reset_index(drop=True)
+        for k, ax in enumerate(row):
+            ax.set_axis_off()
+            if k >= len(picks):
+                continue
+            pick = picks.iloc[k]
+            if str(pick["image_id"]) in row_of:
+                ax.imshow(images[row_of[str(pick["image_id"])]], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(f"{model} · fold {pick['fold']}\n{pick['image_id']}\ntrue {pick['label']} → "
+                         f"{pick['predicted']} ({pick['confidence']:.2f})", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, target)
 
 
 # --------------------------------------------------------------------------- calibration

@@ -28,6 +28,8 @@ from ..evaluate.statistics import (
 from .loading import RunResults
 
 INTERVAL_COLUMNS = ["model", "metric", "n_images", "n_groups", "estimate", "ci_low", "ci_high", "confidence", "resamples"]
+FAILURE_COLUMNS = ["model", "fold", "image_id", "label", "predicted", "confidence"]
+FAILURES_PER_MODEL = 6
 CALIBRATION_COLUMNS = ["model", "bin_low", "bin_high", "n", "confidence", "accuracy"]
 COMPARISON_COLUMNS = ["model", "reference", "metric", "n_images", "n_groups", "model_value", "reference_value",
                       "difference", "ci_low", "ci_high", "p_value"]
@@ -190,3 +192,19 @@ def calibration_table(run: RunResults) -> pd.DataFrame:
         correct = (cases["y_true"].to_numpy(int) == cases["y_pred"].to_numpy(int)).astype(float)
         parts.append(calibration_bins(correct, cases["confidence"].to_numpy(float)).assign(model=model))
     return pd.concat(parts, ignore_index=True)[CALIBRATION_COLUMNS] if parts else pd.DataFrame(columns=CALIBRATION_COLUMNS)
+
+
+def failure_table(run: RunResults, per_model: int = FAILURES_PER_MODEL) -> pd.DataFrame:
+    """Per classifier, the misclassified test images it was most confident about (the failure gallery)."""
+    parts = []
+    for model in run.cls_models:
+        cases = model_cases(run, model)
+        if cases.empty or "y_pred" not in cases:
+            continue
+        classes = list(run.of_model(model)[0].classification.get("classes") or run.classes)
+        wrong = cases[cases["y_true"].astype(int) != cases["y_pred"].astype(int)]
+        wrong = wrong.sort_values(["confidence", "image_id"], ascending=[False, True], kind="mergesort").head(per_model)
+        parts.append(pd.DataFrame({"model": model, "fold": wrong["fold"].astype(int), "image_id": wrong["image_id"],
+                                   "label": wrong["label"], "predicted": [classes[int(i)] for i in wrong["y_pred"]],
+                                   "confidence": wrong["confidence"].astype(float)}))
+    return pd.concat(parts, ignore_index=True)[FAILURE_COLUMNS] if parts else pd.DataFrame(columns=FAILURE_COLUMNS)

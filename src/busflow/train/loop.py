@@ -119,14 +119,18 @@ def fit(
     device: torch.device,
     seed: int,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[Mapping[str, float]], None] = lambda row: None,
 ) -> pd.DataFrame:
     """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history.
 
-    A model without trainable parameters (e.g. the classical segmenter) is evaluated once on ``val_rows``.
+    ``on_epoch`` receives each history row as soon as its epoch ends (e.g. for dvclive). A model without
+    trainable parameters (e.g. the classical segmenter) is evaluated once on ``val_rows``.
     """
     model.to(device)
     if not any(p.requires_grad for p in model.parameters()):
-        return _evaluate_untrainable(model, tasks, data, val_rows, device, log)
+        history = _evaluate_untrainable(model, tasks, data, val_rows, device, log)
+        on_epoch(history.iloc[0].to_dict())
+        return history
     class_weights = inverse_frequency_weights(data.labels[train_rows], n_classes) if spec["class_weights"] else None
     criterion = TaskLoss(tasks, class_weights, spec["seg_loss_weight"], cls_loss=spec["cls_loss"],
                          seg_loss=spec["seg_loss"], focal_gamma=spec["focal_gamma"]).to(device)
@@ -144,6 +148,7 @@ def fit(
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
                         "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)})
+        on_epoch(history[-1])
         if scheduler is not None:
             scheduler.step()
         improved = val_loss < best_loss

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,9 @@ import torch
 from torch import nn
 
 from busflow.io import atomic_path, write_csv, write_json
+from busflow.layout import DVCLIVE_DIR
+
+EPOCH_METRICS: tuple[str, ...] = ("train_loss", "val_loss", "val_score", "lr")
 
 
 def save_weights(path: Path, model: nn.Module) -> None:
@@ -22,6 +27,24 @@ def save_weights(path: Path, model: nn.Module) -> None:
 def load_weights(path: Path, model: nn.Module) -> nn.Module:
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model
+
+
+@contextlib.contextmanager
+def epoch_logger(out_dir: Path) -> Iterator[Callable[[Mapping[str, float]], None]]:
+    """dvclive logging of the per-epoch history into ``out_dir/dvclive`` (``dvc plots show`` reads it).
+
+    dvclive only writes files here: it neither edits dvc.yaml nor saves a DVC experiment.
+    """
+    from dvclive import Live
+
+    with Live(str(out_dir / DVCLIVE_DIR), save_dvc_exp=False, dvcyaml=False, report=None) as live:
+        def log_epoch(row: Mapping[str, float]) -> None:
+            for name in EPOCH_METRICS:
+                if math.isfinite(row[name]):
+                    live.log_metric(name, float(row[name]), plot=True)
+            live.next_step()
+
+        yield log_epoch
 
 
 def save_run(out_dir: Path, model: nn.Module, description: Mapping[str, Any], history: pd.DataFrame) -> None:

@@ -14,7 +14,7 @@ from busflow.split import group_ids_of, role_indices
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from busflow.predictions import prediction_table, save_predictions
-from busflow.train.outputs import save_run
+from busflow.train.outputs import epoch_logger, save_run
 
 
 def job_seed(seed: int, model: str, fold: int) -> int:
@@ -44,9 +44,10 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     model = build_model(spec["arch"], in_channels=1, n_classes=len(classes), options=spec.get("options"))
     prefix = f"[{model_name} fold{fold}]"
     print(f"{prefix} {spec['arch']} on {device}: {len(roles['train'])} train / {len(roles['val'])} val / {len(roles['test'])} test images", flush=True)
-    history = fit(model, tasks, data, roles["train"], roles["val"], spec, n_classes=len(classes), device=device,
-                  seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True))
     out_dir.mkdir(parents=True, exist_ok=True)
+    with epoch_logger(out_dir) as on_epoch:
+        history = fit(model, tasks, data, roles["train"], roles["val"], spec, n_classes=len(classes), device=device,
+                      seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch)
     save_run(out_dir, model.cpu(), describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1]), history)
     test, val = roles["test"], roles["val"]
     model.to(device)
