@@ -1,4 +1,4 @@
-# busflow: breast-ultrasound deep learning, data -> patient-level split -> models -> cascade and ensembles -> evaluation -> report.
+# busflow: breast-ultrasound deep learning, data -> patient-level split -> models -> cascade, ensembles -> evaluation, external validation -> report.
 # Wiring only: every rule runs exactly one `busflow <stage>` command (stage logic lives in src/busflow).
 # The same DAG is described for DVC in dvc.yaml; tests/test_dag_parity.py keeps the two identical.
 from snakemake.utils import min_version
@@ -15,6 +15,7 @@ include: "workflow/rules/split.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/cascade.smk"
 include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

@@ -65,7 +65,7 @@ def main() -> None:
     params_file = scratch / "bench_params.yaml"
     params = benchmark_params(args.models, args.folds, args.patients)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    project = scratch_project(params_file, scratch / "project")
+    project = scratch_project(params_file, scratch)
     trained, _ = run(["snakemake", "--cores", "all", "--quiet"], project)
     print(f"pipeline: {args.models} models + cascade × {args.folds} folds trained and evaluated in {trained:.0f} s")
     results = project / "results" / params["run"]

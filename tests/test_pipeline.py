@@ -24,9 +24,22 @@ def _fold_dir(project: Path, model: str, fold: int) -> Path:
     return project / "results/synthetic" / ("ensembles" if model in ENSEMBLES else "models") / model / f"fold{fold}"
 
 
+EXTERNAL_MODELS = ["unet", "resnet50"]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = workflow_copy(tmp_path_factory.mktemp("e2e") / "project", TINY_PARAMS)
+    """The tiny run, with external validation on "any folder of images" (phantoms of another seed)."""
+    from busflow.data.synthetic import generate_phantoms
+
+    scratch = tmp_path_factory.mktemp("e2e")
+    root = workflow_copy(scratch / "project", TINY_PARAMS)
+    generate_phantoms(scratch / "other_site", n_patients=10, seed=99, image_size=(64, 80),
+                      class_mix={"normal": 0.2, "benign": 0.5, "malignant": 0.3}, views_per_patient=(1, 1))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["folder"] = {"path": str(scratch / "other_site")}
+    params["external"] = {"datasets": ["folder"], "models": EXTERNAL_MODELS}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_tool(["snakemake", "--cores", "2"], root)
     return root
 
@@ -76,6 +89,23 @@ def test_report_lists_every_model(project: Path) -> None:
     assert set(leakage["model"]) == {"unet"}
 
 
+def test_external_validation_tests_every_fold_model_on_the_other_dataset(project: Path) -> None:
+    external = project / "results/synthetic/external/folder"
+    n_images = len(pd.read_csv(external / "data/index.csv"))
+    assert n_images == 10
+    for model in EXTERNAL_MODELS:
+        for fold in (0, 1):
+            metrics = json.loads((external / model / f"fold{fold}" / "metrics.json").read_text())
+            assert metrics["n_test_images"] == n_images
+    resnet = json.loads((external / "resnet50/fold0/metrics.json").read_text())["classification"]
+    in_domain = json.loads((project / "results/synthetic/models/resnet50/fold0/metrics.json").read_text())["classification"]
+    # The operating threshold is the one chosen on in-domain validation images, not re-tuned externally.
+    assert resnet["operating_point"]["threshold"] == in_domain["operating_point"]["threshold"]
+    table = pd.read_csv(project / "results/synthetic/report/tables/external.csv")
+    assert set(table["model"]) == set(EXTERNAL_MODELS) and set(table["dataset"]) == {"folder"}
+    assert {"dice", "accuracy"} <= set(table["metric"])
+
+
 def _scale_lr(project: Path, model: str, factor: float) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["models"][model]["lr"] *= factor
@@ -88,7 +118,7 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
     # The cascade's segmenter: its chain includes the cascade.
     _scale_lr(project, "unet", 2)
     assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "ensembles:1", "evaluate:2", "evaluate_cascade:2",
-                                             "evaluate_leaky:2", "report:1", "train:2", "train_leaky:2"])
+                                             "evaluate_leaky:2", "external:1", "report:1", "train:2", "train_leaky:2"])
     planned = run_tool(["snakemake", "--dry-run", "--cores", "2"], project).stdout
     assert "model=unet" in planned and "model=resnet50" not in planned and "model=mtl_resnet50" not in planned
     _scale_lr(project, "unet", 0.5)
@@ -102,11 +132,12 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
     _git_commit(project, "trained")
     assert "up to date" in run_tool(["dvc", "status"], project).stdout
     _scale_lr(project, "resnet50", 2)
-    assert _planned_jobs(project) == sorted(["all:1", "evaluate:2", "report:1", "train:2"])
+    assert _planned_jobs(project) == sorted(["all:1", "evaluate:2", "external:1", "report:1", "train:2"])
     reproduced = run_tool(["dvc", "repro"], project).stdout
     ran = sorted(re.findall(r"Running stage '([^']+)'", reproduced))
     # DVC's ensembles stage depends on the whole models folder (members cannot be listed), so it reruns too.
-    assert ran == sorted(["train@resnet50-0", "train@resnet50-1", "evaluate@resnet50-0", "evaluate@resnet50-1", "ensembles", "report"])
+    assert ran == sorted(["train@resnet50-0", "train@resnet50-1", "evaluate@resnet50-0", "evaluate@resnet50-1", "ensembles",
+                          "external", "report"])
     assert "up to date" in run_tool(["dvc", "status"], project).stdout
 
     # `dvc metrics diff` against the commit shows the retrained model's metrics, and only those.

@@ -48,11 +48,13 @@ def test_busbra_official_folds_pass_the_audit(tmp_path: Path, busbra_root: Path)
     assert tests["images"].sum() == 623 and tests["patients"].sum() == 354
 
 
-def test_p002_cascade_protocol_runs_end_to_end_on_busi(tmp_path: Path, busi_root: Path) -> None:
+def test_p002_cascade_protocol_runs_end_to_end_on_busi(tmp_path: Path, busi_root: Path, busbra_root: Path) -> None:
     """The seed-002 split through the real DAG: the ROI classifier is tested only on its own test part,
-    which the segmenter never trained or validated on."""
+    which the segmenter never trained or validated on; the BUSI segmenter is validated externally on BUS-BRA."""
     params = yaml.safe_load((REPO / "config" / "presets" / "p002.yaml").read_text())
     params["data"]["busi"]["path"] = str(busi_root)
+    params["data"]["busbra"] = {**yaml.safe_load((REPO / "params.yaml").read_text())["data"]["busbra"], "path": str(busbra_root)}
+    params["external"] = {"datasets": ["busbra"], "models": ["unet_p002"]}
     params["preprocess"]["size"] = 64
     params["models"]["unet_p002"].update(epochs=1, options={"filters": [8, 16, 32, 64], "bottleneck": 128})
     params["cascade"].update(crop_size=32)
@@ -70,3 +72,7 @@ def test_p002_cascade_protocol_runs_end_to_end_on_busi(tmp_path: Path, busi_root
     assert set(segmented) == set(folds.index[folds["fold0"] == "test"])
     assert set(folds["label"]) == {"benign", "malignant"}  # the binary task left the normals out
     assert (results / "report" / "index.html").stat().st_size > 0
+    external = json.loads((results / "external" / "busbra" / "unet_p002" / "fold0" / "metrics.json").read_text())
+    assert external["n_test_images"] == 623 and external["segmentation"]["dice"] is not None  # every BUS-BRA image
+    table = pd.read_csv(results / "report" / "tables" / "external.csv").set_index(["dataset", "model", "metric"])
+    assert table.loc[("busbra", "unet_p002", "dice"), "external_images"] == 623

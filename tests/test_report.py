@@ -311,6 +311,19 @@ def test_failure_gallery_lists_the_most_confident_errors(full: tuple[Path, Path]
     assert listed["confidence"].tolist() == pytest.approx(top.head(len(listed)).tolist(), abs=1e-5)
 
 
+def test_job_wall_times_come_from_the_job_logs(full: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from busflow.report.loading import load_results
+
+    results = Path(shutil.copytree(full[0], tmp_path / "results"))
+    (results / "logs" / "train").mkdir(parents=True, exist_ok=True)
+    (results / "logs" / "train" / "unet_fold0.log").write_text("[unet fold0] epoch 1/1\nbusflow train: done in 12.5s\n")
+    (results / "logs" / "report.log").write_text("still running\n")  # unfinished: not listed
+    jobs = load_results(results, ["unet"], [0], CLASSES).job_times()
+    assert jobs.to_dict("records") == [{"job": "train/unet_fold0", "stage": "train", "seconds": 12.5}]
+
+
 def test_seg_only_model_has_na_classification(full: tuple[Path, Path]) -> None:
     _, out = full
     lb = pd.read_csv(out / "tables" / "leaderboard.csv").set_index("model")

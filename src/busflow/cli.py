@@ -41,22 +41,18 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
     from busflow.data.folder import patients_known
-    from busflow.data.preprocess import preprocess_index, save_arrays, select_classes
-    from busflow.data.sources import ingest_raw
+    from busflow.data.preprocess import preprocess_raw, save_arrays
     from busflow.io import write_csv
 
     settings = _load(args, check_registry=False)["preprocess"]
-    ingested = ingest_raw(args.raw)
-    index = select_classes(ingested, settings["classes"])
-    arrays = preprocess_index(index, settings["size"], classes=settings["classes"], enhancement=settings["enhance"],
-                              options=settings["enhance_options"])
+    index, arrays, left_out = preprocess_raw(args.raw, settings)
     save_arrays(args.arrays, arrays)
     write_csv(args.index, index)
     counts = ", ".join(f"{n} {label}" for label, n in index["label"].value_counts().sort_index().items())
     patients = f"{index['patient_id'].nunique()} patients" if patients_known(index) else "unknown patients"
     print(f"preprocessed {len(index)} images ({counts}) of {patients} to "
           f"{settings['size']} px, enhancement {settings['enhance']}; {int(index['colour_overlay'].sum())} with colour overlays; "
-          f"{len(ingested) - len(index)} image(s) of classes outside preprocess.classes left out")
+          f"{left_out} image(s) of classes outside preprocess.classes left out")
 
 
 def cmd_group(args: argparse.Namespace) -> None:
@@ -128,6 +124,12 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     build_ensembles(_load(args, check_registry=False), Path(args.arrays), Path(args.folds), Path(args.models), Path(args.out))
 
 
+def cmd_external(args: argparse.Namespace) -> None:
+    from busflow.external import run_external
+
+    run_external(_load(args), Path(args.arrays), Path(args.models), Path(args.out))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from busflow.evaluate.stage import evaluate_model, headline
 
@@ -177,6 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--fold", required=True, type=int)
     command("ensemble", cmd_ensemble, "combine and evaluate the predictions of trained models: every ensemble, every fold",
             "arrays", "folds", "models", "out")
+    command("external", cmd_external, "external validation: test the fold models on every image of other datasets",
+            "arrays", "models", "out")
     sub = command("evaluate", cmd_evaluate, "metrics of one model on one test fold", "arrays", "predictions", "out")
     sub.add_argument("--model", required=True)
     sub.add_argument("--fold", required=True, type=int)

@@ -72,6 +72,7 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
     if cascade["name"] in models:
         problems.append(f"cascade.name: '{cascade['name']}' clashes with a model of the same name")
     problems += _ensemble_problems(params)
+    problems += _external_problems(params)
     reference = params["evaluate"]["reference_model"]
     if reference is not None and reference not in {*params["train"]["models"], params["cascade"]["name"], *params["ensembles"]}:
         problems.append(f"evaluate.reference_model: '{reference}' is not a model, the cascade or an ensemble of this run")
@@ -80,6 +81,17 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
         problems.append(f"data.{dataset}: settings for dataset '{dataset}' are missing")
     if problems:
         raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def _external_problems(params: Mapping[str, Any]) -> list[str]:
+    external = params["external"]
+    problems = [f"external.models: '{m}' is not one of train.models" for m in external["models"] if m not in params["train"]["models"]]
+    if params["dataset"] in external["datasets"]:
+        problems.append(f"external.datasets: '{params['dataset']}' is the run's own dataset, not an external one")
+    problems += [f"data.{d}: settings for external dataset '{d}' are missing" for d in external["datasets"] if d not in params["data"]]
+    if bool(external["datasets"]) != bool(external["models"]):
+        problems.append("external: name both datasets and models (or neither)")
+    return problems
 
 
 def _ensemble_problems(params: Mapping[str, Any]) -> list[str]:

@@ -38,6 +38,7 @@ CASCADE = config["cascade"]["name"]
 SEGMENTER = config["cascade"]["segmenter"]
 LEAKAGE_MODELS = config.get("leakage", {}).get("models", [])
 ENSEMBLES = config["ensembles"]
+EXTERNAL = config["external"]
 
 
 wildcard_constraints:
@@ -63,7 +64,7 @@ def report_inputs(wildcards):
     for model in models:
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS))
-    files.append(rules.ensembles.output[0])
+    files += [rules.ensembles.output[0], rules.external.output[0]]
     for model in LEAKAGE_MODELS:
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS), LEAKY_SPLIT)

@@ -114,3 +114,14 @@ def save_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as archive:
         return {key: archive[key] for key in archive.files}
+
+
+def preprocess_raw(raw_dir: str | Path, settings: Mapping[str, Any]) -> tuple[pd.DataFrame, dict[str, np.ndarray], int]:
+    """Index the raw folder, keep ``settings["classes"]`` and preprocess: (index, arrays, images left out)."""
+    from busflow.data.sources import ingest_raw
+
+    ingested = ingest_raw(raw_dir)
+    index = select_classes(ingested, settings["classes"])
+    arrays = preprocess_index(index, settings["size"], classes=settings["classes"], enhancement=settings["enhance"],
+                              options=settings["enhance_options"])
+    return index, arrays, len(ingested) - len(index)

@@ -94,9 +94,9 @@ def _download(name: str, settings: Mapping[str, Any], download: Mapping[str, Any
     return {"origin": "download", "root": root.relative_to(raw).as_posix(), "download": provenance}
 
 
-def fetch_dataset(params: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Create ``out_dir`` (atomically) with the dataset's source record; return the record."""
-    name = params["dataset"]
+def fetch_dataset(params: Mapping[str, Any], out_dir: Path, dataset: str | None = None) -> dict[str, Any]:
+    """Create ``out_dir`` (atomically) with the source record of ``dataset`` (default: the run's dataset)."""
+    name = dataset or params["dataset"]
     settings = params["data"][name]
     with atomic_dir(out_dir) as raw:
         if name == "synthetic":

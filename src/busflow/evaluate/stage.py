@@ -31,9 +31,15 @@ def _classification(params: Mapping[str, Any], labels: np.ndarray, probs: np.nda
     return metrics, columns
 
 
-def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path: Path, predictions_path: Path, out_dir: Path) -> dict[str, Any]:
-    """metrics.json and per_image.csv of one model's test predictions on one fold."""
+def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path: Path, predictions_path: Path, out_dir: Path,
+                   validation_arrays_path: Path | None = None) -> dict[str, Any]:
+    """metrics.json and per_image.csv of one model's test predictions on one fold.
+
+    The validation labels come from ``validation_arrays_path`` when the validation images belong to another
+    dataset than the test images (external validation keeps the in-domain operating point).
+    """
     arrays = load_arrays(arrays_path)
+    validation_arrays = load_arrays(validation_arrays_path) if validation_arrays_path else arrays
     classes = arrays["classes"].tolist()
     test = load_predictions(predictions_path)
     rows = rows_of(arrays["image_ids"], test.image_ids, predictions_path)
@@ -43,7 +49,7 @@ def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path
     if "class_probs" in test.outputs:
         tasks.append("cls")
         val = load_predictions(predictions_path, "val")
-        val_labels = arrays["labels"][rows_of(arrays["image_ids"], val.image_ids, predictions_path)]
+        val_labels = validation_arrays["labels"][rows_of(validation_arrays["image_ids"], val.image_ids, predictions_path)]
         classification, columns = _classification(params, labels, test.outputs["class_probs"], classes,
                                                   (val_labels, val.outputs["class_probs"]))
         per_image = per_image.assign(**columns)

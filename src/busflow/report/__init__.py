@@ -25,6 +25,7 @@ from .tables import (
     SHEETS_DIR,
     classification_table,
     dataset_table,
+    external_table,
     duplicate_clusters,
     groups_table,
     leaderboard_table,
@@ -63,11 +64,13 @@ def compute_tables(run: RunResults, params: Mapping[str, Any]) -> ReportTables:
         groups=groups_table(run),
         label_conflicts=run.conflicts,
         leakage=leakage_table(run),
+        external=external_table(run),
         reproduction=reproduction_table(params.get("reproduces"), run.results, our_protocol(run), intervals),
         intervals=intervals,
         comparisons=comparison_table(run, (params.get("evaluate") or {}).get("reference_model"), settings),
         calibration=calibration_table(run),
         failures=failure_table(run),
+        jobs=run.job_times(),
         clusters=duplicate_clusters(run),
     )
 
@@ -102,7 +105,8 @@ def build_report(
     params = run_info.get("params") or {}
     leakage_models = (params.get("leakage") or {}).get("models") or ()
     ensembles = tuple(params.get("ensembles") or ())
-    run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models, ensembles)
+    run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models, ensembles,
+                       params.get("external"))
     tables = compute_tables(run, params)
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,18 +92,20 @@ class ReportTables:
     groups: pd.DataFrame
     label_conflicts: pd.DataFrame
     leakage: pd.DataFrame
+    external: pd.DataFrame
     reproduction: pd.DataFrame
     intervals: pd.DataFrame
     comparisons: pd.DataFrame
     calibration: pd.DataFrame
     failures: pd.DataFrame
+    jobs: pd.DataFrame
     clusters: tuple[DuplicateCluster, ...] = ()
 
     def files(self) -> dict[str, pd.DataFrame]:
         """Relative CSV path -> table."""
         return {f"tables/{name}.csv": getattr(self, name) for name in
                 ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split", "groups",
-                 "label_conflicts", "leakage", "reproduction", "intervals", "comparisons", "calibration", "failures")}
+                 "label_conflicts", "leakage", "external", "reproduction", "intervals", "comparisons", "calibration", "failures", "jobs")}
 
     @property
     def sheets(self) -> tuple[DuplicateCluster, ...]:
@@ -135,6 +138,7 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
         *leaderboard_blocks(tables),
         *reproduction_blocks(tables),
         *leakage_blocks(run, tables),
+        *external_blocks(tables),
         *figure_blocks(run),
         *per_fold_blocks(run, tables),
         *metric_blocks(),
@@ -165,6 +169,21 @@ def _ensemble_note(spec: Mapping[str, Any] | None) -> str:
     return f", ensemble of {', '.join(spec['members'])} ({weights} weights)"
 
 
+def _training_devices(run: RunResults) -> str:
+    devices = {f"{d['device']} ({d['device_name']}), torch {d['torch']}"
+               for r in run.results if (d := r.description.get("trained_on"))}
+    return "; ".join(sorted(devices)) or "n/a"
+
+
+def _wall_time(jobs: pd.DataFrame) -> str:
+    """Total and slowest job from the jobs' logs; sums job times, so parallel runs took less on the clock."""
+    if jobs.empty:
+        return "n/a (no job logs)"
+    slowest = jobs.loc[jobs["seconds"].idxmax()]
+    return (f"{jobs['seconds'].sum():.0f} s summed over {len(jobs)} jobs; slowest {slowest['job']} "
+            f"{slowest['seconds']:.0f} s (tables/jobs.csv)")
+
+
 def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any]) -> list[Block]:
     """Dataset, hash, versions, models and folds."""
     index = run.index
@@ -177,6 +196,9 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
         ("images / patients", f"{len(index)} / {index['patient_id'].nunique() if 'patient_id' in index else 'n/a'}"),
         ("split protocol", split_label(run)),
         ("folds", ", ".join(str(f) for f in run.folds)),
+        ("trained on", _training_devices(run)),
+        ("report built on", f"{platform.platform()}, {os.cpu_count()} CPU(s)"),
+        ("pipeline wall time", _wall_time(tables.jobs)),
     ]
     ensembles = (run_info.get("params") or {}).get("ensembles") or {}
     models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds){_ensemble_note(ensembles.get(row.model))}"
@@ -374,6 +396,25 @@ def leakage_display(leakage: pd.DataFrame) -> pd.DataFrame:
         "image-level (leaky)": [fmt_mean_sd(m, s) for m, s in zip(leakage["image_level_mean"], leakage["image_level_sd"])],
         "inflation": [NA if is_missing(v) else f"{v:+.3f}" for v in leakage["inflation"]],
     })
+
+
+def external_blocks(tables: ReportTables) -> list[Block]:
+    """External validation: each fold model on every image of another dataset, beside its in-domain test score."""
+    table = tables.external
+    if table.empty:
+        return [Heading("External validation"),
+                Para("No external dataset configured (external.datasets in params.yaml).", "note")]
+    display = pd.DataFrame({
+        "dataset": table["dataset"], "model": table["model"], "metric": table["metric"],
+        "in-domain (mean ± sd)": [fmt_mean_sd(m, s) for m, s in zip(table["in_domain_mean"], table["in_domain_sd"])],
+        "external (mean ± sd)": [fmt_mean_sd(m, s) for m, s in zip(table["external_mean"], table["external_sd"])],
+        "difference": [NA if is_missing(v) else f"{v:+.3f}" for v in table["difference"]],
+        "external images": table["external_images"],
+    })
+    return [Heading("External validation"),
+            Para("Every fold model is tested on all images of the external dataset, preprocessed like this run's; its "
+                 "operating threshold stays the one chosen on its in-domain validation images."),
+            Table(display, "In-domain test vs external dataset (tables/external.csv)", "no external results")]
 
 
 def figure_blocks(run: RunResults) -> list[Block]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..io import read_table
+
+DONE_LINE = re.compile(r"^busflow (\w+): done in ([0-9.]+)s$", re.MULTILINE)  # the CLI's last line per job
 from ..layout import LEAKY_SPLIT, SPLIT_FILES
 
 
@@ -27,6 +30,7 @@ class FoldResult:
     history: pd.DataFrame
     per_image: pd.DataFrame
     predictions: pd.DataFrame | None
+    description: dict[str, Any] = field(default_factory=dict)  # model.json
 
     @property
     def classification(self) -> dict[str, Any] | None:
@@ -60,6 +64,17 @@ class RunResults:
     results: tuple[FoldResult, ...] = field(default_factory=tuple)
     leakage_models: tuple[str, ...] = ()
     leaky_results: tuple[FoldResult, ...] = field(default_factory=tuple)  # the same models on the image-level split
+    external: dict[str, tuple[FoldResult, ...]] = field(default_factory=dict)  # dataset -> fold models tested on it
+
+    def job_times(self) -> pd.DataFrame:
+        """Wall time of every finished pipeline job, from the last line of its log under ``logs/``."""
+        logs, rows = self.arrays_path.parent.parent / "logs", []
+        for log in sorted(logs.rglob("*.log")):
+            found = DONE_LINE.findall(log.read_text(encoding="utf-8", errors="replace"))
+            if found:
+                stage, seconds = found[-1]
+                rows.append({"job": log.relative_to(logs).with_suffix("").as_posix(), "stage": stage, "seconds": float(seconds)})
+        return pd.DataFrame(rows, columns=["job", "stage", "seconds"])
 
     @property
     def protocol(self) -> str:
@@ -128,6 +143,7 @@ def load_fold(directory: Path, model: str, fold: int) -> FoldResult:
         history=history if history is not None else pd.DataFrame(),
         per_image=per_image if per_image is not None else pd.DataFrame(),
         predictions=_read_csv_optional(directory / "predictions.csv"),
+        description=json.loads((directory / "model.json").read_text(encoding="utf-8")) if (directory / "model.json").exists() else {},
     )
 
 
@@ -151,6 +167,7 @@ def load_results(
     classes: Sequence[str],
     leakage_models: Sequence[str] = (),
     ensembles: Sequence[str] = (),
+    external: Mapping[str, Any] | None = None,
 ) -> RunResults:
     """Load every input of the report for the given models (ensembles among them) and folds, and the
     leakage study's runs."""
@@ -171,4 +188,7 @@ def load_results(
         results=tuple(load_fold(fold_directory(results_dir, m, f, ensembles=ensembles), m, f) for m in models for f in folds),
         leakage_models=tuple(leakage_models),
         leaky_results=tuple(load_fold(fold_directory(results_dir, m, f, LEAKY_SPLIT), m, f) for m in leakage_models for f in folds),
+        external={dataset: tuple(load_fold(results_dir / "external" / dataset / m / f"fold{f}", m, f)
+                                 for m in external["models"] for f in folds)
+                  for dataset in (external or {}).get("datasets", [])},
     )

@@ -65,6 +65,8 @@ LEAKAGE_METRICS: tuple[tuple[str, str], ...] = (
     ("segmentation", "dice"),
     ("segmentation", "iou_tumour"),
 )
+EXTERNAL_COLUMNS: tuple[str, ...] = ("dataset", "model", "metric", "in_domain_mean", "in_domain_sd", "external_mean",
+                                     "external_sd", "difference", "folds", "external_images")
 LEAKAGE_COLUMNS: tuple[str, ...] = ("model", "metric", "grouped_mean", "grouped_sd", "grouped_folds",
                                     "image_level_mean", "image_level_sd", "image_level_folds", "inflation")
 
@@ -281,6 +283,25 @@ def leakage_table(run: RunResults) -> pd.DataFrame:
                          "image_level_sd": i_sd, "image_level_folds": int(image_level.notna().sum()),
                          "inflation": i_mean - g_mean})
     return pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
+
+
+def external_table(run: RunResults) -> pd.DataFrame:
+    """Per external dataset, model and headline metric: the in-domain test value beside the external one
+    (both mean ± sd over the fold models) and their difference."""
+    rows = []
+    for dataset, results in run.external.items():
+        for model in dict.fromkeys(r.model for r in results):
+            tested = [r for r in results if r.model == model]
+            for part, metric in LEAKAGE_METRICS:
+                inside, outside = _metric_values(run.of_model(model), part, metric), _metric_values(tested, part, metric)
+                if outside.isna().all():
+                    continue
+                (in_mean, in_sd), (out_mean, out_sd) = mean_sd(inside), mean_sd(outside)
+                rows.append({"dataset": dataset, "model": model, "metric": metric, "in_domain_mean": in_mean,
+                             "in_domain_sd": in_sd, "external_mean": out_mean, "external_sd": out_sd,
+                             "difference": out_mean - in_mean, "folds": int(outside.notna().sum()),
+                             "external_images": int(tested[0].metrics.get("n_test_images", 0))})
+    return pd.DataFrame(rows, columns=EXTERNAL_COLUMNS)
 
 
 def _metric_values(results: Sequence[FoldResult], part: str, metric: str) -> pd.Series:

@@ -42,3 +42,12 @@ def configure_threads() -> None:
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads and threads.isdigit() and int(threads) > 0:
         torch.set_num_threads(int(threads))
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's product name, or the CPU's architecture and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{platform.machine() or 'cpu'}, {torch.get_num_threads()} thread(s)"

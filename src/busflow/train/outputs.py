@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +28,16 @@ def save_weights(path: Path, model: nn.Module) -> None:
 def load_weights(path: Path, model: nn.Module) -> nn.Module:
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model
+
+
+def load_trained(model_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of a trained model folder, rebuilt from its model.json and weights.pt, in eval mode."""
+    from busflow.models import build_model
+
+    description = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
+    model = build_model(description["arch"], in_channels=description["in_channels"], n_classes=description["n_classes"],
+                        options=description["options"])
+    return load_weights(model_dir / "weights.pt", model).eval(), description
 
 
 @contextlib.contextmanager

@@ -6,12 +6,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from busflow.config import model_spec
 from busflow.data.preprocess import load_arrays
 from busflow.models import build_model, model_tasks
 from busflow.io import read_table
 from busflow.split import group_ids_of, role_indices
-from busflow.train.device import configure_threads, resolve_device, seed_everything
+from busflow.train.device import configure_threads, device_name, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from busflow.predictions import prediction_table, save_predictions
 from busflow.train.outputs import epoch_logger, save_run
@@ -22,11 +24,12 @@ def job_seed(seed: int, model: str, fold: int) -> int:
     return (seed * 1_000_003 + sum(map(ord, model)) * 101 + fold) % 2**31
 
 
-def describe_model(spec: Mapping[str, Any], *, n_classes: int, classes: list[str], image_size: int) -> dict[str, Any]:
-    """Everything needed to rebuild the network and its input pipeline without params.yaml."""
+def describe_model(spec: Mapping[str, Any], *, n_classes: int, classes: list[str], image_size: int, device: torch.device) -> dict[str, Any]:
+    """Everything needed to rebuild the network and its input pipeline without params.yaml, and where it was trained."""
     return {"arch": spec["arch"], "options": dict(spec.get("options", {})), "in_channels": 1,
             "n_classes": n_classes, "classes": classes, "image_size": image_size,
-            "tasks": sorted(model_tasks(spec["arch"])), "input_scaling": "uint8 / 255"}
+            "tasks": sorted(model_tasks(spec["arch"])), "input_scaling": "uint8 / 255",
+            "trained_on": {"device": str(device), "device_name": device_name(device), "torch": torch.__version__}}
 
 
 def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_path: Path, folds_path: Path, out_dir: Path) -> None:
@@ -48,7 +51,7 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, tasks, data, roles["train"], roles["val"], spec, n_classes=len(classes), device=device,
                       seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch)
-    save_run(out_dir, model.cpu(), describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1]), history)
+    save_run(out_dir, model.cpu(), describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1], device=device), history)
     test, val = roles["test"], roles["val"]
     model.to(device)
     outputs = predict(model, data, test, device)

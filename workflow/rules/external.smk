@@ -1,0 +1,29 @@
+# External validation in one job (all datasets, models and folds): one output folder that always exists
+# lets dvc.yaml declare it even when params.yaml names no external dataset.
+rule external:
+    input:
+        arrays=rules.preprocess.output.arrays,
+        trained=[f"{fold_dir(RUN, model, fold)}/{name}" for model in EXTERNAL["models"] for fold in FOLDS
+                 for name in ("weights.pt", "model.json", "predictions.npz")],
+    output:
+        directory(f"{RESULTS}/external"),
+    params:
+        params_yaml=PARAMS_FILE,
+        # Declared so that editing the external datasets' sources, preprocessing or evaluation reruns this job.
+        external=EXTERNAL,
+        sources={dataset: config["data"][dataset] for dataset in EXTERNAL["datasets"]},
+        preprocess=config["preprocess"],
+        evaluate=config["evaluate"],
+        device=config["device"],
+        # results/<run>/models, from the data/arrays.npz input.
+        models=lambda wildcards, input: str(Path(input.arrays).parent.parent / "models"),
+    threads: 1
+    resources:
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/external.log",
+    shell:
+        "busflow external --params {params.params_yaml} --arrays {input.arrays} --models {params.models} "
+        "--out {output} --log {log}"
