@@ -16,6 +16,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/cascade.smk"
 include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/external.smk"
+include: "workflow/rules/ablation.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

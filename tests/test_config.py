@@ -74,6 +74,14 @@ def test_fold_beyond_n_folds(params: dict) -> None:
         (lambda p: p.update(dataset="busi"), "data.busi: settings for dataset 'busi' are missing"),
         (lambda p: p["split"].update(label_conflicts="ignore"), "split.label_conflicts"),
         (lambda p: p["data"].update(folder={"path": 3}), "data.folder.path"),
+        (lambda p: p["ablation"].update(model="vgg"), "ablation.model: 'vgg' is not one of train.models"),
+        (lambda p: p["ablation"].update(model=None), "ablation: lr and options must be empty without a model"),
+        (lambda p: p["ablation"].update(lr=[]), "ablation: name at least one learning rate and one option set"),
+        (lambda p: p["ablation"]["options"].update(odd={"widen_factor": 2}), "ablation.options.odd.widen_factor: not an option of unet"),
+        (lambda p: p["external"].update(datasets=["synthetic"], models=["unet"]), "'synthetic' is the run's own dataset"),
+        (lambda p: p["external"].update(datasets=["busi"], models=[]), "external: name both datasets and models"),
+        (lambda p: p["external"].update(datasets=["busi"], models=["unet"]), "data.busi: settings for external dataset 'busi' are missing"),
+        (lambda p: p["evaluate"].update(reference_model="vgg"), "evaluate.reference_model: 'vgg' is not a model"),
     ],
 )
 def test_split_and_data_rules_name_the_key(params: dict, change, message: str) -> None:

@@ -56,6 +56,7 @@ def _params(ensembles: dict) -> dict:
     params["models"] = {"good": copy.deepcopy(params["models"]["unet"]), "poor": copy.deepcopy(params["models"]["mtl_resnet50"])}
     params["cascade"]["segmenter"] = "good"
     params["leakage"]["models"] = []
+    params["ablation"] = {"model": None, "lr": [], "options": {}}
     params["ensembles"] = ensembles
     return validate_params(params, check_registry=False)
 

@@ -106,6 +106,17 @@ def test_external_validation_tests_every_fold_model_on_the_other_dataset(project
     assert {"dice", "accuracy"} <= set(table["metric"])
 
 
+def test_ablation_grid_trains_every_cell_with_its_settings(project: Path) -> None:
+    cells = project / "results/synthetic/models/unet/ablation"
+    assert sorted(p.name for p in cells.iterdir()) == ["lr0.001_narrow", "lr0.001_wide", "lr0.003_narrow", "lr0.003_wide"]
+    narrow = json.loads((cells / "lr0.003_narrow/fold1/model.json").read_text())
+    assert narrow["options"]["features"] == [4, 4, 8, 16, 32, 4]
+    assert pd.read_csv(cells / "lr0.003_narrow/fold1/history.csv")["lr"].iloc[0] == pytest.approx(3.0e-3)
+    table = pd.read_csv(project / "results/synthetic/report/tables/ablation.csv")
+    dice = table[table["metric"] == "dice"]
+    assert len(dice) == 4 and (dice["folds"] == 2).all()
+
+
 def _scale_lr(project: Path, model: str, factor: float) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["models"][model]["lr"] *= factor
@@ -117,8 +128,10 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
 
     # The cascade's segmenter: its chain includes the cascade.
     _scale_lr(project, "unet", 2)
-    assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "ensembles:1", "evaluate:2", "evaluate_cascade:2",
-                                             "evaluate_leaky:2", "external:1", "report:1", "train:2", "train_leaky:2"])
+    # unet is also the ablation model: its grid cells inherit its settings, so they rerun too.
+    assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "ensembles:1", "evaluate:2", "evaluate_ablation:8",
+                                             "evaluate_cascade:2", "evaluate_leaky:2", "external:1", "report:1", "train:2",
+                                             "train_ablation:8", "train_leaky:2"])
     planned = run_tool(["snakemake", "--dry-run", "--cores", "2"], project).stdout
     assert "model=unet" in planned and "model=resnet50" not in planned and "model=mtl_resnet50" not in planned
     _scale_lr(project, "unet", 0.5)
@@ -148,6 +161,11 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
     # dvclive's per-epoch curves are DVC plots.
     plots = run_tool(["dvc", "plots", "show", "--json"], project).stdout
     assert "unet/fold0/dvclive/plots/metrics/val_loss.tsv" in plots
+    # The ablation grid as DVC experiments: one queued `dvc exp run -S ...` per cell.
+    queued = run_tool(["busflow", "queue-ablation"], project).stdout
+    assert queued.count("dvc exp run --queue") == 4 and "models.unet.options.features=[4, 4, 8, 16, 32, 4]" in queued
+    status = run_tool(["dvc", "queue", "status"], project).stdout
+    assert status.count("Queued") == 4, status
 
 
 def _git_commit(project: Path, message: str) -> None:

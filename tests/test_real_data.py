@@ -55,6 +55,7 @@ def test_p002_cascade_protocol_runs_end_to_end_on_busi(tmp_path: Path, busi_root
     params["data"]["busi"]["path"] = str(busi_root)
     params["data"]["busbra"] = {**yaml.safe_load((REPO / "params.yaml").read_text())["data"]["busbra"], "path": str(busbra_root)}
     params["external"] = {"datasets": ["busbra"], "models": ["unet_p002"]}
+    params["ablation"] = {"model": None, "lr": [], "options": {}}  # the grid runs in the tiny end-to-end test
     params["preprocess"]["size"] = 64
     params["models"]["unet_p002"].update(epochs=1, options={"filters": [8, 16, 32, 64], "bottleneck": 128})
     params["cascade"].update(crop_size=32)

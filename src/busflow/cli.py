@@ -107,9 +107,15 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from busflow.train.stage import train_model
+    from busflow.train.stage import ablation_spec, train_model
 
-    train_model(_load(args), args.model, args.fold, Path(args.arrays), Path(args.folds), Path(args.out))
+    params = _load(args)
+    if (args.lr is None) != (args.variant is None):
+        raise ValueError("an ablation cell needs both --lr and --variant")
+    if args.variant is not None and args.model != params["ablation"]["model"]:
+        raise ValueError(f"--variant: model '{args.model}' is not ablation.model ('{params['ablation']['model']}')")
+    spec = ablation_spec(params, args.lr, args.variant) if args.variant is not None else None
+    train_model(params, args.model, args.fold, Path(args.arrays), Path(args.folds), Path(args.out), spec)
 
 
 def cmd_cascade(args: argparse.Namespace) -> None:
@@ -128,6 +134,29 @@ def cmd_external(args: argparse.Namespace) -> None:
     from busflow.external import run_external
 
     run_external(_load(args), Path(args.arrays), Path(args.models), Path(args.out))
+
+
+def cmd_queue_ablation(args: argparse.Namespace) -> None:
+    import json
+    import shlex
+    import subprocess
+
+    from busflow.layout import ablation_cell
+
+    params = _load(args)
+    ablation = params["ablation"]
+    if ablation["model"] is None:
+        raise ValueError(f"{args.params}: ablation.model is null, there is no grid to queue")
+    key = f"models.{ablation['model']}"
+    for lr in ablation["lr"]:
+        for variant, options in ablation["options"].items():
+            overrides = [f"{key}.lr={lr}", *(f"{key}.options.{name}={json.dumps(value)}" for name, value in options.items())]
+            command = ["dvc", "exp", "run", "--queue", "--name", ablation_cell(lr, variant).replace("_", "-").replace(".", "p"),
+                       *[part for override in overrides for part in ("-S", override)]]
+            print(shlex.join(command))
+            if not args.dry_run and subprocess.run(command).returncode:
+                raise ValueError(f"`{shlex.join(command)}` failed (run it from a git + DVC repository holding this project)")
+    print("then: dvc queue start -j N && dvc exp show" if not args.dry_run else "(dry run: nothing queued)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -175,10 +204,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("train", cmd_train, "train one model on one fold; predict its test part", "arrays", "folds", "out")
     sub.add_argument("--model", required=True)
     sub.add_argument("--fold", required=True, type=int)
+    sub.add_argument("--lr", type=float, help="ablation cell: this learning rate (with --variant)")
+    sub.add_argument("--variant", help="ablation cell: this option set of ablation.options (with --lr)")
     sub = command("cascade", cmd_cascade, "crop predicted lesions and train/test the cascade classifier on one fold", "arrays", "folds", "segmenter", "out")
     sub.add_argument("--fold", required=True, type=int)
     command("ensemble", cmd_ensemble, "combine and evaluate the predictions of trained models: every ensemble, every fold",
             "arrays", "folds", "models", "out")
+    sub = command("queue-ablation", cmd_queue_ablation,
+                  "queue the ablation grid as DVC experiments (dvc exp run --queue -S ...), one per cell")
+    sub.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
     command("external", cmd_external, "external validation: test the fold models on every image of other datasets",
             "arrays", "models", "out")
     sub = command("evaluate", cmd_evaluate, "metrics of one model on one test fold", "arrays", "predictions", "out")

@@ -73,6 +73,7 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
         problems.append(f"cascade.name: '{cascade['name']}' clashes with a model of the same name")
     problems += _ensemble_problems(params)
     problems += _external_problems(params)
+    problems += _ablation_problems(params)
     reference = params["evaluate"]["reference_model"]
     if reference is not None and reference not in {*params["train"]["models"], params["cascade"]["name"], *params["ensembles"]}:
         problems.append(f"evaluate.reference_model: '{reference}' is not a model, the cascade or an ensemble of this run")
@@ -81,6 +82,16 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
         problems.append(f"data.{dataset}: settings for dataset '{dataset}' are missing")
     if problems:
         raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def _ablation_problems(params: Mapping[str, Any]) -> list[str]:
+    ablation = params["ablation"]
+    if ablation["model"] is None:
+        return ["ablation: lr and options must be empty without a model"] if ablation["lr"] or ablation["options"] else []
+    problems = [] if ablation["model"] in params["train"]["models"] else [f"ablation.model: '{ablation['model']}' is not one of train.models"]
+    if not ablation["lr"] or not ablation["options"]:
+        problems.append("ablation: name at least one learning rate and one option set")
+    return problems
 
 
 def _external_problems(params: Mapping[str, Any]) -> list[str]:
@@ -155,6 +166,11 @@ def check_architectures(params: Mapping[str, Any], source: str = "params") -> No
         problems.append(f"cascade.segmenter: model '{segmenter}' has no segmentation output")
     if "cls" not in model_tasks(params["cascade"]["classifier"]["arch"]):
         problems.append("cascade.classifier.arch: the cascade classifier needs a classification output")
+    ablation = params["ablation"]
+    if ablation["model"] in params["models"]:
+        allowed = model_options(params["models"][ablation["model"]]["arch"]) if not problems else {}
+        problems += [f"ablation.options.{name}.{option}: not an option of {params['models'][ablation['model']]['arch']}"
+                     for name, options in ablation["options"].items() for option in options if allowed and option not in allowed]
     if not problems:  # every arch is registered
         problems += [f"ensembles.{name}.members: the members share no output (all need masks or all class probabilities)"
                      for name, ensemble in params["ensembles"].items()

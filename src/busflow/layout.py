@@ -24,6 +24,7 @@ REPORT_FILES: tuple[str, ...] = (
     "tables/label_conflicts.csv",
     "tables/leakage.csv",
     "tables/external.csv",
+    "tables/ablation.csv",
     "tables/reproduction.csv",
     "tables/intervals.csv",
     "tables/comparisons.csv",
@@ -39,6 +40,7 @@ REPORT_FILES: tuple[str, ...] = (
     "figures/calibration.png",
     "figures/pr.png",
     "figures/failures.png",
+    "figures/ablation.png",
 )
 # Directories the report always creates (possibly empty): one contact sheet per duplicate cluster.
 REPORT_DIRS: tuple[str, ...] = ("clusters",)
@@ -71,3 +73,13 @@ def ensemble_dir(run: str, ensemble: str, fold: int | str) -> str:
     """Outputs of one ensemble on one test fold. Kept apart from ``models/`` because an ensemble reads
     that whole folder (DVC cannot list a variable number of member files as dependencies)."""
     return f"{results_root(run)}/ensembles/{ensemble}/fold{fold}"
+
+
+def ablation_cell(lr: float | str, variant: str) -> str:
+    """Folder name of one cell of the ablation grid, e.g. ``lr0.0001_f16_64`` (``str`` of the float)."""
+    return f"lr{lr}_{variant}"
+
+
+def ablation_dir(run: str, model: str, lr: float | str, variant: str, fold: int | str) -> str:
+    """Outputs of one ablation cell on one test fold, beside the model's own folds."""
+    return f"{results_root(run)}/models/{model}/ablation/{ablation_cell(lr, variant)}/fold{fold}"

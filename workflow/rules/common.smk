@@ -6,7 +6,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from busflow.config import validate_params
-from busflow.layout import EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, fold_dir, results_root
+from busflow.layout import EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, ablation_dir, fold_dir, results_root
 
 
 def _params_file():
@@ -39,6 +39,7 @@ SEGMENTER = config["cascade"]["segmenter"]
 LEAKAGE_MODELS = config.get("leakage", {}).get("models", [])
 ENSEMBLES = config["ensembles"]
 EXTERNAL = config["external"]
+ABLATION = config["ablation"]
 
 
 wildcard_constraints:
@@ -53,6 +54,15 @@ def model_params(wildcards):
     return config["models"][wildcards.model]
 
 
+ABLATION_CELL = f"{RESULTS}/models/{{model}}/ablation/lr{{lr}}_{{variant}}/fold{{fold}}"
+
+
+def ablation_params(wildcards):
+    """The settings of one ablation cell (so that editing them reruns only that cell)."""
+    return {"model": config["models"][wildcards.model], "lr": wildcards.lr,
+            "options": ABLATION["options"][wildcards.variant]}
+
+
 def report_outputs():
     return [f"{RESULTS}/report/{name}" for name in REPORT_FILES]
 
@@ -65,6 +75,11 @@ def report_inputs(wildcards):
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS))
     files += [rules.ensembles.output[0], rules.external.output[0]]
+    for lr in ABLATION["lr"]:
+        for variant in ABLATION["options"]:
+            for fold in FOLDS:
+                cell = ablation_dir(RUN, ABLATION["model"], lr, variant, fold)
+                files += [f"{cell}/{name}" for name in (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS)]
     for model in LEAKAGE_MODELS:
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS), LEAKY_SPLIT)
@@ -81,6 +96,7 @@ FIGURE_CAPTIONS = {
     "figures/calibration.png": "calibration.rst",
     "figures/pr.png": "pr.rst",
     "figures/failures.png": "failures.rst",
+    "figures/ablation.png": "ablation.rst",
 }
 
 

@@ -24,6 +24,7 @@ from .reproduction import reproduction_table
 from .tables import (
     SHEETS_DIR,
     classification_table,
+    ablation_table,
     dataset_table,
     external_table,
     duplicate_clusters,
@@ -65,6 +66,7 @@ def compute_tables(run: RunResults, params: Mapping[str, Any]) -> ReportTables:
         label_conflicts=run.conflicts,
         leakage=leakage_table(run),
         external=external_table(run),
+        ablation=ablation_table(run),
         reproduction=reproduction_table(params.get("reproduces"), run.results, our_protocol(run), intervals),
         intervals=intervals,
         comparisons=comparison_table(run, (params.get("evaluate") or {}).get("reference_model"), settings),
@@ -86,6 +88,7 @@ def write_figures(run: RunResults, tables: ReportTables, out_dir: Path) -> None:
     figures.plot_training_curves(run, fig_dir / "training_curves.png")
     figures.plot_confusion(run, fig_dir / "confusion.png")
     figures.plot_leakage(tables.leakage, fig_dir / "leakage.png")
+    figures.plot_ablation(tables.ablation, fig_dir / "ablation.png")
     figures.plot_calibration(tables.calibration, tables.intervals, fig_dir / "calibration.png")
 
 
@@ -106,7 +109,7 @@ def build_report(
     leakage_models = (params.get("leakage") or {}).get("models") or ()
     ensembles = tuple(params.get("ensembles") or ())
     run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models, ensembles,
-                       params.get("external"))
+                       params.get("external"), params.get("ablation"))
     tables = compute_tables(run, params)
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)

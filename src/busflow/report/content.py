@@ -93,6 +93,7 @@ class ReportTables:
     label_conflicts: pd.DataFrame
     leakage: pd.DataFrame
     external: pd.DataFrame
+    ablation: pd.DataFrame
     reproduction: pd.DataFrame
     intervals: pd.DataFrame
     comparisons: pd.DataFrame
@@ -105,7 +106,7 @@ class ReportTables:
         """Relative CSV path -> table."""
         return {f"tables/{name}.csv": getattr(self, name) for name in
                 ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split", "groups",
-                 "label_conflicts", "leakage", "external", "reproduction", "intervals", "comparisons", "calibration", "failures", "jobs")}
+                 "label_conflicts", "leakage", "external", "ablation", "reproduction", "intervals", "comparisons", "calibration", "failures", "jobs")}
 
     @property
     def sheets(self) -> tuple[DuplicateCluster, ...]:
@@ -139,6 +140,7 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
         *reproduction_blocks(tables),
         *leakage_blocks(run, tables),
         *external_blocks(tables),
+        *ablation_blocks(tables),
         *figure_blocks(run),
         *per_fold_blocks(run, tables),
         *metric_blocks(),
@@ -415,6 +417,20 @@ def external_blocks(tables: ReportTables) -> list[Block]:
             Para("Every fold model is tested on all images of the external dataset, preprocessed like this run's; its "
                  "operating threshold stays the one chosen on its in-domain validation images."),
             Table(display, "In-domain test vs external dataset (tables/external.csv)", "no external results")]
+
+
+def ablation_blocks(tables: ReportTables) -> list[Block]:
+    """The ablation grid as a heat map and a table."""
+    table = tables.ablation
+    if table.empty:
+        return [Heading("Ablation"), Para("No ablation grid configured (ablation.model is null).", "note"),
+                Figure("figures/ablation.png", "Ablation heat map (empty in this run).")]
+    display = pd.DataFrame({"lr": [f"{v:g}" for v in table["lr"]], "options": table["options"], "metric": table["metric"],
+                            "mean ± sd": [fmt_mean_sd(m, s) for m, s in zip(table["mean"], table["sd"])],
+                            "folds": table["folds"]})
+    return [Heading(f"Ablation: {table['model'].iloc[0]}, learning rate × options"),
+            Figure("figures/ablation.png", "Mean over folds of the headline metric per grid cell (annotated mean ± sd)."),
+            Table(display, "Every grid cell and metric (tables/ablation.csv)", "no ablation results")]
 
 
 def figure_blocks(run: RunResults) -> list[Block]:

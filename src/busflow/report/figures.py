@@ -159,6 +159,27 @@ def plot_failures(failures: pd.DataFrame, arrays_path: Path, target: Path) -> No
     save_figure(fig, target)
 
 
+# --------------------------------------------------------------------------- ablation
+
+
+def plot_ablation(ablation: pd.DataFrame, target: Path) -> None:
+    """Heat map of the ablation grid: learning rate (rows) × option set (columns), headline metric mean over folds."""
+    metric = next((m for m in ("dice", "balanced_accuracy", "accuracy") if m in set(ablation.get("metric", ()))), None)
+    if metric is None:
+        return save_figure(message_figure("no ablation grid in this run (ablation.model is null)"), target)
+    cells = ablation[ablation["metric"] == metric]
+    means = cells.pivot(index="lr", columns="options", values="mean")
+    labels = cells.assign(text=[f"{m:.3f}\n± {s:.3f}" if not math.isnan(s) else f"{m:.3f}" for m, s in zip(cells["mean"], cells["sd"])]
+                          ).pivot(index="lr", columns="options", values="text")
+    fig, ax = plt.subplots(figsize=(1.8 * means.shape[1] + 2.5, 1.0 * means.shape[0] + 1.8))
+    sns.heatmap(means, annot=labels.loc[means.index, means.columns].to_numpy(), fmt="", cmap="viridis", ax=ax,
+                cbar_kws={"label": f"{metric} (mean over folds)"})
+    ax.set(title=f"Ablation of {cells['model'].iloc[0]}: {metric}", xlabel="option set", ylabel="learning rate")
+    ax.set_yticklabels([f"{v:g}" for v in means.index], rotation=0)
+    fig.tight_layout()
+    save_figure(fig, target)
+
+
 # --------------------------------------------------------------------------- calibration
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from ..io import read_table
 
 DONE_LINE = re.compile(r"^busflow (\w+): done in ([0-9.]+)s$", re.MULTILINE)  # the CLI's last line per job
-from ..layout import LEAKY_SPLIT, SPLIT_FILES
+from ..layout import LEAKY_SPLIT, SPLIT_FILES, ablation_cell
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class RunResults:
     leakage_models: tuple[str, ...] = ()
     leaky_results: tuple[FoldResult, ...] = field(default_factory=tuple)  # the same models on the image-level split
     external: dict[str, tuple[FoldResult, ...]] = field(default_factory=dict)  # dataset -> fold models tested on it
+    ablation: dict[tuple[float, str], tuple[FoldResult, ...]] = field(default_factory=dict)  # (lr, option set) -> folds
 
     def job_times(self) -> pd.DataFrame:
         """Wall time of every finished pipeline job, from the last line of its log under ``logs/``."""
@@ -168,6 +169,7 @@ def load_results(
     leakage_models: Sequence[str] = (),
     ensembles: Sequence[str] = (),
     external: Mapping[str, Any] | None = None,
+    ablation: Mapping[str, Any] | None = None,
 ) -> RunResults:
     """Load every input of the report for the given models (ensembles among them) and folds, and the
     leakage study's runs."""
@@ -191,4 +193,14 @@ def load_results(
         external={dataset: tuple(load_fold(results_dir / "external" / dataset / m / f"fold{f}", m, f)
                                  for m in external["models"] for f in folds)
                   for dataset in (external or {}).get("datasets", [])},
+        ablation=_load_ablation(results_dir, ablation, folds),
     )
+
+
+def _load_ablation(results_dir: Path, ablation: Mapping[str, Any] | None, folds: Sequence[int]) -> dict[tuple[float, str], tuple[FoldResult, ...]]:
+    if not ablation or not ablation.get("model"):
+        return {}
+    model = ablation["model"]
+    return {(float(lr), variant): tuple(load_fold(results_dir / "models" / model / "ablation" / ablation_cell(lr, variant) / f"fold{f}", model, f)
+                                        for f in folds)
+            for lr in ablation["lr"] for variant in ablation["options"]}

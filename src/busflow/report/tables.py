@@ -65,6 +65,7 @@ LEAKAGE_METRICS: tuple[tuple[str, str], ...] = (
     ("segmentation", "dice"),
     ("segmentation", "iou_tumour"),
 )
+ABLATION_COLUMNS: tuple[str, ...] = ("model", "lr", "options", "metric", "mean", "sd", "folds")
 EXTERNAL_COLUMNS: tuple[str, ...] = ("dataset", "model", "metric", "in_domain_mean", "in_domain_sd", "external_mean",
                                      "external_sd", "difference", "folds", "external_images")
 LEAKAGE_COLUMNS: tuple[str, ...] = ("model", "metric", "grouped_mean", "grouped_sd", "grouped_folds",
@@ -283,6 +284,20 @@ def leakage_table(run: RunResults) -> pd.DataFrame:
                          "image_level_sd": i_sd, "image_level_folds": int(image_level.notna().sum()),
                          "inflation": i_mean - g_mean})
     return pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
+
+
+def ablation_table(run: RunResults) -> pd.DataFrame:
+    """Per ablation cell (learning rate x option set) and headline metric: mean ± sd over folds."""
+    rows = []
+    for (lr, variant), results in run.ablation.items():
+        for part, metric in LEAKAGE_METRICS:
+            values = _metric_values(results, part, metric)
+            if values.isna().all():
+                continue
+            mean, sd = mean_sd(values)
+            rows.append({"model": results[0].model, "lr": lr, "options": variant, "metric": metric, "mean": mean, "sd": sd,
+                         "folds": int(values.notna().sum())})
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 
 def external_table(run: RunResults) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,22 @@ def describe_model(spec: Mapping[str, Any], *, n_classes: int, classes: list[str
             "trained_on": {"device": str(device), "device_name": device_name(device), "torch": torch.__version__}}
 
 
-def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_path: Path, folds_path: Path, out_dir: Path) -> None:
+def ablation_spec(params: Mapping[str, Any], lr: float, variant: str) -> dict[str, Any]:
+    """The ablation model's training spec with one grid cell's learning rate and options."""
+    ablation = params["ablation"]
+    if variant not in ablation["options"]:
+        raise ValueError(f"ablation.options: no option set '{variant}' (defined: {sorted(ablation['options'])})")
+    spec = copy.deepcopy(model_spec(params, ablation["model"]))
+    spec["lr"] = lr
+    spec["options"] = {**spec.get("options", {}), **ablation["options"][variant]}
+    return spec
+
+
+def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_path: Path, folds_path: Path, out_dir: Path,
+                spec: Mapping[str, Any] | None = None) -> None:
+    """Train one model on one fold (``spec`` replaces its params entry, e.g. for an ablation cell)."""
     configure_threads()
-    spec = model_spec(params, model_name)
+    spec = spec or model_spec(params, model_name)
     seed = job_seed(params["seed"], model_name, fold)
     seed_everything(seed)
     arrays = load_arrays(arrays_path)
