@@ -32,6 +32,7 @@ def benchmark_params(n_models: int, n_folds: int, n_patients: int) -> dict:
     params["train"] = {"models": names, "folds": list(range(n_folds))}
     params["leakage"] = {"models": []}
     params["ensembles"] = {}
+    params["ablation"] = {"model": None, "lr": [], "options": {}}
     params["cascade"]["segmenter"] = names[0]
     return params
 
