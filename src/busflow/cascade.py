@@ -92,7 +92,8 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, frozenset({"cls"}), data, roles["train"], roles["val"], spec, n_classes=len(classes),
                       device=device, seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch)
-    description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=cascade["crop_size"], device=device)
+    description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=cascade["crop_size"], device=device,
+                                 preprocess=params["preprocess"])
     description.update(cascade={"segmenter": cascade["segmenter"], "margin": cascade["margin"],
                                 "empty_roi_fraction": cascade["empty_roi_fraction"]})
     save_run(out_dir, model.cpu(), description, history)

@@ -159,6 +159,14 @@ def cmd_queue_ablation(args: argparse.Namespace) -> None:
     print("then: dvc queue start -j N && dvc exp show" if not args.dry_run else "(dry run: nothing queued)")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from busflow.predict import predict_images
+
+    table = predict_images(Path(args.model), args.input, Path(args.out), device=args.device, batch_size=args.batch_size,
+                           threshold=args.threshold)
+    print(f"{len(table)} image(s) predicted; masks, overlays and predictions.csv in {args.out}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from busflow.evaluate.stage import evaluate_model, headline
 
@@ -219,6 +227,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", required=True)
     sub.add_argument("--fold", required=True, type=int)
     command("report", cmd_report, "tables, figures and the HTML/Markdown report", "results", "out")
+    sub = commands.add_parser("predict", help="run a trained model on new images (file, folder or glob)",
+                              description="Run a trained model on new images. Preprocessing comes from the model's own "
+                                          "model.json, not from params.yaml.")
+    sub.add_argument("--model", required=True, metavar="DIR", help="a trained model folder, e.g. results/busi/models/unet/fold0")
+    sub.add_argument("--input", required=True, metavar="PATH", help="an image, a folder of images, or a quoted glob")
+    sub.add_argument("--out", required=True, metavar="DIR")
+    sub.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    sub.add_argument("--batch-size", type=int, default=16)
+    sub.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold")
+    sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
+    sub.set_defaults(handler=cmd_predict)
     return parser
 
 

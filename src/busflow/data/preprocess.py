@@ -64,11 +64,24 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area-average the image (anti-aliased) and resize the mask by nearest neighbour."""
-    image_resized = Image.fromarray(image).resize((size, size), Image.Resampling.BOX)
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Area-average a uint8 image to size × size (anti-aliased)."""
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A boolean mask to size × size {0, 1} by nearest neighbour."""
     mask_resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
-    return np.asarray(image_resized), (np.asarray(mask_resized) > 127).astype(np.uint8)
+    return (np.asarray(mask_resized) > 127).astype(np.uint8)
+
+
+def model_input(gray: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:
+    """A decoded gray image as the networks see it: normalised, contrast-enhanced, resized (``preprocess``
+    settings: size, enhance, enhance_options). Training data and new images go through this one path."""
+    from busflow.data.enhance import enhance
+
+    enhanced = enhance(normalise(gray), settings["enhance"], **(settings.get("enhance_options") or {}))
+    return resize_image(enhanced, settings["size"])
 
 
 def select_classes(index: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
@@ -86,8 +99,7 @@ def preprocess_index(index: pd.DataFrame, size: int, *, classes: Sequence[str] =
                      options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Images (uint8, contrast-enhanced at full resolution, then resized) and union masks, in index order;
     labels index ``classes``."""
-    from busflow.data.enhance import enhance
-
+    settings = {"size": size, "enhance": enhancement, "enhance_options": options or {}}
     count = len(index)
     images = np.zeros((count, size, size), dtype=np.uint8)
     masks = np.zeros((count, size, size), dtype=np.uint8)
@@ -95,8 +107,8 @@ def preprocess_index(index: pd.DataFrame, size: int, *, classes: Sequence[str] =
         gray = load_grayscale(row.image_path)
         mask_paths = [p for p in str(row.mask_paths).split(";") if p and p != "nan"]
         union = load_mask_union(mask_paths, gray.shape)
-        enhanced = enhance(normalise(gray), enhancement, **(options or {}))
-        images[row_number], masks[row_number] = resize_pair(enhanced, union, size)
+        images[row_number] = model_input(gray, settings)
+        masks[row_number] = resize_mask(union, size)
     return {
         "images": images,
         "masks": masks,

@@ -25,11 +25,13 @@ def job_seed(seed: int, model: str, fold: int) -> int:
     return (seed * 1_000_003 + sum(map(ord, model)) * 101 + fold) % 2**31
 
 
-def describe_model(spec: Mapping[str, Any], *, n_classes: int, classes: list[str], image_size: int, device: torch.device) -> dict[str, Any]:
+def describe_model(spec: Mapping[str, Any], *, n_classes: int, classes: list[str], image_size: int, device: torch.device,
+                   preprocess: Mapping[str, Any]) -> dict[str, Any]:
     """Everything needed to rebuild the network and its input pipeline without params.yaml, and where it was trained."""
     return {"arch": spec["arch"], "options": dict(spec.get("options", {})), "in_channels": 1,
             "n_classes": n_classes, "classes": classes, "image_size": image_size,
             "tasks": sorted(model_tasks(spec["arch"])), "input_scaling": "uint8 / 255",
+            "preprocess": {key: preprocess[key] for key in ("size", "enhance", "enhance_options", "classes")},
             "trained_on": {"device": str(device), "device_name": device_name(device), "torch": torch.__version__}}
 
 
@@ -65,7 +67,9 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, tasks, data, roles["train"], roles["val"], spec, n_classes=len(classes), device=device,
                       seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch)
-    save_run(out_dir, model.cpu(), describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1], device=device), history)
+    description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1],
+                                 device=device, preprocess=params["preprocess"])
+    save_run(out_dir, model.cpu(), description, history)
     test, val = roles["test"], roles["val"]
     model.to(device)
     outputs = predict(model, data, test, device)

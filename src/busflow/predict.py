@@ -1,0 +1,137 @@
+"""``busflow predict``: run a trained model on new images — one file, a folder or a glob.
+
+The input pipeline is rebuilt from the model's own ``model.json`` (size, contrast enhancement, classes),
+never from the current params.yaml, and the weights are read with ``weights_only=True``. Images stream
+through in batches, so memory stays bounded for any number of them. Per image the command writes the
+lesion mask and an overlay at the image's own resolution, and one ``predictions.csv`` row with the class
+probabilities, the predicted class, the lesion area and shape descriptors of the largest lesion.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from busflow.data.folder import DatasetError
+from busflow.data.preprocess import load_grayscale, model_input, normalise
+from busflow.io import atomic_path, write_csv
+from busflow.morphology import largest_component
+from busflow.train.device import resolve_device
+from busflow.train.loop import ArrayData, predict
+from busflow.train.outputs import load_trained
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+
+
+def find_images(source: str) -> list[Path]:
+    """The images named by ``source``: a file, every image of a folder (masks ``*_mask*`` left out), or a glob."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    candidates = sorted(path.iterdir()) if path.is_dir() else sorted(Path(p) for p in glob.glob(source, recursive=True))
+    images = [p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem]
+    if not images:
+        raise DatasetError(f"{source}: no images found (expected a file, a folder or a glob of {sorted(IMAGE_SUFFIXES)})")
+    stems: dict[str, Path] = {}
+    for image in images:
+        if image.stem in stems:
+            raise DatasetError(f"{image}: same name as {stems[image.stem]}; outputs are named after the image, predict them separately")
+        stems[image.stem] = image
+    return images
+
+
+def shape_descriptors(mask: np.ndarray) -> dict[str, float]:
+    """Lesion area (all predicted pixels) and the shape of the largest lesion: bounding-box aspect ratio
+    (height / width; > 1 is taller than wide, a malignancy sign in BI-RADS), solidity (area / convex-hull
+    area) and margin irregularity (perimeter² / (4π · area): 1 for a disc, larger for lobulated or
+    spiculated margins)."""
+    lesion = largest_component(mask)
+    area = int(lesion.sum())
+    sizes = {"lesion_area_px": int(mask.sum()), "largest_lesion_area_px": area}
+    if area == 0:
+        return {**sizes, "aspect_ratio": math.nan, "solidity": math.nan, "margin_irregularity": math.nan}
+    contours, _ = cv2.findContours(lesion.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    rows, cols = np.flatnonzero(lesion.any(1)), np.flatnonzero(lesion.any(0))
+    hull_area = cv2.contourArea(cv2.convexHull(contour))
+    perimeter = cv2.arcLength(contour, closed=True)
+    return {**sizes, "aspect_ratio": (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1),
+            "solidity": min(1.0, area / hull_area) if hull_area else 1.0,
+            "margin_irregularity": perimeter**2 / (4 * math.pi * area)}
+
+
+def overlay_image(gray: np.ndarray, mask: np.ndarray, opacity: float = 0.4) -> np.ndarray:
+    """RGB picture of the (normalised) image with the lesion tinted and outlined."""
+    base = np.repeat(normalise(gray)[..., None], 3, axis=2).astype(np.float32)
+    base[mask] = (1 - opacity) * base[mask] + opacity * OVERLAY_COLOUR
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    picture = np.ascontiguousarray(base.round().astype(np.uint8))
+    cv2.drawContours(picture, contours, -1, tuple(int(c) for c in OVERLAY_COLOUR), thickness=max(1, min(mask.shape) // 200))
+    return picture
+
+
+def _save_png(pixels: np.ndarray, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+def _batches(paths: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(paths), size):
+        yield paths[start : start + size]
+
+
+def _full_resolution(probs: np.ndarray, shape: tuple[int, int], threshold: float) -> np.ndarray:
+    """Lesion mask at the original image size (bilinear probabilities, then the threshold)."""
+    resized = Image.fromarray(probs.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized) >= threshold
+
+
+def _row(path: Path, gray: np.ndarray, outputs: dict[str, np.ndarray], k: int, classes: Sequence[str],
+         threshold: float, out_dir: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"image": path.name, "path": str(path), "height": gray.shape[0], "width": gray.shape[1]}
+    if "class_probs" in outputs:
+        probs = outputs["class_probs"][k]
+        row.update({f"prob_{name}": float(p) for name, p in zip(classes, probs)})
+        row["predicted_class"] = classes[int(probs.argmax())]
+    if "mask_probs" in outputs:
+        mask = _full_resolution(outputs["mask_probs"][k], gray.shape, threshold)
+        _save_png(mask.astype(np.uint8) * 255, out_dir / f"{path.stem}_mask.png")
+        _save_png(overlay_image(gray, mask), out_dir / f"{path.stem}_overlay.png")
+        row.update(lesion_fraction=float(mask.mean()), **shape_descriptors(mask))
+    return row
+
+
+def predict_images(model_dir: Path, source: str, out_dir: Path, *, device: str = "auto", batch_size: int = 16,
+                   threshold: float = 0.5, progress: bool = True) -> pd.DataFrame:
+    """Predict every image of ``source`` with the trained model in ``model_dir``; write masks, overlays and
+    ``out_dir/predictions.csv``; return the table."""
+    model, description = load_trained(model_dir)
+    settings = description.get("preprocess")
+    if settings is None:
+        raise DatasetError(f"{model_dir / 'model.json'}: no preprocessing recorded (trained by an older busflow); retrain it")
+    if description.get("cascade"):
+        raise DatasetError(f"{model_dir}: a cascade classifier sees lesion crops; predict with its segmenter and classifier")
+    paths = find_images(source)
+    target = resolve_device(device)
+    model.to(target)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for chunk in tqdm(list(_batches(paths, batch_size)), desc=f"predict {model_dir.name}", unit="batch", disable=not progress):
+        grays = [load_grayscale(path) for path in chunk]
+        inputs = np.stack([model_input(gray, settings) for gray in grays])
+        blank = np.zeros(len(chunk), dtype=np.int64)
+        outputs = predict(model, ArrayData(inputs, np.zeros_like(inputs), blank), np.arange(len(chunk)), target, batch_size)
+        rows += [_row(path, gray, outputs, k, description["classes"], threshold, out_dir) for k, (path, gray) in enumerate(zip(chunk, grays))]
+    table = pd.DataFrame(rows)
+    write_csv(out_dir / "predictions.csv", table)
+    return table

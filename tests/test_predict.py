@@ -1,0 +1,108 @@
+"""busflow predict: files per image, values consistent with the masks, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from busflow.cli import main
+from busflow.data.folder import DatasetError
+from busflow.data.synthetic import generate_phantoms
+from busflow.models import build_model
+from busflow.predict import predict_images, shape_descriptors
+from busflow.train.outputs import save_run
+from busflow.train.stage import describe_model
+
+CLASSES = ["normal", "benign", "malignant"]
+PREPROCESS = {"size": 64, "enhance": "none", "enhance_options": {}, "classes": CLASSES}
+
+
+def _saved_model(directory: Path, arch: str, options: dict) -> Path:
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=1, n_classes=3, options=options)
+    description = describe_model({"arch": arch, "options": options}, n_classes=3, classes=CLASSES, image_size=64,
+                                 device=torch.device("cpu"), preprocess=PREPROCESS)
+    save_run(directory, model, description, pd.DataFrame({"epoch": [1]}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("new_images")
+    generate_phantoms(root / "raw", n_patients=4, seed=3, image_size=(70, 90),
+                      class_mix={"normal": 0.0, "benign": 0.5, "malignant": 0.5}, views_per_patient=(1, 1))
+    folder = root / "scans"
+    folder.mkdir()
+    for path in sorted((root / "raw").rglob("*.png")):
+        if "_mask" not in path.stem:
+            Image.open(path).save(folder / path.name)
+    return folder
+
+
+def test_segmenter_writes_mask_overlay_and_a_consistent_row(tmp_path: Path, images: Path) -> None:
+    model = _saved_model(tmp_path / "classical", "classical_threshold", {})
+    table = predict_images(model, str(images), tmp_path / "out", progress=False)
+    assert len(table) == len(list(images.glob("*.png"))) == 4
+    for row in table.itertuples():
+        stem = Path(row.image).stem
+        with Image.open(tmp_path / "out" / f"{stem}_mask.png") as mask, Image.open(images / row.image) as original:
+            assert mask.size == original.size == (90, 70)  # the image's own resolution
+            pixels = np.asarray(mask) > 0
+        assert row.lesion_area_px == pixels.sum() > 0  # the phantoms' dark lesions are found
+        assert row.largest_lesion_area_px <= row.lesion_area_px
+        assert row.lesion_fraction == pytest.approx(pixels.mean())
+        with Image.open(tmp_path / "out" / f"{stem}_overlay.png") as overlay:
+            assert overlay.mode == "RGB" and overlay.size == (90, 70)
+    assert (pd.read_csv(tmp_path / "out" / "predictions.csv")["lesion_area_px"] == table["lesion_area_px"]).all()
+
+
+def test_multitask_model_gives_probabilities_and_a_mask(tmp_path: Path, images: Path) -> None:
+    model = _saved_model(tmp_path / "mtl", "mtl_resnet50", {"widen_factor": 0.125, "decoder_channels": [16, 8, 8, 8, 8]})
+    single = next(iter(sorted(images.glob("*.png"))))
+    table = predict_images(model, str(single), tmp_path / "one", progress=False)
+    probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    assert probs.sum(1) == pytest.approx(1.0) and table["predicted_class"].iloc[0] == CLASSES[int(probs.argmax())]
+    assert (tmp_path / "one" / f"{single.stem}_mask.png").exists()
+    globbed = predict_images(model, str(images / "*.png"), tmp_path / "glob", progress=False, batch_size=3)
+    assert len(globbed) == 4
+
+
+def test_shape_descriptors_of_a_disc_and_a_tall_ellipse() -> None:
+    yy, xx = np.mgrid[:101, :101]
+    disc = (yy - 50) ** 2 + (xx - 50) ** 2 <= 30**2
+    described = shape_descriptors(disc)
+    assert described["aspect_ratio"] == pytest.approx(1.0)
+    assert described["solidity"] == pytest.approx(1.0, abs=0.02)
+    assert described["margin_irregularity"] == pytest.approx(1.0, abs=0.15)
+    tall = ((yy - 50) / 40) ** 2 + ((xx - 50) / 15) ** 2 <= 1
+    assert shape_descriptors(tall)["aspect_ratio"] > 2.5  # taller than wide
+    assert math.isnan(shape_descriptors(np.zeros((8, 8), bool))["solidity"])
+
+
+def test_preprocessing_comes_from_model_json_not_params(tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _saved_model(tmp_path / "classical", "classical_threshold", {})
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: predict must not need one
+    assert main(["predict", "--model", str(model), "--input", str(images), "--out", str(tmp_path / "cli")]) == 0
+    description = json.loads((model / "model.json").read_text())
+    del description["preprocess"]
+    (model / "model.json").write_text(json.dumps(description))
+    with pytest.raises(DatasetError, match="no preprocessing recorded"):
+        predict_images(model, str(images), tmp_path / "old", progress=False)
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path, images: Path) -> None:
+    model = _saved_model(tmp_path / "classical", "classical_threshold", {})
+    with pytest.raises(DatasetError, match="no images found"):
+        predict_images(model, str(tmp_path / "nothing*.png"), tmp_path / "out", progress=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "scan.png").write_bytes(b"not a png at all")
+    with pytest.raises(DatasetError, match="scan.png: cannot be decoded as an image"):
+        predict_images(model, str(broken), tmp_path / "out", progress=False)
