@@ -117,6 +117,29 @@ def test_ablation_grid_trains_every_cell_with_its_settings(project: Path) -> Non
     assert len(dice) == 4 and (dice["folds"] == 2).all()
 
 
+def test_every_report_table_row_links_to_a_declared_output(project: Path) -> None:
+    results = project / "results/synthetic"
+    declared = {path for job in snakemake_jobs(project) for path in job.outputs}
+
+    def is_declared(path: str) -> bool:  # a file output, or a file inside a directory output
+        full = f"results/synthetic/{path}"
+        return full in declared or any(full.startswith(f"{d}/") for d in declared)
+
+    html = (results / "report/index.html").read_text()
+    for table in sorted((results / "report/tables").glob("*.csv")):
+        frame = pd.read_csv(table, keep_default_na=False)
+        assert "source" in frame.columns, table.name
+        for cell in frame["source"]:
+            paths = [p for p in str(cell).split("; ") if p]
+            assert paths, f"{table.name}: a row without a source"
+            for path in paths:
+                assert (results / path).is_file(), (table.name, path)
+                assert path.startswith("logs/") or is_declared(path), (table.name, path)
+    leaderboard = pd.read_csv(results / "report/tables/leaderboard.csv")
+    for cell in leaderboard["source"]:
+        assert all(f'href="../{path}"' in html for path in cell.split("; "))
+
+
 def _scale_lr(project: Path, model: str, factor: float) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["models"][model]["lr"] *= factor

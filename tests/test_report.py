@@ -343,7 +343,7 @@ def test_split_table_carries_counts_and_audit_crossings(full: tuple[Path, Path])
     results, out = full
     split = pd.read_csv(out / "tables" / "split.csv", keep_default_na=False)
     counts = pd.read_csv(results / SPLIT_FILES["counts"], keep_default_na=False)
-    pd.testing.assert_frame_equal(split.drop(columns=["crossings"]), counts)
+    pd.testing.assert_frame_equal(split.drop(columns=["crossings", "source"]), counts)
     main, study = split[split["split"] == "main"], split[split["split"] == "leakage_study"]
     assert (main["crossings"] == "none").all() and set(main["protocol"]) == {"kfold"}
     audit = json.loads((results / SPLIT_FILES["audit"]).read_text())
@@ -381,7 +381,7 @@ def test_groups_and_label_conflicts(full: tuple[Path, Path]) -> None:
     clusters = _planted_clusters(index)
     groups = pd.read_csv(out / "tables" / "groups.csv", keep_default_na=False)
     assert groups.columns.tolist() == ["group_id", "n_images", "image_ids", "labels", "reasons", "min_score",
-                                       "max_score", "label_conflict"]
+                                       "max_score", "label_conflict", "source"]
     # 15 two-image patients; the exact pair joins 2 patients, the conflict triple 3: 10 + 1 + 1 groups
     assert len(groups) == 12 and groups["n_images"].sum() == N_IMAGES
     conflict = groups[groups["label_conflict"]]
@@ -390,7 +390,7 @@ def test_groups_and_label_conflicts(full: tuple[Path, Path]) -> None:
     assert conflict["reasons"].iloc[0] == "near-duplicate; patient"
     assert conflict["min_score"].iloc[0] == pytest.approx(0.88)
     table = pd.read_csv(out / "tables" / "label_conflicts.csv")
-    assert table.columns.tolist() == ["group_id", "images", "labels", "n_images", "action"]
+    assert table.columns.tolist() == ["group_id", "images", "labels", "n_images", "action", "source"]
     assert len(table) == 1 and table["images"].iloc[0] == "; ".join(sorted(clusters["conflict"]))
     html = (out / "index.html").read_text()
     assert "drop: 3 images excluded from every fold" in html

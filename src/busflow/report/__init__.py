@@ -21,6 +21,7 @@ from .loading import RunResults, load_results
 from .render import render_html, render_markdown
 from .uncertainty import BootstrapSettings, calibration_table, comparison_table, failure_table, interval_table
 from .reproduction import reproduction_table
+from .sources import add_sources
 from .tables import (
     SHEETS_DIR,
     classification_table,
@@ -110,7 +111,7 @@ def build_report(
     ensembles = tuple(params.get("ensembles") or ())
     run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models, ensembles,
                        params.get("external"), params.get("ablation"))
-    tables = compute_tables(run, params)
+    tables = add_sources(compute_tables(run, params), run)
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)
     write_figures(run, tables, out_dir)

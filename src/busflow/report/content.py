@@ -14,6 +14,7 @@ import pandas as pd
 from .loading import RunResults
 from .render import (
     NA,
+    SOURCE,
     Block,
     Bullets,
     Details,
@@ -222,7 +223,7 @@ def split_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
         KeyValues((("protocol", split_label(run)), ("audit (split/audit.json)", "passed" if passed else "FAILED"))),
         *(audit_verdict(split) for split in run.audit.get("splits", [])),
     ]
-    labels = ("split", "protocol", "column", "role", "crossings")
+    labels = ("split", "protocol", "column", "role", "crossings", SOURCE)
     counts = [c for c in tables.split.columns if c not in labels]
     blocks.append(Table(format_frame(tables.split, count_columns=counts),
                         "Images, groups, patients and classes per split, role column and role, with the groups, "
@@ -309,8 +310,9 @@ def leaderboard_display(leaderboard: pd.DataFrame, kind: str) -> pd.DataFrame:
         for metric in HEADLINE_METRICS:
             out[metric] = (fmt_mean_sd(row[f"{metric}_mean"], row[f"{metric}_sd"]) if kind == "mean_sd"
                            else fmt_interval(row[f"{metric}_pooled"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]))
+        out[SOURCE] = row.get(SOURCE, "")
         rows.append(out)
-    return pd.DataFrame(rows, columns=["model", "split", "tasks", "folds", *HEADLINE_METRICS])
+    return pd.DataFrame(rows, columns=["model", "split", "tasks", "folds", *HEADLINE_METRICS, SOURCE])
 
 
 def leaderboard_blocks(tables: ReportTables) -> list[Block]:
@@ -344,7 +346,7 @@ def comparison_blocks(tables: ReportTables) -> list[Block]:
         "model value": [fmt_value(v) for v in table["model_value"]],
         "reference value": [fmt_value(v) for v in table["reference_value"]],
         "difference [interval]": [fmt_interval(d, lo, hi) for d, lo, hi in zip(table["difference"], table["ci_low"], table["ci_high"])],
-        "p": [fmt_value(v) for v in table["p_value"]], "images": table["n_images"],
+        "p": [fmt_value(v) for v in table["p_value"]], "images": table["n_images"], SOURCE: table.get(SOURCE, ""),
     })
     reference = str(table["reference"].iloc[0])
     return [Table(display, f"Paired comparison with {reference} on the test images both predicted: the same "
@@ -364,6 +366,7 @@ def reproduction_blocks(tables: ReportTables) -> list[Block]:
                              for m, s, status in zip(table["ours_mean"], table["ours_sd"], table["status"])],
         "delta": [NA if is_missing(v) else f"{v:+.3f}" for v in table["delta"]],
         "ours pooled [interval]": [fmt_interval(e, lo, hi) for e, lo, hi in zip(table["ours_pooled"], table["ci_low"], table["ci_high"])],
+        SOURCE: table.get(SOURCE, ""),
     })
     return [Heading(f"Reproduction of {paper}: {published()[paper]['title']}"),
             Para(f"Ours: {table['our_protocol'].iloc[0]}. Paper: {table['paper_protocol'].iloc[0]}. "
@@ -397,6 +400,7 @@ def leakage_display(leakage: pd.DataFrame) -> pd.DataFrame:
         "grouped (leak-free)": [fmt_mean_sd(m, s) for m, s in zip(leakage["grouped_mean"], leakage["grouped_sd"])],
         "image-level (leaky)": [fmt_mean_sd(m, s) for m, s in zip(leakage["image_level_mean"], leakage["image_level_sd"])],
         "inflation": [NA if is_missing(v) else f"{v:+.3f}" for v in leakage["inflation"]],
+        SOURCE: leakage.get(SOURCE, ""),
     })
 
 
@@ -412,6 +416,7 @@ def external_blocks(tables: ReportTables) -> list[Block]:
         "external (mean ± sd)": [fmt_mean_sd(m, s) for m, s in zip(table["external_mean"], table["external_sd"])],
         "difference": [NA if is_missing(v) else f"{v:+.3f}" for v in table["difference"]],
         "external images": table["external_images"],
+        SOURCE: table.get(SOURCE, ""),
     })
     return [Heading("External validation"),
             Para("Every fold model is tested on all images of the external dataset, preprocessed like this run's; its "
@@ -427,7 +432,7 @@ def ablation_blocks(tables: ReportTables) -> list[Block]:
                 Figure("figures/ablation.png", "Ablation heat map (empty in this run).")]
     display = pd.DataFrame({"lr": [f"{v:g}" for v in table["lr"]], "options": table["options"], "metric": table["metric"],
                             "mean ± sd": [fmt_mean_sd(m, s) for m, s in zip(table["mean"], table["sd"])],
-                            "folds": table["folds"]})
+                            "folds": table["folds"], SOURCE: table.get(SOURCE, "")})
     return [Heading(f"Ablation: {table['model'].iloc[0]}, learning rate × options"),
             Figure("figures/ablation.png", "Mean over folds of the headline metric per grid cell (annotated mean ± sd)."),
             Table(display, "Every grid cell and metric (tables/ablation.csv)", "no ablation results")]

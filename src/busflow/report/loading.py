@@ -67,9 +67,14 @@ class RunResults:
     external: dict[str, tuple[FoldResult, ...]] = field(default_factory=dict)  # dataset -> fold models tested on it
     ablation: dict[tuple[float, str], tuple[FoldResult, ...]] = field(default_factory=dict)  # (lr, option set) -> folds
 
+    @property
+    def root(self) -> Path:
+        """``results/<run>/``, which every pipeline output path is relative to."""
+        return self.arrays_path.parent.parent
+
     def job_times(self) -> pd.DataFrame:
         """Wall time of every finished pipeline job, from the last line of its log under ``logs/``."""
-        logs, rows = self.arrays_path.parent.parent / "logs", []
+        logs, rows = self.root / "logs", []
         for log in sorted(logs.rglob("*.log")):
             found = DONE_LINE.findall(log.read_text(encoding="utf-8", errors="replace"))
             if found:

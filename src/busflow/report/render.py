@@ -42,6 +42,9 @@ class KeyValues:
     pairs: tuple[tuple[str, str], ...]
 
 
+SOURCE = "source"  # the table column naming the pipeline outputs a row was computed from
+
+
 @dataclass(frozen=True)
 class Table:
     frame: pd.DataFrame = field(compare=False)
@@ -137,7 +140,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (no ``tabulate`` dependency)."""
     header = "| " + " | ".join(_md_cell(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    rows = ["| " + " | ".join(" ".join(f"[{p}]({source_href(p)})" for p in source_paths(v)) if c == SOURCE else _md_cell(v)
+                              for c, v in zip(frame.columns, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
 
@@ -197,12 +201,28 @@ pre{background:#f5f6f8;padding:1em;overflow:auto;font-size:.85em}
 """
 
 
+def source_paths(cell: object) -> list[str]:
+    """The paths of one ``source`` cell (``; ``-joined, relative to ``results/<run>/``)."""
+    return [p for p in cell.split("; ") if p] if isinstance(cell, str) else []
+
+
+def source_href(path: str) -> str:
+    """Link from ``results/<run>/report/`` to a file under ``results/<run>/``."""
+    return f"../{path}"
+
+
+def _html_cell(column: str, value: object) -> str:
+    if column != SOURCE:
+        return html.escape(str(value))
+    return " ".join(f'<a href="{html.escape(source_href(p), quote=True)}">{html.escape(p)}</a>' for p in source_paths(value))
+
+
 def html_table(frame: pd.DataFrame, caption: str = "") -> str:
-    """An escaped HTML table of display strings."""
+    """An escaped HTML table of display strings; ``source`` cells become links to the files they name."""
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{_html_cell(c, v)}</td>" for c, v in zip(frame.columns, row)) + "</tr>"
         for row in frame.itertuples(index=False)
     )
     return f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
