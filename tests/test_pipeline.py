@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from busflow.layout import REPORT_FILES
-from conftest import TINY_PARAMS, run_tool, workflow_copy
+from conftest import TINY_PARAMS, run_tool, tool_env, workflow_copy
 from dag import snakemake_jobs
 
 pytestmark = pytest.mark.slow
@@ -138,6 +140,22 @@ def test_every_report_table_row_links_to_a_declared_output(project: Path) -> Non
     leaderboard = pd.read_csv(results / "report/tables/leaderboard.csv")
     for cell in leaderboard["source"]:
         assert all(f'href="../{path}"' in html for path in cell.split("; "))
+
+
+def test_retraining_on_cpu_reproduces_the_metrics_bit_for_bit(project: Path, tmp_path: Path) -> None:
+    """The same params, model and fold trained again from scratch give byte-identical predictions and metrics."""
+    results = project / "results/synthetic"
+    again = tmp_path / "unet_fold0"
+    common = ["--params", "params.yaml", "--model", "unet", "--fold", "0", "--arrays", str(results / "data/arrays.npz")]
+    one_thread = dict(tool_env(), OMP_NUM_THREADS="1")  # as Snakemake runs it (threads: 1): the same reduction order
+    for command in (["busflow", "train", *common, "--folds", str(results / "split/folds.csv"), "--out", str(again)],
+                    ["busflow", "evaluate", *common, "--predictions", str(again / "predictions.npz"), "--out", str(again)]):
+        subprocess.run(command, cwd=project, env=one_thread, check=True, capture_output=True)
+    for name in ("predictions.npz", "predictions.csv", "metrics.json", "per_image.csv"):
+        assert (again / name).read_bytes() == (results / "models/unet/fold0" / name).read_bytes(), name
+    # weights.pt: equal tensors (torch writes a fresh serialization id into every file, so not equal bytes).
+    first, second = (torch.load(d / "weights.pt", weights_only=True) for d in (again, results / "models/unet/fold0"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def _scale_lr(project: Path, model: str, factor: float) -> None:
