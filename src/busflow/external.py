@@ -21,21 +21,10 @@ from busflow.data.preprocess import preprocess_raw, save_arrays
 from busflow.data.sources import fetch_dataset
 from busflow.evaluate.stage import evaluate_model, headline
 from busflow.io import atomic_dir, write_csv
-from busflow.predictions import VALIDATION_PREFIX, prediction_table, save_predictions
+from busflow.predictions import load_predictions, prediction_table, save_predictions
 from busflow.train.device import configure_threads, resolve_device
 from busflow.train.loop import ArrayData, predict
 from busflow.train.outputs import load_trained
-
-
-def _in_domain_validation(predictions: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The validation outputs the fold model stored in training, to carry its operating point along."""
-    with np.load(predictions, allow_pickle=False) as archive:
-        ids = archive[f"{VALIDATION_PREFIX}image_ids"].astype(str).tolist()
-        outputs = {key: archive[f"{VALIDATION_PREFIX}{key}"] for key in ("class_probs", "mask_probs")
-                   if f"{VALIDATION_PREFIX}{key}" in archive.files}
-    if "mask_probs" in outputs:
-        outputs["mask_probs"] = outputs["mask_probs"].astype(np.float32) / 255.0
-    return ids, outputs
 
 
 def predict_external(model_dir: Path, arrays: Mapping[str, np.ndarray], groups: list[str], device: Any, out_dir: Path) -> None:
@@ -49,7 +38,9 @@ def predict_external(model_dir: Path, arrays: Mapping[str, np.ndarray], groups: 
     rows = np.arange(len(arrays["image_ids"]))
     outputs = predict(model.to(device), data, rows, device)
     table = prediction_table(arrays["image_ids"], groups, arrays["labels"], classes, outputs)
-    save_predictions(out_dir, table, outputs, validation=_in_domain_validation(model_dir / "predictions.npz"))
+    # The fold model's own validation outputs travel along, so evaluation keeps its in-domain operating point.
+    validation = load_predictions(model_dir / "predictions.npz", "val")
+    save_predictions(out_dir, table, outputs, validation=(validation.image_ids, validation.outputs))
 
 
 def run_external(params: Mapping[str, Any], arrays_path: Path, models_dir: Path, out_root: Path,

@@ -9,7 +9,6 @@ DVCLIVE_DIR = "dvclive"  # per-epoch curves logged with dvclive, beside history.
 TRAIN_OUTPUTS: tuple[str, ...] = ("weights.pt", "model.json", "history.csv", "predictions.csv", "predictions.npz")
 TRAIN_LIVE_METRICS = f"{DVCLIVE_DIR}/metrics.json"  # last epoch's values
 TRAIN_PLOTS = f"{DVCLIVE_DIR}/plots/metrics"  # a folder: one .tsv per logged metric
-ENSEMBLE_OUTPUTS: tuple[str, ...] = ("model.json", "predictions.csv", "predictions.npz")
 EVALUATE_OUTPUTS: tuple[str, ...] = ("metrics.json", "per_image.csv")
 REPORT_FILES: tuple[str, ...] = (
     "index.html",
@@ -67,12 +66,6 @@ def fold_dir(run: str, model: str, fold: int | str, split: str = "main") -> str:
     """Outputs of one model on one test fold; runs on the leaky split live beside them under ``random_image/``."""
     leaky = f"{LEAKY_SPLIT}/" if split == LEAKY_SPLIT else ""
     return f"{results_root(run)}/models/{model}/{leaky}fold{fold}"
-
-
-def ensemble_dir(run: str, ensemble: str, fold: int | str) -> str:
-    """Outputs of one ensemble on one test fold. Kept apart from ``models/`` because an ensemble reads
-    that whole folder (DVC cannot list a variable number of member files as dependencies)."""
-    return f"{results_root(run)}/ensembles/{ensemble}/fold{fold}"
 
 
 def ablation_cell(lr: float | str, variant: str) -> str:

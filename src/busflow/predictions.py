@@ -88,13 +88,12 @@ class PartOutputs:
 
     def aligned_to(self, image_ids: Sequence[str], source: Path, exact: bool = True) -> "PartOutputs":
         """The outputs of ``image_ids`` in their order; every id must be present, and (``exact``) no other."""
-        position = {str(i): n for n, i in enumerate(self.image_ids)}
-        missing = [str(i) for i in image_ids if str(i) not in position]
-        if missing or (exact and len(position) != len(image_ids)):
-            extra = sorted(set(position) - {str(i) for i in image_ids})
+        missing = sorted({str(i) for i in image_ids} - set(self.image_ids))
+        extra = sorted(set(self.image_ids) - {str(i) for i in image_ids}) if exact else []
+        if missing or extra:
             raise ValueError(f"{source}: predicted images differ from the expected ones "
                              f"(missing {missing[:5]}, unexpected {extra[:5]})")
-        rows = np.array([position[str(i)] for i in image_ids], dtype=np.int64)
+        rows = rows_of(self.image_ids, image_ids, source)
         return PartOutputs(np.asarray(image_ids, dtype=str), {k: v[rows] for k, v in self.outputs.items()})
 
 

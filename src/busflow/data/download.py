@@ -34,8 +34,8 @@ SCHEMES = ("http", "https", "file")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
-# What a corrupt or unusual archive raises while being read: zipfile signals an encrypted member with
-# RuntimeError and an unsupported compression method with NotImplementedError.
+# What a corrupt or unusual archive raises while being read. zipfile raises RuntimeError for an encrypted
+# member, and its own error type (listed below) for a compression method it cannot decode.
 _ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError,
                    RuntimeError, NotImplementedError, OSError)
 

@@ -14,7 +14,7 @@ randomly initialised (no pretrained downloads). Paper-specific architectures:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.networks.nets import DenseNet121, DenseNet201, EfficientNetBN, ViT
@@ -165,35 +165,28 @@ class VGG(nn.Module):
         return {"logits": self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))}
 
 
-@register("vgg16", tasks={"cls"}, description="VGG-16 (config D) classifier, optional batch norm")
-def build_vgg16(
-    *,
-    in_channels: int,
-    n_classes: int,
-    batch_norm: bool = False,
-    width_factor: float = 1.0,
-    classifier_width: int = 4096,
-    dropout: float = 0.5,
-) -> nn.Module:
-    """Build VGG-16 (Simonyan & Zisserman, 2015, config "D"); ``width_factor`` scales every conv width
-    (1.0 = 64..512) and ``classifier_width`` the two hidden dense layers (4096)."""
-    return VGG(in_channels, n_classes, VGG_CONFIGS["D"], batch_norm=bool(batch_norm), width_factor=width_factor,
-               classifier_width=classifier_width, dropout=dropout)
+def _vgg_builder(config: str) -> Callable[..., nn.Module]:
+    """A builder of VGG config ``config`` ("D" = VGG-16, "E" = VGG-19, Simonyan & Zisserman, 2015)."""
+
+    def build(
+        *,
+        in_channels: int,
+        n_classes: int,
+        batch_norm: bool = False,
+        width_factor: float = 1.0,
+        classifier_width: int = 4096,
+        dropout: float = 0.5,
+    ) -> nn.Module:
+        """``width_factor`` scales every conv width (1.0 = 64..512), ``classifier_width`` the two hidden dense
+        layers (4096); ``batch_norm`` adds BN after every conv."""
+        return VGG(in_channels, n_classes, VGG_CONFIGS[config], batch_norm=bool(batch_norm), width_factor=width_factor,
+                   classifier_width=classifier_width, dropout=dropout)
+
+    return build
 
 
-@register("vgg19", tasks={"cls"}, description="VGG-19 (config E) classifier, optional batch norm")
-def build_vgg19(
-    *,
-    in_channels: int,
-    n_classes: int,
-    batch_norm: bool = False,
-    width_factor: float = 1.0,
-    classifier_width: int = 4096,
-    dropout: float = 0.5,
-) -> nn.Module:
-    """Build VGG-19 (Simonyan & Zisserman, 2015, config "E"); options as for ``vgg16``."""
-    return VGG(in_channels, n_classes, VGG_CONFIGS["E"], batch_norm=bool(batch_norm), width_factor=width_factor,
-               classifier_width=classifier_width, dropout=dropout)
+register("vgg16", tasks={"cls"}, description="VGG-16 (config D) classifier, optional batch norm")(_vgg_builder("D"))
+register("vgg19", tasks={"cls"}, description="VGG-19 (config E) classifier, optional batch norm")(_vgg_builder("E"))
 
 
 # --------------------------------------------------------------------------- EfficientNet
