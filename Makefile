@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) --editable ".[workflow,dev]"
+	$(PIP) --editable ".[workflow,demo,dev]"
 	touch $@
 
 run: setup

@@ -106,3 +106,68 @@ def test_bad_inputs_name_the_file(tmp_path: Path, images: Path) -> None:
     (broken / "scan.png").write_bytes(b"not a png at all")
     with pytest.raises(DatasetError, match="scan.png: cannot be decoded as an image"):
         predict_images(model, str(broken), tmp_path / "out", progress=False)
+
+
+def _run_tree(root: Path) -> dict[str, Path]:
+    """A results/<run> layout with a segmenter, a multi-task model, a cascade over the segmenter and an
+    ensemble of the two mask models, all on fold 0 (random weights: only consistency is checked)."""
+    models = root / "models"
+    seg = _saved_model(models / "unet" / "fold0", "unet", {"features": [4, 4, 8, 8, 16, 4]})
+    mtl = _saved_model(models / "mtl" / "fold0", "mtl_resnet50", {"widen_factor": 0.125, "decoder_channels": [16, 8, 8, 8, 8]})
+    cascade = _saved_model(models / "cascade" / "fold0", "segnet_classifier", {"filters": [8, 8, 16, 16]})
+    description = json.loads((cascade / "model.json").read_text())
+    description["cascade"] = {"segmenter": "unet", "margin": 0.15, "empty_roi_fraction": 0.5, "threshold": 0.5}
+    (cascade / "model.json").write_text(json.dumps(description))
+    ensemble = root / "ensembles" / "pair" / "fold0"
+    ensemble.mkdir(parents=True)
+    (ensemble / "model.json").write_text(json.dumps({
+        "arch": "ensemble", "members": ["unet", "mtl"], "weights_rule": "validation", "weights": {"seg": {"unet": 0.25, "mtl": 0.75}},
+        "tasks": ["seg"], "classes": CLASSES, "image_size": 64}))
+    return {"seg": seg, "mtl": mtl, "cascade": cascade, "ensemble": ensemble}
+
+
+def test_cascade_predicts_mask_box_and_crop_class(tmp_path: Path, images: Path) -> None:
+    tree = _run_tree(tmp_path / "run")
+    table = predict_images(tree["cascade"], str(images), tmp_path / "out", progress=False)
+    segmenter_only = predict_images(tree["seg"], str(images), tmp_path / "seg", progress=False)
+    # The cascade's mask is its segmenter's; its classes come from the crop classifier.
+    assert (table["lesion_area_px"] == segmenter_only["lesion_area_px"]).all()
+    assert table[[f"prob_{c}" for c in CLASSES]].sum(axis=1).to_numpy() == pytest.approx(1.0)
+    assert ((table.roi_top < table.roi_bottom) & (table.roi_bottom <= table.height)).all()
+    assert ((table.roi_left < table.roi_right) & (table.roi_right <= table.width)).all()
+    (tree["seg"] / "model.json").unlink()
+    with pytest.raises(DatasetError, match="needs the trained model unet of the same fold"):
+        predict_images(tree["cascade"], str(images), tmp_path / "again", progress=False)
+
+
+def test_ensemble_prediction_is_the_weighted_mean_of_its_members(images: Path) -> None:
+    from busflow.inference import load_predictor
+
+    tree = _run_tree(images.parent / "ensemble_run")
+    grays = [np.asarray(Image.open(p).convert("L"), dtype=np.float32) for p in sorted(images.glob("*.png"))]
+    combined = load_predictor(tree["ensemble"]).predict(grays)["mask_probs"]
+    expected = 0.25 * load_predictor(tree["seg"]).predict(grays)["mask_probs"] + 0.75 * load_predictor(tree["mtl"]).predict(grays)["mask_probs"]
+    np.testing.assert_allclose(combined, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["seg", "cascade", "ensemble"])
+def test_a_packaged_model_predicts_exactly_as_its_folder(tmp_path: Path, images: Path, kind: str) -> None:
+    tree = _run_tree(tmp_path / "run")
+    package = tmp_path / f"{kind}.safetensors"
+    assert main(["package", "--model", str(tree[kind]), "--out", str(package)]) == 0
+    from_folder = predict_images(tree[kind], str(images), tmp_path / "folder", progress=False)
+    from_package = predict_images(package, str(images), tmp_path / "package", progress=False)
+    pd.testing.assert_frame_equal(from_folder, from_package)
+
+
+def test_foreign_safetensors_and_pickles_are_refused(tmp_path: Path, images: Path) -> None:
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(DatasetError, match="without busflow metadata"):
+        predict_images(foreign, str(images), tmp_path / "out", progress=False)
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(DatasetError, match="damaged.safetensors: not a readable safetensors"):
+        predict_images(damaged, str(images), tmp_path / "out", progress=False)

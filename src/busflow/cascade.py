@@ -95,7 +95,7 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=cascade["crop_size"], device=device,
                                  preprocess=params["preprocess"])
     description.update(cascade={"segmenter": cascade["segmenter"], "margin": cascade["margin"],
-                                "empty_roi_fraction": cascade["empty_roi_fraction"]})
+                                "empty_roi_fraction": cascade["empty_roi_fraction"], "threshold": params["evaluate"]["threshold"]})
     save_run(out_dir, model.cpu(), description, history)
     model.to(device)
     outputs = predict(model, data, test, device)

@@ -167,6 +167,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"{len(table)} image(s) predicted; masks, overlays and predictions.csv in {args.out}")
 
 
+def cmd_package(args: argparse.Namespace) -> None:
+    from busflow.inference import PACKAGE_SUFFIX, load_model_dir, save_package
+
+    out = Path(args.out)
+    if out.suffix != PACKAGE_SUFFIX:
+        raise ValueError(f"--out {out}: a model package is a {PACKAGE_SUFFIX} file")
+    save_package(load_model_dir(Path(args.model)), out)
+    print(f"{args.model} packaged into {out} ({out.stat().st_size / 1e6:.1f} MB); use it with `busflow predict --model {out}`")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from busflow.demo import launch
+
+    launch(Path(args.results), host=args.host, port=args.port, device=args.device, max_upload_mb=args.max_upload_mb)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from busflow.evaluate.stage import evaluate_model, headline
 
@@ -230,7 +246,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("predict", help="run a trained model on new images (file, folder or glob)",
                               description="Run a trained model on new images. Preprocessing comes from the model's own "
                                           "model.json, not from params.yaml.")
-    sub.add_argument("--model", required=True, metavar="DIR", help="a trained model folder, e.g. results/busi/models/unet/fold0")
+    sub.add_argument("--model", required=True, metavar="PATH",
+                     help="a trained model folder (e.g. results/busi/models/unet/fold0, an ensembles/<name>/fold<k> folder) "
+                          "or a .safetensors package")
     sub.add_argument("--input", required=True, metavar="PATH", help="an image, a folder of images, or a quoted glob")
     sub.add_argument("--out", required=True, metavar="DIR")
     sub.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
@@ -238,6 +256,19 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold")
     sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
     sub.set_defaults(handler=cmd_predict)
+    sub = commands.add_parser("package", help="pack a trained model (network, cascade or ensemble) into one .safetensors file")
+    sub.add_argument("--model", required=True, metavar="DIR", help="a trained fold folder under results/")
+    sub.add_argument("--out", required=True, metavar="FILE.safetensors")
+    sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
+    sub.set_defaults(handler=cmd_package)
+    sub = commands.add_parser("demo", help="local web demo: pick a trained model and an image, see mask and class probabilities")
+    sub.add_argument("--results", default="results", metavar="DIR", help="the results folder whose trained models are offered")
+    sub.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    sub.add_argument("--port", type=int, default=7860)
+    sub.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    sub.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted")
+    sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
+    sub.set_defaults(handler=cmd_demo)
     return parser
 
 

@@ -49,9 +49,9 @@ def member_weights(
     return raw / raw.sum()
 
 
-def combine(parts: Sequence[PartOutputs], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Weighted mean of the members' probabilities for each combined output."""
-    return {key: np.tensordot(w, np.stack([p.outputs[key] for p in parts]), axes=1).astype(np.float32)
+def combine(outputs: Sequence[Mapping[str, np.ndarray]], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weighted mean of the members' probabilities (one output mapping per member) for each combined output."""
+    return {key: np.tensordot(w, np.stack([member[key] for member in outputs]), axes=1).astype(np.float32)
             for key, w in weights.items()}
 
 
@@ -79,13 +79,13 @@ def build_ensemble(params: Mapping[str, Any], name: str, fold: int, arrays_path:
     val_rows = rows_of(arrays["image_ids"], validation[members[0]].image_ids, source)
     truth = {"mask_probs": arrays["masks"][val_rows], "class_probs": arrays["labels"][val_rows]}
     weights = {key: member_weights(key, members, spec["weights"], validation, truth[key], threshold) for key in keys}
-    outputs = combine(list(test.values()), weights)
+    outputs = combine([p.outputs for p in test.values()], weights)
     test_ids = test[members[0]].image_ids
     test_rows = rows_of(arrays["image_ids"], test_ids, source)
     classes = arrays["classes"].tolist()
     table = prediction_table(test_ids, group_ids_of(read_table(folds_path), test_ids), arrays["labels"][test_rows], classes, outputs, threshold)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_predictions(out_dir, table, outputs, validation=(validation[members[0]].image_ids, combine(list(validation.values()), weights)))
+    save_predictions(out_dir, table, outputs, validation=(validation[members[0]].image_ids, combine([p.outputs for p in validation.values()], weights)))
     description = {"arch": "ensemble", "members": members, "weights_rule": spec["weights"],
                    "weights": {TASK_OF_OUTPUT[k]: dict(zip(members, map(float, w))) for k, w in weights.items()},
                    "tasks": sorted(TASK_OF_OUTPUT[k] for k in keys), "classes": classes, "image_size": int(arrays["images"].shape[-1])}

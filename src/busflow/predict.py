@@ -1,7 +1,9 @@
 """``busflow predict``: run a trained model on new images — one file, a folder or a glob.
 
-The input pipeline is rebuilt from the model's own ``model.json`` (size, contrast enhancement, classes),
-never from the current params.yaml, and the weights are read with ``weights_only=True``. Images stream
+The model is a trained fold folder (a network, a cascade or an ensemble) or a packaged ``.safetensors``
+file (:mod:`busflow.inference`). The input pipeline is rebuilt from the model's own description (size,
+contrast enhancement, classes), never from the current params.yaml, and weights are read without
+unpickling code (``weights_only=True`` or safetensors). Images stream
 through in batches, so memory stays bounded for any number of them. Per image the command writes the
 lesion mask and an overlay at the image's own resolution, and one ``predictions.csv`` row with the class
 probabilities, the predicted class, the lesion area and shape descriptors of the largest lesion.
@@ -22,12 +24,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from busflow.data.folder import DatasetError
-from busflow.data.preprocess import load_grayscale, model_input, normalise
+from busflow.data.preprocess import load_grayscale, normalise
+from busflow.inference import load_predictor
 from busflow.io import atomic_path, write_csv
 from busflow.morphology import largest_component
 from busflow.train.device import resolve_device
-from busflow.train.loop import ArrayData, predict
-from busflow.train.outputs import load_trained
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
@@ -90,10 +91,16 @@ def _batches(paths: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield paths[start : start + size]
 
 
-def _full_resolution(probs: np.ndarray, shape: tuple[int, int], threshold: float) -> np.ndarray:
-    """Lesion mask at the original image size (bilinear probabilities, then the threshold)."""
-    resized = Image.fromarray(probs.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-    return np.asarray(resized) >= threshold
+def full_resolution(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Lesion probabilities resized (bilinear) from the model's input size to the original image size."""
+    return np.asarray(Image.fromarray(probs.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def scaled_box(box: np.ndarray, model_size: int, shape: tuple[int, int]) -> dict[str, int]:
+    """A cascade's crop box (model input coordinates) in the original image's pixels."""
+    top, left, bottom, right = (float(v) for v in box)
+    sy, sx = shape[0] / model_size, shape[1] / model_size
+    return {"roi_top": round(top * sy), "roi_left": round(left * sx), "roi_bottom": round(bottom * sy), "roi_right": round(right * sx)}
 
 
 def _row(path: Path, gray: np.ndarray, outputs: dict[str, np.ndarray], k: int, classes: Sequence[str],
@@ -103,35 +110,29 @@ def _row(path: Path, gray: np.ndarray, outputs: dict[str, np.ndarray], k: int, c
         probs = outputs["class_probs"][k]
         row.update({f"prob_{name}": float(p) for name, p in zip(classes, probs)})
         row["predicted_class"] = classes[int(probs.argmax())]
+    if "roi_boxes" in outputs:
+        row.update(scaled_box(outputs["roi_boxes"][k], outputs["mask_probs"].shape[-1], gray.shape))
     if "mask_probs" in outputs:
-        mask = _full_resolution(outputs["mask_probs"][k], gray.shape, threshold)
+        mask = full_resolution(outputs["mask_probs"][k], gray.shape) >= threshold
         _save_png(mask.astype(np.uint8) * 255, out_dir / f"{path.stem}_mask.png")
         _save_png(overlay_image(gray, mask), out_dir / f"{path.stem}_overlay.png")
         row.update(lesion_fraction=float(mask.mean()), **shape_descriptors(mask))
     return row
 
 
-def predict_images(model_dir: Path, source: str, out_dir: Path, *, device: str = "auto", batch_size: int = 16,
+def predict_images(model_path: Path, source: str, out_dir: Path, *, device: str = "auto", batch_size: int = 16,
                    threshold: float = 0.5, progress: bool = True) -> pd.DataFrame:
-    """Predict every image of ``source`` with the trained model in ``model_dir``; write masks, overlays and
-    ``out_dir/predictions.csv``; return the table."""
-    model, description = load_trained(model_dir)
-    settings = description.get("preprocess")
-    if settings is None:
-        raise DatasetError(f"{model_dir / 'model.json'}: no preprocessing recorded (trained by an older busflow); retrain it")
-    if description.get("cascade"):
-        raise DatasetError(f"{model_dir}: a cascade classifier sees lesion crops; predict with its segmenter and classifier")
+    """Predict every image of ``source`` with the trained model at ``model_path`` (fold folder or package);
+    write masks, overlays and ``out_dir/predictions.csv``; return the table."""
+    predictor = load_predictor(model_path)
     paths = find_images(source)
-    target = resolve_device(device)
-    model.to(target)
+    predictor.to(resolve_device(device))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for chunk in tqdm(list(_batches(paths, batch_size)), desc=f"predict {model_dir.name}", unit="batch", disable=not progress):
+    for chunk in tqdm(list(_batches(paths, batch_size)), desc=f"predict {model_path.name}", unit="batch", disable=not progress):
         grays = [load_grayscale(path) for path in chunk]
-        inputs = np.stack([model_input(gray, settings) for gray in grays])
-        blank = np.zeros(len(chunk), dtype=np.int64)
-        outputs = predict(model, ArrayData(inputs, np.zeros_like(inputs), blank), np.arange(len(chunk)), target, batch_size)
-        rows += [_row(path, gray, outputs, k, description["classes"], threshold, out_dir) for k, (path, gray) in enumerate(zip(chunk, grays))]
+        outputs = predictor.predict(grays)
+        rows += [_row(path, gray, outputs, k, predictor.classes, threshold, out_dir) for k, (path, gray) in enumerate(zip(chunk, grays))]
     table = pd.DataFrame(rows)
     write_csv(out_dir / "predictions.csv", table)
     return table
