@@ -6,7 +6,7 @@ CORES     ?= all
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test lint dvc-repro benchmark clean
+.PHONY: setup run test lint dvc-repro benchmark screenshot demo clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,13 @@ lint: setup
 dvc-repro: setup
 	test -d .dvc || dvc init --quiet
 	dvc repro
+
+demo: setup
+	busflow demo --results results
+
+# The README's demo picture, taken by the end-to-end browser test.
+screenshot: setup
+	BUSFLOW_SCREENSHOT=docs/images/demo.png python -m pytest tests/test_demo.py -k uploaded_scan
 
 benchmark: setup
 	python benchmarks/pipeline_walltime.py

@@ -42,6 +42,31 @@ def run_tool(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Compl
     return result
 
 
+EXTERNAL_MODELS = ["unet", "resnet50"]
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run, with external validation on "any folder of images" (phantoms of another seed).
+
+    Shared by the end-to-end pipeline tests (which later edit it: they run last) and the demo tests.
+    """
+    import yaml
+
+    from busflow.data.synthetic import generate_phantoms
+
+    scratch = tmp_path_factory.mktemp("e2e")
+    root = workflow_copy(scratch / "project", TINY_PARAMS)
+    generate_phantoms(scratch / "other_site", n_patients=10, seed=99, image_size=(64, 80),
+                      class_mix={"normal": 0.2, "benign": 0.5, "malignant": 0.3}, views_per_patient=(1, 1))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["folder"] = {"path": str(scratch / "other_site")}
+    params["external"] = {"datasets": ["folder"], "models": EXTERNAL_MODELS}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_tool(["snakemake", "--cores", "2"], root)
+    return root
+
+
 @pytest.fixture
 def tiny_workflow(tmp_path: Path) -> Path:
     return workflow_copy(tmp_path / "project", TINY_PARAMS)

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from busflow.layout import REPORT_FILES
-from conftest import TINY_PARAMS, run_tool, tool_env, workflow_copy
+from conftest import EXTERNAL_MODELS, run_tool, tool_env
 from dag import snakemake_jobs
 
 pytestmark = pytest.mark.slow
@@ -26,24 +26,9 @@ def _fold_dir(project: Path, model: str, fold: int) -> Path:
     return project / "results/synthetic" / ("ensembles" if model in ENSEMBLES else "models") / model / f"fold{fold}"
 
 
-EXTERNAL_MODELS = ["unet", "resnet50"]
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny run, with external validation on "any folder of images" (phantoms of another seed)."""
-    from busflow.data.synthetic import generate_phantoms
-
-    scratch = tmp_path_factory.mktemp("e2e")
-    root = workflow_copy(scratch / "project", TINY_PARAMS)
-    generate_phantoms(scratch / "other_site", n_patients=10, seed=99, image_size=(64, 80),
-                      class_mix={"normal": 0.2, "benign": 0.5, "malignant": 0.3}, views_per_patient=(1, 1))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["folder"] = {"path": str(scratch / "other_site")}
-    params["external"] = {"datasets": ["folder"], "models": EXTERNAL_MODELS}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_tool(["snakemake", "--cores", "2"], root)
-    return root
+def project(tiny_project: Path) -> Path:
+    return tiny_project
 
 
 def _planned_jobs(project: Path) -> list[str]:

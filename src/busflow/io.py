@@ -66,6 +66,10 @@ def write_json(target: str | os.PathLike[str], payload: Any) -> None:
     write_text(target, json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def write_csv(target: str | os.PathLike[str], frame: "pandas.DataFrame") -> None:
     with atomic_path(target) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
