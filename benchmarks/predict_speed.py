@@ -40,6 +40,15 @@ def scans(root: Path, count: int) -> Path:
     return folder
 
 
+def save_untrained(model_dir: Path, arch: str, options: dict, size: int) -> None:
+    """A model folder as training leaves it, with the network as initialised (speed does not depend on weights)."""
+    preprocess = {"size": size, "enhance": "none", "enhance_options": {}, "classes": CLASSES}
+    model = build_model(arch, in_channels=1, n_classes=3, options=options)
+    description = describe_model({"arch": arch, "options": options}, n_classes=3, classes=CLASSES, image_size=size,
+                                 device=torch.device("cpu"), preprocess=preprocess)
+    save_run(model_dir, model, description, pd.DataFrame({"epoch": [1]}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -50,13 +59,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="busflow-predict-speed-"))
     try:
         folder = scans(scratch, args.images)
-        preprocess = {"size": args.size, "enhance": "none", "enhance_options": {}, "classes": CLASSES}
         print(f"{args.images} scans of 400 × 500 px, model input {args.size}², batch {args.batch_size}, torch threads {torch.get_num_threads()}")
         for name, (arch, options) in MODELS.items():
-            model = build_model(arch, in_channels=1, n_classes=3, options=options)
-            description = describe_model({"arch": arch, "options": options}, n_classes=3, classes=CLASSES, image_size=args.size,
-                                         device=torch.device("cpu"), preprocess=preprocess)
-            save_run(scratch / name, model, description, pd.DataFrame({"epoch": [1]}))
+            save_untrained(scratch / name, arch, options, args.size)
             predict_images(scratch / name, str(folder), scratch / f"warm_{name}", device=args.device, progress=False,
                            batch_size=args.batch_size)  # warm-up: allocator, kernels
             started = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,22 +34,58 @@ def _install_chromium() -> str | None:
     return None
 
 
-def chromium_driver(profile_dir: Path) -> Iterator[object]:
+class BrowserUnavailable(RuntimeError):
+    """Chromium, its driver or Selenium is missing and cannot be installed here."""
+
+
+def start_chromium(profile_dir: Path) -> object:
+    """A Selenium driver of headless Debian Chromium with a fresh profile (installed first where needed)."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+        raise BrowserUnavailable("selenium is not installed (pip install -e '.[dev]')") from None
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         reason = _install_chromium()
         if reason:
-            pytest.skip(reason)
+            raise BrowserUnavailable(reason)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (*LAUNCH_FLAGS, f"--user-data-dir={profile_dir}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+def chromium_driver(profile_dir: Path) -> Iterator[object]:
+    """Fixture body: the driver, quit afterwards; the test is skipped with the reason where there is none."""
+    try:
+        driver = start_chromium(profile_dir)
+    except BrowserUnavailable as reason:
+        pytest.skip(str(reason))
     try:
         yield driver
     finally:
         driver.quit()
+
+
+def upload_and_analyse(driver: object, url: str, image: Path, wait_s: float = 120) -> float:
+    """Open the demo at ``url``, upload ``image``, press Analyse and wait for the overlay and the
+    probabilities (or the error message); the seconds from the upload to the result."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
+    previous = driver.find_element(By.ID, "summary").text
+    started = time.perf_counter()
+    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(image))
+    WebDriverWait(driver, 60).until(lambda d: image.stem in d.find_element(By.ID, "upload").text)  # the upload is done
+    driver.find_element(By.ID, "analyse").click()
+    WebDriverWait(driver, wait_s).until(lambda d: d.find_element(By.ID, "summary").text != previous or _error_shown(d))
+    return time.perf_counter() - started
+
+
+def _error_shown(driver: object) -> bool:
+    from selenium.webdriver.common.by import By
+
+    return bool(driver.find_elements(By.CSS_SELECTOR, ".toast-body"))

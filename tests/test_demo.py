@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import chromium_driver
+from browser import chromium_driver, upload_and_analyse
 from busflow.demo import MAX_PIXELS, DemoSession, InputError, check_image_file, render
 from conftest import tool_env
 
@@ -114,11 +114,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_url(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def demo_results(request: pytest.FixtureRequest) -> Path:
+    """The results the page serves: the tiny run, or BUSFLOW_DEMO_RESULTS (e.g. a default run, for the README picture)."""
+    chosen = os.environ.get("BUSFLOW_DEMO_RESULTS")
+    return Path(chosen).resolve() if chosen else request.getfixturevalue("tiny_project") / "results"
+
+
+@pytest.fixture(scope="module")
+def demo_url(demo_results: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port, scratch = _free_port(), tmp_path_factory.mktemp("demo")
     env = dict(tool_env(), GRADIO_TEMP_DIR=str(scratch / "uploads"), GRADIO_ANALYTICS_ENABLED="False")
-    server = subprocess.Popen([sys.executable, "-m", "busflow.cli", "demo", "--results", "results", "--port", str(port), "--device", "cpu"],
-                              cwd=tiny_project, env=env, stdout=open(scratch / "server.log", "w"), stderr=subprocess.STDOUT)
+    server = subprocess.Popen([sys.executable, "-m", "busflow.cli", "demo", "--results", str(demo_results), "--port", str(port),
+                               "--device", "cpu"], cwd=scratch, env=env, stdout=open(scratch / "server.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180
@@ -141,26 +148,21 @@ def browser(tmp_path: Path) -> Iterator[object]:
     yield from chromium_driver(tmp_path / "chromium-profile")
 
 
-def _upload(driver, path: Path) -> None:
+def test_page_shows_probabilities_and_overlay_of_an_uploaded_scan(demo_url: str, demo_results: Path, browser,
+                                                                   request: pytest.FixtureRequest, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
-    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(path))
-    WebDriverWait(driver, 60).until(lambda d: path.stem in d.find_element(By.ID, "upload").text)  # the upload is done
-    driver.find_element(By.ID, "analyse").click()
-
-
-def test_page_shows_probabilities_and_overlay_of_an_uploaded_scan(demo_url: str, browser, new_image: Path, tmp_path: Path) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get(demo_url)
-    started = time.perf_counter()
-    _upload(browser, new_image)
-    WebDriverWait(browser, 120).until(lambda d: all(c in d.find_element(By.ID, "probabilities").text for c in CLASSES))
+    key = "synthetic/mtl_resnet50/fold0"  # multi-task: mask and classes; chosen by the page's ?model= link
+    if os.environ.get("BUSFLOW_DEMO_RESULTS"):
+        new_image = sorted(DemoSession(demo_results).test_images(key).values())[0]
+    else:
+        new_image = request.getfixturevalue("new_image")
+    seconds = upload_and_analyse(browser, f"{demo_url}?model={key}", new_image)
+    WebDriverWait(browser, 60).until(lambda d: all(c in d.find_element(By.ID, "probabilities").text for c in CLASSES))
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay img[src]"))
-    print(f"demo: upload → result {time.perf_counter() - started:.2f} s in headless Chromium")
+    print(f"demo: upload → result {seconds:.2f} s in headless Chromium")
+    assert key in browser.find_element(By.ID, "model-info").text
     summary = browser.find_element(By.ID, "summary").text
     assert new_image.name in summary and "predicted" in summary and "lesion area" in summary
     assert "%" in browser.find_element(By.ID, "probabilities").text
@@ -178,7 +180,6 @@ def test_page_explains_a_non_image_without_a_stack_trace(demo_url: str, browser,
 
     fake = tmp_path / "scan.png"
     fake.write_text("a text file renamed to .png")
-    browser.get(demo_url)
-    _upload(browser, fake)
+    upload_and_analyse(browser, demo_url, fake)
     WebDriverWait(browser, 60).until(lambda d: "scan.png: not an image" in d.find_element(By.TAG_NAME, "body").text)
     assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text

@@ -15,11 +15,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gradio as gr  # handlers' type hints (gr.Request) are resolved in this module's namespace
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
@@ -221,12 +223,11 @@ def _model_info(session: DemoSession, key: str | None) -> str:
     if key not in session.models:
         return ""
     model = session.models[key]
-    return f"Tasks: {', '.join(model.tasks) or '?'} · test metrics: {model.headline or 'not evaluated yet'} · `{model.path}`"
+    where = os.path.relpath(model.path.resolve(), session.results.resolve().parent)
+    return f"**{key}** · tasks: {', '.join(model.tasks) or '?'} · test metrics: {model.headline or 'not evaluated yet'} · `{where}`"
 
 
 def build_app(session: DemoSession) -> Any:
-    import gradio as gr
-
     def guarded(function: Any) -> Any:
         @functools.wraps(function)
         def handler(*args: Any) -> Any:
@@ -256,6 +257,13 @@ def build_app(session: DemoSession) -> Any:
         picture, _, descriptors, summary = render(analysis, opacity, threshold)
         return for_display(picture), descriptors, summary
 
+    def on_load(request: gr.Request) -> tuple[Any, str, Any]:
+        """``?model=<key>`` in the address picks the model (a link to one model's page)."""
+        key = request.query_params.get("model")
+        if key not in session.models:
+            return gr.update(), gr.update(), gr.update()
+        return gr.update(value=key), _model_info(session, key), gr.update(choices=sorted(session.test_images(key)), value=None)
+
     keys = list(session.models)
     default = max(keys, key=lambda k: len(session.models[k].tasks))  # first model showing a mask and classes, if any
     with gr.Blocks(title="busflow demo", analytics_enabled=False) as app:
@@ -281,6 +289,7 @@ def build_app(session: DemoSession) -> Any:
             probabilities = gr.Label(label="Class probabilities", elem_id="probabilities")
             descriptors = gr.Dataframe(headers=["descriptor", "value"], label="Lesion descriptors", interactive=False, elem_id="descriptors")
         state = gr.State(None)
+        app.load(on_load, None, [model, info, test_image])
         model.change(on_model, model, [info, test_image])
         run.click(on_analyse, [model, upload, test_image, opacity, threshold], [state, image, overlay, probabilities, descriptors, summary])
         for slider in (opacity, threshold):
