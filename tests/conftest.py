@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"
-WORKFLOW_FILES = ("Snakefile", "workflow", "dvc.yaml", "config", ".dvcignore")
+WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "config", ".dvcignore")
 
 
 def workflow_copy(destination: Path, params: Path) -> Path:

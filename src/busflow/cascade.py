@@ -22,6 +22,7 @@ from busflow.io import read_table
 from busflow.models import build_model
 from busflow.morphology import largest_component
 from busflow.split import group_ids_of, role_indices
+from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from busflow.predictions import load_predictions, prediction_table, save_predictions
@@ -89,9 +90,11 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     prefix = f"[{cascade['name']} fold{fold}]"
     print(f"{prefix} {spec['arch']} on crops ({cascade['crop_size']} px) of {cascade['segmenter']} masks, device {device}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint_path(out_dir)
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, frozenset({"cls"}), data, roles["train"], roles["val"], spec, n_classes=len(classes),
-                      device=device, seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch)
+                      device=device, seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch,
+                      checkpoint=checkpoint)
     description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=cascade["crop_size"], device=device,
                                  preprocess=params["preprocess"])
     description.update(cascade={"segmenter": cascade["segmenter"], "margin": cascade["margin"],
@@ -104,3 +107,4 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     # Validation crops surround ground-truth lesions, as in training: the segmenter predicts only the test part.
     validation = (arrays["image_ids"][roles["val"]], predict(model, data, roles["val"], device))
     save_predictions(out_dir, table, outputs, extra={"boxes": boxes[test], "crops": crops[test]}, validation=validation)
+    discard_checkpoint(checkpoint)

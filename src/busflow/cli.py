@@ -276,12 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from busflow.config import ParamsError
     from busflow.data.folder import DatasetError
+    from busflow.errors import TrainingError
 
     with _teed_to(args.log):
         started = time.perf_counter()
         try:
             args.handler(args)
-        except (ParamsError, DatasetError, FileNotFoundError, ValueError) as error:
+        except (ParamsError, DatasetError, TrainingError, FileNotFoundError, ValueError) as error:
             print(f"busflow {args.command}: error: {error}", file=sys.stderr)
             return 2
         print(f"busflow {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)

@@ -7,6 +7,7 @@ import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,9 @@ from monai.transforms import Compose
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
+from busflow.errors import TrainingError
 from busflow.train.augment import augment_batch, build_augmentation
+from busflow.train.checkpoint import TrainingState, fingerprint, restore_checkpoint, save_checkpoint
 from busflow.train.device import autocast
 from busflow.train.losses import TaskLoss, inverse_frequency_weights, oversampled
 
@@ -34,8 +37,28 @@ class ArrayData:
         return images, self.masks[rows].astype(np.float32), self.labels[rows]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; training stops instead of writing garbage weights."""
+
+
+class BatchMemoryError(TrainingError):
+    """A training batch did not fit in the device's memory."""
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _epoch_random_state(seed: int, epoch: int, augmentation: Compose | None) -> np.random.Generator:
+    """Every random draw of one epoch (shuffling, augmentation, dropout) seeded from (seed, epoch) alone,
+    so an epoch replays identically whether or not the job was resumed before it."""
+    sequence = np.random.SeedSequence([seed, epoch])
+    torch_seed, augmentation_seed = (int(v) for v in sequence.generate_state(2))
+    torch.manual_seed(torch_seed)
+    if augmentation is not None:
+        augmentation.set_random_state(seed=augmentation_seed)
+    return np.random.default_rng(sequence)
 
 
 def _optimizer(model: nn.Module, spec: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -120,10 +143,13 @@ def fit(
     seed: int,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[Mapping[str, float]], None] = lambda row: None,
+    checkpoint: Path | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history.
 
-    ``on_epoch`` receives each history row as soon as its epoch ends (e.g. for dvclive). A model without
+    ``on_epoch`` receives each history row as soon as its epoch ends (e.g. for dvclive; a resumed run
+    replays the restored epochs first). With ``checkpoint``, the state after every epoch is saved there and
+    a matching checkpoint found at the start is resumed (:mod:`busflow.train.checkpoint`). A model without
     trainable parameters (e.g. the classical segmenter) is evaluated once on ``val_rows``.
     """
     model.to(device)
@@ -137,32 +163,48 @@ def fit(
     optimizer = _optimizer(model, spec)
     scheduler = _scheduler(optimizer, spec)
     augmentation = build_augmentation(spec["augment"], data.images.shape[-1], seed)
-    rng = np.random.default_rng(seed)
-    best_loss, best_state, stale, history = float("inf"), copy.deepcopy(model.state_dict()), 0, []
-    for epoch in range(1, spec["epochs"] + 1):
+    key = fingerprint(spec, seed, data.images, train_rows, val_rows) if checkpoint else ""
+    state = TrainingState(0, float("inf"), copy.deepcopy(model.state_dict()), 0, [])
+    restored = restore_checkpoint(checkpoint, key, model, optimizer, scheduler) if checkpoint else None
+    if restored:
+        state = restored
+        log(f"resuming after epoch {state.epoch} from {checkpoint}")
+        for row in state.history:
+            on_epoch(row)
+    stopped_early = lambda: bool(spec["patience"]) and state.stale >= spec["patience"]  # noqa: E731
+    for epoch in range(state.epoch + 1, spec["epochs"] + 1):
+        if stopped_early():
+            break
         started = time.perf_counter()
+        rng = _epoch_random_state(seed, epoch, augmentation)
         epoch_rows = oversampled(train_rows, data.labels, rng) if spec["oversample"] else rng.permutation(train_rows)
-        train_loss = _train_epoch(model, criterion, optimizer, data, epoch_rows, spec, augmentation, device, epoch)
+        try:
+            train_loss = _train_epoch(model, criterion, optimizer, data, epoch_rows, spec, augmentation, device, epoch)
+        except TrainingError as error:
+            kept = f"the checkpoint after epoch {state.epoch} is kept at {checkpoint}" if checkpoint and state.epoch else "no epoch completed"
+            raise type(error)(f"{error}; {kept}") from None
         val_loss = _validation_loss(model, criterion, data, val_rows, device, spec["batch_size"])
         val_score = _validation_score(tasks, data, val_rows, predict(model, data, val_rows, device))
         seconds = time.perf_counter() - started
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
-                        "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)})
-        on_epoch(history[-1])
+        state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
+                              "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)})
+        on_epoch(state.history[-1])
         if scheduler is not None:
             scheduler.step()
-        improved = val_loss < best_loss
+        improved = val_loss < state.best_loss
         if improved:
-            best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+            state.best_loss, state.best_state, state.stale = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
-            stale += 1
+            state.stale += 1
+        state.epoch = epoch
+        if checkpoint:
+            save_checkpoint(checkpoint, key, state, model, optimizer, scheduler)
         log(f"epoch {epoch:>3}/{spec['epochs']}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
             f"val_score {val_score:.3f}  {seconds:5.1f}s{'  *' if improved else ''}")
-        if spec["patience"] and stale >= spec["patience"]:
-            log(f"early stop: no validation improvement for {stale} epochs")
-            break
-    model.load_state_dict(best_state)
-    return pd.DataFrame(history)
+        if stopped_early():
+            log(f"early stop: no validation improvement for {state.stale} epochs")
+    model.load_state_dict(state.best_state)
+    return pd.DataFrame(state.history)
 
 
 def _evaluate_untrainable(model: nn.Module, tasks: frozenset[str], data: ArrayData, val_rows: np.ndarray,
@@ -194,11 +236,19 @@ def _train_epoch(
         image_tensor, mask_tensor = augment_batch(augmentation, images, masks)
         inputs, targets, mask_targets = _to_device(device, image_tensor, torch.from_numpy(labels), mask_tensor)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device):
-            loss = criterion(model(inputs), targets, mask_targets)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {float(loss)} at epoch {epoch}, batch {step}; best weights so far are kept")
-        loss.backward()
+        try:
+            with autocast(device):
+                loss = criterion(model(inputs), targets, mask_targets)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {float(loss.detach())} at epoch {epoch}, batch {step}: training stopped (lower lr, "
+                                         f"check the inputs of this batch: {len(chunk)} images)")
+            loss.backward()
+        except (RuntimeError, MemoryError) as error:
+            if isinstance(error, TrainingError) or not _is_out_of_memory(error):
+                raise
+            raise BatchMemoryError(f"out of memory on {device} at epoch {epoch}, batch {step} ({len(chunk)} images of "
+                                   f"{images.shape[-1]}×{images.shape[-1]} px): lower this model's batch_size (now "
+                                   f"{spec['batch_size']}) or preprocess.size, or train on a device with more memory") from None
         optimizer.step()
         total += float(loss.detach()) * len(chunk)
         seen += len(chunk)

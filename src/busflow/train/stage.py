@@ -14,6 +14,7 @@ from busflow.data.preprocess import load_arrays
 from busflow.models import build_model, model_tasks
 from busflow.io import read_table
 from busflow.split import group_ids_of, role_indices
+from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.device import configure_threads, device_name, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from busflow.predictions import prediction_table, save_predictions
@@ -64,9 +65,10 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     prefix = f"[{model_name} fold{fold}]"
     print(f"{prefix} {spec['arch']} on {device}: {len(roles['train'])} train / {len(roles['val'])} val / {len(roles['test'])} test images", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint_path(out_dir)
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, tasks, data, roles["train"], roles["val"], spec, n_classes=len(classes), device=device,
-                      seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch)
+                      seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch, checkpoint=checkpoint)
     description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1],
                                  device=device, preprocess=params["preprocess"])
     save_run(out_dir, model.cpu(), description, history)
@@ -76,3 +78,4 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     groups = group_ids_of(folds, arrays["image_ids"][test])
     save_predictions(out_dir, prediction_table(arrays["image_ids"][test], groups, data.labels[test], classes, outputs), outputs,
                      validation=(arrays["image_ids"][val], predict(model, data, val, device)))
+    discard_checkpoint(checkpoint)
