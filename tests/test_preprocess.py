@@ -27,7 +27,9 @@ def _dataset(root: Path) -> Path:
     _write(root / "benign" / "a (1)_mask_1.png", np.stack([second] * 3, -1), mode="RGBA")
     _write(root / "normal" / "n1.png", np.stack([gray] * 3, -1))  # RGB image
     _write(root / "normal" / "n1_mask.png", np.zeros((40, 50), np.uint8))
-    _write(root / "malignant" / "m1.png", gray)  # no mask file at all
+    _write(root / "malignant" / "m1.png", gray)
+    _write(root / "malignant" / "m1_mask.png", second)
+    _write(root / "normal" / "n2.png", gray)  # a normal image may come without a mask file: no lesion
     return root
 
 
@@ -43,19 +45,19 @@ def test_ingest_index_contract(tmp_path: Path) -> None:
 def test_preprocess_unions_masks_and_resizes(tmp_path: Path) -> None:
     index = ingest_folder(_dataset(tmp_path / "raw"))
     arrays = preprocess_index(index, size=32)
-    assert arrays["images"].shape == (3, 32, 32) and arrays["images"].dtype == np.uint8
+    assert arrays["images"].shape == (4, 32, 32) and arrays["images"].dtype == np.uint8
     row = index["image_id"].tolist().index("a (1)")
     mask = arrays["masks"][row]
     assert set(np.unique(mask)) == {0, 1}
     assert mask[:16, :16].any() and mask[16:, 16:].any()  # both lesions survive the union
-    assert not arrays["masks"][index["image_id"].tolist().index("m1")].any()
+    assert not arrays["masks"][index["image_id"].tolist().index("n2")].any()
     assert arrays["classes"].tolist() == ["normal", "benign", "malignant"]
 
 
 def test_patients_table_maps_images(tmp_path: Path) -> None:
     root = _dataset(tmp_path / "raw")
-    (root / "patients.csv").write_text("image_id,patient_id\na (1),P1\nn1,P1\nm1,P2\n")
-    assert ingest_folder(root).set_index("image_id")["patient_id"].to_dict() == {"a (1)": "P1", "m1": "P2", "n1": "P1"}
+    (root / "patients.csv").write_text("image_id,patient_id\na (1),P1\nn1,P1\nm1,P2\nn2,P3\n")
+    assert ingest_folder(root).set_index("image_id")["patient_id"].to_dict() == {"a (1)": "P1", "m1": "P2", "n1": "P1", "n2": "P3"}
     (root / "patients.csv").write_text("image_id,patient_id\na (1),P1\n")
     with pytest.raises(DatasetError, match="no patient for image"):
         ingest_folder(root)

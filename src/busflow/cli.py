@@ -44,10 +44,15 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     from busflow.data.preprocess import preprocess_raw, save_arrays
     from busflow.io import write_csv
 
-    settings = _load(args, check_registry=False)["preprocess"]
-    index, arrays, left_out = preprocess_raw(args.raw, settings)
+    from busflow.data.bad_samples import BadSamples
+
+    params = _load(args, check_registry=False)
+    settings, bad = params["preprocess"], BadSamples(params["data"]["on_bad_sample"])
+    index, arrays, left_out = preprocess_raw(args.raw, settings, bad)
     save_arrays(args.arrays, arrays)
     write_csv(args.index, index)
+    write_csv(args.skipped, bad.table())
+    print(bad.summary(args.skipped))
     counts = ", ".join(f"{n} {label}" for label, n in index["label"].value_counts().sort_index().items())
     patients = f"{index['patient_id'].nunique()} patients" if patients_known(index) else "unknown patients"
     print(f"preprocessed {len(index)} images ({counts}) of {patients} to "
@@ -70,6 +75,7 @@ def cmd_group(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
+    from busflow.data.folder import DatasetError
     from busflow.groups import conflict_summary
     from busflow.io import read_table, write_csv
     from busflow.split import make_split
@@ -78,8 +84,11 @@ def cmd_split(args: argparse.Namespace) -> None:
     split = params["split"]
     index = read_table(args.index)
     groups = read_table(args.groups)
-    folds = make_split(index, groups, split, params["seed"])
-    leaky = make_split(index, groups, split, params["seed"], protocol="random_image")
+    try:
+        folds = make_split(index, groups, split, params["seed"])
+        leaky = make_split(index, groups, split, params["seed"], protocol="random_image")
+    except DatasetError as error:
+        raise DatasetError(f"{args.index}: {error}") from None
     conflicts = conflict_summary(groups, index, split["label_conflicts"])
     if split["label_conflicts"] == "flag":
         for row in conflicts.itertuples():
@@ -219,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
 
     command("validate", cmd_validate, "check params.yaml against the schema and the model registry")
     command("download", cmd_download, "create the raw dataset folder (synthetic phantoms, or a verified download)", "out")
-    command("preprocess", cmd_preprocess, "index the raw folder; grayscale, resize, normalise, union masks", "raw", "index", "arrays")
+    command("preprocess", cmd_preprocess, "index the raw folder; grayscale, resize, normalise, union masks", "raw", "index", "arrays", "skipped")
     command("group", cmd_group, "group images that must stay together: patients and near-duplicate frames", "index", "groups", "links")
     command("split", cmd_split, "grouped, stratified split of the configured protocol (and its leaky image-level twin)",
             "index", "groups", "folds", "leaky", "conflicts")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from busflow.data.folder import patients_known
+from busflow.data.bad_samples import BadSamples
 from busflow.data.preprocess import preprocess_raw, save_arrays
 from busflow.data.sources import fetch_dataset
 from busflow.evaluate.stage import evaluate_model, headline
@@ -51,10 +52,13 @@ def run_external(params: Mapping[str, Any], arrays_path: Path, models_dir: Path,
     with atomic_dir(out_root) as staging:
         for dataset in settings["datasets"]:
             fetch_dataset(params, staging / dataset / "raw", dataset=dataset)
-            index, arrays, left_out = preprocess_raw(staging / dataset / "raw", params["preprocess"])
+            bad = BadSamples(params["data"]["on_bad_sample"])
+            index, arrays, left_out = preprocess_raw(staging / dataset / "raw", params["preprocess"], bad)
             external_arrays = staging / dataset / "data" / "arrays.npz"
             save_arrays(external_arrays, arrays)
             write_csv(staging / dataset / "data" / "index.csv", index)
+            write_csv(staging / dataset / "data" / "skipped.csv", bad.table())
+            log(f"[{dataset}] {bad.summary(staging / dataset / 'data' / 'skipped.csv')}")
             groups = index["patient_id"].astype(str).tolist() if patients_known(index) else index["image_id"].astype(str).tolist()
             log(f"[{dataset}] {len(index)} images preprocessed like the run ({left_out} of other classes left out)")
             for model in settings["models"]:

@@ -27,7 +27,7 @@ from busflow.evaluate.metrics import lesion_mask
 from busflow.io import atomic_path
 from busflow.models import build_model
 from busflow.train.loop import ArrayData, predict
-from busflow.train.outputs import load_trained
+from busflow.train.outputs import load_state, load_trained, read_model_description
 
 PACKAGE_SUFFIX = ".safetensors"
 PACKAGE_METADATA_KEY = "busflow"
@@ -128,14 +128,6 @@ class EnsemblePredictor:
         return {"kind": "ensemble", "description": self.description, "members": members}, tensors
 
 
-def _read_description(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "model.json"
-    if not path.is_file():
-        raise DatasetError(f"{model_dir}: not a trained model (no model.json); expected results/<run>/models/<model>/fold<k> "
-                           f"or a packaged {PACKAGE_SUFFIX} file")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _network(model_dir: Path) -> NetworkPredictor:
     model, description = load_trained(model_dir)
     return NetworkPredictor(model, description, model_dir)
@@ -152,7 +144,7 @@ def _sibling(model_dir: Path, model: str, models_root: Path) -> Path:
 def load_model_dir(model_dir: Path) -> Predictor:
     """The predictor of a trained fold folder: a network, a cascade (``models/<cascade>/fold<k>``, with its
     segmenter beside it) or an ensemble (``ensembles/<name>/fold<k>``, members under ``models/``)."""
-    description = _read_description(model_dir)
+    description = read_model_description(model_dir)
     if description.get("arch") == "ensemble":
         models_root = model_dir.parents[2] / "models"
         members = {m: load_model_dir(_sibling(model_dir, m, models_root)) for m in description["members"]}
@@ -173,8 +165,7 @@ def _unpack(spec: Mapping[str, Any], tensors: Tensors, source: Path) -> Predicto
         model = build_model(description["arch"], in_channels=description["in_channels"], n_classes=description["n_classes"],
                             options=description["options"])
         state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
-        model.load_state_dict(state)
-        return NetworkPredictor(model, description, source)
+        return NetworkPredictor(load_state(model, state, source), description, source)
     if kind == "cascade":
         return CascadePredictor(_unpack(spec["segmenter"], tensors, source), _unpack(spec["classifier"], tensors, source), spec["settings"])
     if kind == "ensemble":
@@ -204,7 +195,10 @@ def load_package(path: Path) -> Predictor:
         raise DatasetError(f"{path}: not a readable safetensors model package ({error})") from None
     if PACKAGE_METADATA_KEY not in metadata:
         raise DatasetError(f"{path}: a safetensors file without busflow metadata (make packages with `busflow package`)")
-    return _unpack(json.loads(metadata[PACKAGE_METADATA_KEY]), tensors, path)
+    try:
+        return _unpack(json.loads(metadata[PACKAGE_METADATA_KEY]), tensors, path)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise DatasetError(f"{path}: inconsistent busflow metadata ({type(error).__name__}: {error})") from None
 
 
 def load_predictor(path: Path) -> Predictor:

@@ -66,6 +66,11 @@ def write_json(target: str | os.PathLike[str], payload: Any) -> None:
     write_text(target, json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+def printable(path: str | os.PathLike[str]) -> str:
+    """A path as text that can be printed and written as UTF-8 (undecodable bytes of a name shown as �)."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

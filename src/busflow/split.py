@@ -57,7 +57,7 @@ def _grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: 
 
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
-        raise DatasetError(f"only {n_groups} groups: too few for {n_splits} folds")
+        raise DatasetError(f"only {n_groups} patient/duplicate groups: too few for {n_splits} folds (lower split.n_folds or val_fraction)")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.full(len(labels), -1, dtype=np.int64)
     for fold, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
@@ -131,6 +131,19 @@ def _check_official_grouping(official: np.ndarray, groups: np.ndarray) -> None:
         raise DatasetError(f"official folds split group '{per_group.index[per_group > 1][0]}' across folds")
 
 
+def _check_class_coverage(labels: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+    """Every train and test part must hold at least two classes when the dataset does: a one-class test fold
+    has no ROC curve, a one-class training part cannot teach a classifier."""
+    if len(np.unique(labels)) < 2:
+        return
+    for column, roles in columns.items():
+        for role in ("train", "test"):
+            present = np.unique(labels[roles == role])
+            if len(present) == 1:
+                raise DatasetError(f"{column}: its {role} part holds only class '{present[0]}' ({int((roles == role).sum())} images); "
+                                   "use fewer folds (split.n_folds) or larger fractions, or a larger dataset")
+
+
 BUILDERS = {"kfold": _kfold, "random_image": _kfold, "holdout": _holdout, "cascade": _cascade}
 
 
@@ -148,6 +161,7 @@ def make_split(index: pd.DataFrame, groups: pd.DataFrame, split: Mapping[str, An
         columns = _official(labels, group_ids, split, seed, official)
     else:
         columns = BUILDERS[protocol](labels, group_ids, split, seed)
+    _check_class_coverage(labels, columns)
     table = table[["image_id", "group_id", "label", "label_conflict"]].assign(protocol=protocol)
     for name, roles in columns.items():
         full = np.full(len(table), EXCLUDED, dtype=object)

@@ -9,10 +9,14 @@ Official folds are stored 0-based (``official_fold5`` = kFold - 1) so they line 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from busflow.data.folder import DatasetError, finalise_index, image_row
+
+if TYPE_CHECKING:
+    from busflow.data.bad_samples import BadSamples
 
 METADATA_COLUMNS = {"BIRADS": "birads", "Device": "device", "Histology": "histology", "Side": "side"}
 OFFICIAL_FOLD_FILES = {5: "5-fold-cv.csv", 10: "10-fold-cv.csv"}
@@ -71,26 +75,32 @@ def _label(pathology: str, image_id: str, table: Path) -> str:
     return label
 
 
-def ingest_busbra(root: str | Path) -> pd.DataFrame:
-    """Index every BUS-BRA image with its patient (Case), label, mask, metadata and official folds."""
-    root = Path(root)
+def _busbra_row(root: Path, record: Any, table_path: Path) -> dict[str, object]:
+    image_id = str(record.ID)
+    mask = _mask_path(root, image_id)
+    if not mask.is_file():
+        raise DatasetError(f"{mask}: mask of image {image_id} is missing")
+    row = image_row(image_id, _label(record.Pathology, image_id, table_path), root / "Images" / f"{image_id}.png", [mask])
+    row["patient_id"] = str(record.Case)
+    row.update({column: getattr(record, source) for source, column in METADATA_COLUMNS.items() if hasattr(record, source)})
+    return row
+
+
+def ingest_busbra(root: str | Path, bad: BadSamples | None = None) -> pd.DataFrame:
+    """Index every BUS-BRA image with its patient (Case), label, mask, metadata and official folds; a problem
+    with one image goes to ``bad`` (default: raise DatasetError naming the file)."""
+    from busflow.data.bad_samples import BadSamples
+
+    root, bad = Path(root), bad or BadSamples()
     table_path = root / "bus_data.csv"
     if not is_busbra_root(root):
         raise DatasetError(f"{root}: not a BUS-BRA folder (expected bus_data.csv and Images/)")
     table = _read_table(table_path, {"ID", "Case", "Pathology"})
     _check_files_match_table(root, set(table["ID"]))
-    rows = []
-    for record in table.itertuples(index=False):
-        image_id = str(record.ID)
-        mask = _mask_path(root, image_id)
-        if not mask.is_file():
-            raise DatasetError(f"{mask}: mask of image {image_id} is missing")
-        row = image_row(image_id, _label(record.Pathology, image_id, table_path), root / "Images" / f"{image_id}.png", [mask])
-        row["patient_id"] = str(record.Case)
-        rows.append(row)
-    index = pd.DataFrame(rows).assign(patient_known=True)
-    for source, column in METADATA_COLUMNS.items():
-        if source in table.columns:
-            index[column] = table[source].to_numpy()
+    rows = [bad.attempt(root / "Images" / f"{record.ID}.png", lambda record=record: _busbra_row(root, record, table_path))
+            for record in table.itertuples(index=False)]
+    index = pd.DataFrame([row for row in rows if row is not None]).assign(patient_known=True)
+    if index.empty:
+        raise DatasetError(f"{root}: no usable image (see the skipped samples)")
     index = index.assign(**_official_folds(root, index["image_id"]))
     return finalise_index(index)

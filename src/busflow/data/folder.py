@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import numpy as np
 from PIL import Image
 
 from busflow import CLASSES
+from busflow.io import printable
+
+if TYPE_CHECKING:
+    from busflow.data.bad_samples import BadSamples
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_PATTERN = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
@@ -39,23 +44,36 @@ def _class_folders(root: Path) -> list[Path]:
     return folders
 
 
-def _scan_class(folder: Path) -> list[dict[str, object]]:
+def _utf8_name(path: Path) -> bool:
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of the name, kept by Python as surrogates
+        return False
+    return True
+
+
+def _scan_class(folder: Path, bad: BadSamples) -> list[dict[str, object]]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"{folder}: class folder holds no images")
     masks: dict[str, list[Path]] = {}
     images: list[Path] = []
     for path in files:
+        if not _utf8_name(path):
+            bad.report(path, f"{printable(path)}: file name is not valid UTF-8; rename the file (and its mask)")
+            continue
         match = MASK_PATTERN.match(path.stem)
         if match:
             masks.setdefault(match["stem"], []).append(path)
         else:
             images.append(path)
     image_stems = {p.stem for p in images}
-    orphans = sorted(str(m) for stem, paths in masks.items() if stem not in image_stems for m in paths)
-    if orphans:
-        raise DatasetError(f"{orphans[0]}: mask without an image ({len(orphans)} such file(s) in {folder})")
-    if not images:
-        raise DatasetError(f"{folder}: class folder holds no images")
-    return [image_row(image.stem, folder.name, image, masks.get(image.stem, [])) for image in images]
+    for stem, paths in sorted(masks.items()):
+        for mask in paths if stem not in image_stems else []:
+            bad.report(mask, f"{mask}: mask without an image (no {stem}.<ext> in {folder})")
+    rows = [bad.attempt(image, lambda image=image: image_row(image.stem, folder.name, image, masks.get(image.stem, [])))
+            for image in images]
+    return [row for row in rows if row is not None]
 
 
 def image_size_and_colour(path: Path) -> tuple[int, int, bool]:
@@ -114,15 +132,38 @@ def _attach_patients(index: pd.DataFrame, root: Path) -> pd.DataFrame:
     return index.assign(patient_id=index["image_id"].map(mapping).astype(str), patient_known=True)
 
 
-def ingest_folder(root: str | Path) -> pd.DataFrame:
-    """Index every image under ``root``; raise DatasetError naming the file on any layout problem."""
-    root = Path(root)
-    rows = [row for folder in _class_folders(root) for row in _scan_class(folder)]
-    index = pd.DataFrame(rows)
-    duplicated = index["image_id"][index["image_id"].duplicated()].tolist()
-    if duplicated:
-        raise DatasetError(f"{root}: image id '{duplicated[0]}' occurs in more than one class folder")
-    return finalise_index(_attach_patients(index, root))
+def drop_unmasked_lesions(index: pd.DataFrame, bad: BadSamples) -> pd.DataFrame:
+    """In a dataset with masks, a benign or malignant image without one would teach "no lesion here": bad."""
+    has_mask = index["mask_paths"].astype(str).str.len() > 0
+    unmasked = index["label"].isin(["benign", "malignant"]) & ~has_mask
+    if not has_mask.any() or not unmasked.any():
+        return index
+    for row in index[unmasked].itertuples():
+        bad.report(row.image_path, f"{row.image_path}: {row.label} image without a mask (the dataset's other lesion images have masks)")
+    return index[~unmasked]
+
+
+def drop_duplicate_ids(index: pd.DataFrame, bad: BadSamples, root: Path) -> pd.DataFrame:
+    """An image ID in two class folders has two labels: neither copy can be trusted."""
+    duplicated = index["image_id"].duplicated(keep=False)
+    for row in index[duplicated].itertuples():
+        folders = sorted(Path(p).parent.name for p in index.loc[index["image_id"] == row.image_id, "image_path"])
+        bad.report(row.image_path, f"{root}: image id '{row.image_id}' occurs in more than one class folder ({', '.join(folders)})")
+    return index[~duplicated]
+
+
+def ingest_folder(root: str | Path, bad: BadSamples | None = None) -> pd.DataFrame:
+    """Index every image under ``root``; a problem with one sample goes to ``bad`` (default: raise
+    DatasetError naming the file), a problem with the layout always raises."""
+    from busflow.data.bad_samples import BadSamples
+
+    root, bad = Path(root), bad or BadSamples()
+    rows = [row for folder in _class_folders(root) for row in _scan_class(folder, bad)]
+    index = pd.DataFrame(rows, columns=[c for c in SOURCE_COLUMNS if c not in ("patient_id", "patient_known")])
+    if index.empty:
+        raise DatasetError(f"{root}: no usable image (see the skipped samples)")
+    index = drop_unmasked_lesions(drop_duplicate_ids(index, bad, root), bad)
+    return finalise_index(_attach_patients(index.reset_index(drop=True), root))
 
 
 def patients_known(index: pd.DataFrame) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,9 @@ from PIL import Image
 from busflow import CLASSES
 from busflow.data.folder import DatasetError
 from busflow.io import atomic_path
+
+if TYPE_CHECKING:
+    from busflow.data.bad_samples import BadSamples
 
 # Percentiles for intensity normalisation: robust to a few saturated pixels (calipers, text).
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
@@ -34,12 +37,18 @@ def load_grayscale(path: str | Path) -> np.ndarray:
 
 
 def mask_pixels(mask: Image.Image) -> np.ndarray:
-    """Lesion pixels of one mask file: where its brightest colour channel is at least half range (>= 128).
+    """Lesion pixels of one mask file: where its brightest colour channel is at least half range (>= 128),
+    or, for a label map holding only the values 0 and 1, where it is 1.
 
     1-bit, L, RGB, RGBA and palette masks all pass through their RGB rendering (palette colours resolved,
-    alpha ignored), so a white, red or green lesion drawn on black counts alike.
+    alpha ignored), so a white, red or green lesion drawn on black counts alike; anti-aliased edges count
+    from half intensity up. A 16-bit mask is compared at its own range's half.
     """
-    return np.asarray(mask.convert("RGB")).max(axis=2) >= 128
+    if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(mask, dtype=np.int64)
+        return values >= 1 if values.max() <= 1 else values >= (32768 if values.max() > 255 else 128)
+    brightest = np.asarray(mask.convert("RGB")).max(axis=2)
+    return brightest == 1 if brightest.max() == 1 else brightest >= 128
 
 
 def load_mask_union(mask_paths: list[str], shape: tuple[int, int]) -> np.ndarray:
@@ -95,25 +104,31 @@ def select_classes(index: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     return index[index["label"].isin(classes)].reset_index(drop=True)
 
 
+def _decode_sample(row: Any, settings: Mapping[str, Any], size: int) -> tuple[np.ndarray, np.ndarray]:
+    gray = load_grayscale(row.image_path)
+    mask_paths = [p for p in str(row.mask_paths).split(";") if p and p != "nan"]
+    union = load_mask_union(mask_paths, gray.shape)
+    return model_input(gray, settings), resize_mask(union, size)
+
+
 def preprocess_index(index: pd.DataFrame, size: int, *, classes: Sequence[str] = CLASSES, enhancement: str = "none",
-                     options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+                     options: Mapping[str, Any] | None = None, bad: BadSamples | None = None) -> dict[str, np.ndarray]:
     """Images (uint8, contrast-enhanced at full resolution, then resized) and union masks, in index order;
-    labels index ``classes``."""
+    labels index ``classes``. An image or mask that cannot be decoded goes to ``bad`` (default: raise); the
+    arrays then hold the other rows (``image_ids`` says which)."""
+    from busflow.data.bad_samples import BadSamples
+
+    bad = bad or BadSamples()
     settings = {"size": size, "enhance": enhancement, "enhance_options": options or {}}
-    count = len(index)
-    images = np.zeros((count, size, size), dtype=np.uint8)
-    masks = np.zeros((count, size, size), dtype=np.uint8)
-    for row_number, row in enumerate(index.itertuples(index=False)):
-        gray = load_grayscale(row.image_path)
-        mask_paths = [p for p in str(row.mask_paths).split(";") if p and p != "nan"]
-        union = load_mask_union(mask_paths, gray.shape)
-        images[row_number] = model_input(gray, settings)
-        masks[row_number] = resize_mask(union, size)
+    decoded = [bad.attempt(row.image_path, lambda row=row: _decode_sample(row, settings, size)) for row in index.itertuples(index=False)]
+    kept = np.array([sample is not None for sample in decoded], dtype=bool)
+    samples = [sample for sample in decoded if sample is not None]
+    empty = np.zeros((0, size, size), dtype=np.uint8)
     return {
-        "images": images,
-        "masks": masks,
-        "labels": np.array([list(classes).index(label) for label in index["label"]], dtype=np.int64),
-        "image_ids": index["image_id"].to_numpy(dtype=str),
+        "images": np.stack([image for image, _ in samples]) if samples else empty,
+        "masks": np.stack([mask for _, mask in samples]) if samples else empty,
+        "labels": np.array([list(classes).index(label) for label in index["label"][kept]], dtype=np.int64),
+        "image_ids": index["image_id"][kept].to_numpy(dtype=str),
         "classes": np.array(list(classes), dtype=str),
     }
 
@@ -128,12 +143,17 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
         return {key: archive[key] for key in archive.files}
 
 
-def preprocess_raw(raw_dir: str | Path, settings: Mapping[str, Any]) -> tuple[pd.DataFrame, dict[str, np.ndarray], int]:
-    """Index the raw folder, keep ``settings["classes"]`` and preprocess: (index, arrays, images left out)."""
+def preprocess_raw(raw_dir: str | Path, settings: Mapping[str, Any], bad: BadSamples | None = None
+                   ) -> tuple[pd.DataFrame, dict[str, np.ndarray], int]:
+    """Index the raw folder, keep ``settings["classes"]`` and preprocess: (index, arrays, images left out by
+    class). Bad samples go to ``bad`` (default: the first one raises) and are in neither the index nor the arrays."""
     from busflow.data.sources import ingest_raw
 
-    ingested = ingest_raw(raw_dir)
+    ingested = ingest_raw(raw_dir, bad)
     index = select_classes(ingested, settings["classes"])
     arrays = preprocess_index(index, settings["size"], classes=settings["classes"], enhancement=settings["enhance"],
-                              options=settings["enhance_options"])
-    return index, arrays, len(ingested) - len(index)
+                              options=settings["enhance_options"], bad=bad)
+    index = index[index["image_id"].isin(arrays["image_ids"])].reset_index(drop=True)
+    if index.empty:
+        raise DatasetError(f"{raw_dir}: no image left to preprocess (see the skipped samples)")
+    return index, arrays, len(ingested) - int(ingested["label"].isin(settings["classes"]).sum())

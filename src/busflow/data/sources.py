@@ -21,13 +21,14 @@ from typing import Any
 import pandas as pd
 
 from busflow import CLASSES
+from busflow.data.bad_samples import BadSamples
 from busflow.data.busbra import ingest_busbra, is_busbra_root
 from busflow.data.folder import DatasetError, ingest_folder
 from busflow.io import atomic_dir, write_json
 
 SOURCE_RECORD = "source.json"
 LAYOUTS = {"synthetic": "folder", "busi": "folder", "folder": "folder", "busbra": "busbra"}
-INGESTERS: dict[str, Callable[[Path], pd.DataFrame]] = {"folder": ingest_folder, "busbra": ingest_busbra}
+INGESTERS: dict[str, Callable[[Path, BadSamples | None], pd.DataFrame]] = {"folder": ingest_folder, "busbra": ingest_busbra}
 SEARCH_DEPTH = 3  # how deep below a given path (or an extracted archive) the dataset root may sit
 GIB = 1 << 30
 
@@ -125,12 +126,13 @@ def read_source(raw_dir: Path) -> tuple[dict[str, Any], Path]:
     return record, root if root.is_absolute() else raw_dir / root
 
 
-def ingest_raw(raw_dir: str | Path) -> pd.DataFrame:
-    """Index the dataset that ``raw_dir`` (the download stage's output) points to."""
+def ingest_raw(raw_dir: str | Path, bad: BadSamples | None = None) -> pd.DataFrame:
+    """Index the dataset that ``raw_dir`` (the download stage's output) points to; per-sample problems go to
+    ``bad`` (default: the first one raises)."""
     record, root = read_source(Path(raw_dir))
     if record.get("origin") == "path" and fingerprint(root) != record.get("fingerprint"):
         raise DatasetError(f"{root}: files changed since the download stage recorded them; re-run it "
                            "(snakemake --forcerun download, or dvc repro --force download)")
     if record.get("layout") not in INGESTERS:
         raise DatasetError(f"{Path(raw_dir) / SOURCE_RECORD}: unknown layout {record.get('layout')!r}")
-    return INGESTERS[record["layout"]](root)
+    return INGESTERS[record["layout"]](root, bad)
