@@ -74,6 +74,9 @@ def test_report_lists_every_model(project: Path) -> None:
     assert split.loc[split["split"] == "main", "crossings"].eq("none").all()
     leakage = pd.read_csv(report / "tables/leakage.csv")
     assert set(leakage["model"]) == {"unet"}
+    summary = (report / "report.md").read_text()
+    assert "- **deterministic**: yes: every model trained on the CPU with seeded draws (1 torch thread(s) per job)" in summary
+    assert "- **bad samples skipped**: none" in summary
 
 
 def test_external_validation_tests_every_fold_model_on_the_other_dataset(project: Path) -> None:

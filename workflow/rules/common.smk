@@ -69,7 +69,7 @@ def report_outputs():
 
 def report_inputs(wildcards):
     models = [*MODELS, CASCADE]
-    files = [rules.preprocess.output.index, rules.preprocess.output.arrays, *rules.group.output, *rules.split.output,
+    files = [rules.preprocess.output.index, rules.preprocess.output.arrays, rules.preprocess.output.skipped, *rules.group.output, *rules.split.output,
              *rules.audit.output]
     for model in models:
         for fold in FOLDS:

@@ -178,6 +178,28 @@ def _training_devices(run: RunResults) -> str:
     return "; ".join(sorted(devices)) or "n/a"
 
 
+def _determinism(run: RunResults) -> str:
+    """Whether rerunning this params file reproduces the results bit for bit, from what each model recorded."""
+    trained = [r.description.get("trained_on") or {} for r in run.results if r.description.get("arch") != "ensemble"]
+    if not trained or any("deterministic" not in t for t in trained):
+        return "unknown (models trained by an older busflow)"
+    unsure = sorted({f"{t['device']}" for t in trained if not t["deterministic"]})
+    threads = sorted({int(t["threads"]) for t in trained})
+    if not unsure:
+        return (f"yes: every model trained on the CPU with seeded draws ({'/'.join(map(str, threads))} torch thread(s) per job); "
+                "retraining with the same params, torch build and thread count gives bit-identical weights and metrics")
+    return (f"no: {sum(not t['deterministic'] for t in trained)} of {len(trained)} training jobs ran on {', '.join(unsure)} "
+            "without forced deterministic algorithms; a rerun agrees within floating-point noise, not bit for bit")
+
+
+def _skipped_samples(run: RunResults) -> str:
+    path = run.root / "data" / "skipped.csv"
+    if not path.is_file():
+        return "n/a"
+    count = len(pd.read_csv(path))
+    return "none" if count == 0 else f"{count} left out under data.on_bad_sample: skip (data/skipped.csv lists each with its problem)"
+
+
 def _wall_time(jobs: pd.DataFrame) -> str:
     """Total and slowest job from the jobs' logs; sums job times, so parallel runs took less on the clock."""
     if jobs.empty:
@@ -197,9 +219,11 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
         *library_versions().items(),
         ("classes", ", ".join(run.classes)),
         ("images / patients", f"{len(index)} / {index['patient_id'].nunique() if 'patient_id' in index else 'n/a'}"),
+        ("bad samples skipped", _skipped_samples(run)),
         ("split protocol", split_label(run)),
         ("folds", ", ".join(str(f) for f in run.folds)),
         ("trained on", _training_devices(run)),
+        ("deterministic", _determinism(run)),
         ("report built on", f"{platform.platform()}, {os.cpu_count()} CPU(s)"),
         ("pipeline wall time", _wall_time(tables.jobs)),
     ]

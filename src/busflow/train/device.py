@@ -37,6 +37,13 @@ def seed_everything(seed: int) -> None:
     set_determinism(seed=seed)
 
 
+def is_deterministic(device: torch.device) -> bool:
+    """Whether retraining with the same seed reproduces the weights bit for bit: on the CPU yes (same torch
+    build and thread count; every random draw is seeded); on CUDA only with deterministic algorithms forced,
+    which busflow does not do (cuDNN autotuning and atomics in backward passes are faster)."""
+    return device.type == "cpu" or torch.are_deterministic_algorithms_enabled()
+
+
 def configure_threads() -> None:
     """Honour OMP_NUM_THREADS (set by Snakemake from a rule's ``threads``) for torch's intra-op pool."""
     threads = os.environ.get("OMP_NUM_THREADS")

@@ -15,7 +15,7 @@ from busflow.models import build_model, model_tasks
 from busflow.io import read_table
 from busflow.split import group_ids_of, role_indices
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
-from busflow.train.device import configure_threads, device_name, resolve_device, seed_everything
+from busflow.train.device import configure_threads, device_name, is_deterministic, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from busflow.predictions import prediction_table, save_predictions
 from busflow.train.outputs import epoch_logger, save_run
@@ -33,7 +33,8 @@ def describe_model(spec: Mapping[str, Any], *, n_classes: int, classes: list[str
             "n_classes": n_classes, "classes": classes, "image_size": image_size,
             "tasks": sorted(model_tasks(spec["arch"])), "input_scaling": "uint8 / 255",
             "preprocess": {key: preprocess[key] for key in ("size", "enhance", "enhance_options", "classes")},
-            "trained_on": {"device": str(device), "device_name": device_name(device), "torch": torch.__version__}}
+            "trained_on": {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+                           "threads": torch.get_num_threads(), "deterministic": is_deterministic(device)}}
 
 
 def ablation_spec(params: Mapping[str, Any], lr: float, variant: str) -> dict[str, Any]:
