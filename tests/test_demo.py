@@ -98,6 +98,15 @@ def test_analysis_shows_every_output_of_the_model(session: DemoSession, new_imag
     assert dict(zip(nothing["descriptor"], nothing["value"]))["lesion_area_px"] == 0
 
 
+def test_a_test_image_of_the_model_can_be_picked_instead_of_an_upload(session: DemoSession) -> None:
+    key = "synthetic/unet/fold0"
+    picked = sorted(session.test_images(key))[0]
+    analysis = session.analyse(key, None, picked)
+    assert analysis.name == f"{picked} (test image)" and analysis.lesion_probs is not None
+    _, _, _, summary = render(analysis, opacity=0.4, threshold=0.5)
+    assert picked in summary
+
+
 def test_browser_input_never_names_a_file(session: DemoSession) -> None:
     with pytest.raises(InputError, match="pick a trained model"):
         session.analyse("../../etc", None, "p0000_v0")
@@ -183,3 +192,16 @@ def test_page_explains_a_non_image_without_a_stack_trace(demo_url: str, browser,
     upload_and_analyse(browser, demo_url, fake)
     WebDriverWait(browser, 60).until(lambda d: "scan.png: not an image" in d.find_element(By.TAG_NAME, "body").text)
     assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_the_server_binds_locally_and_serves_no_file_it_did_not_make(demo_url: str, demo_results: Path) -> None:
+    import urllib.error
+
+    from busflow.cli import _parser
+
+    assert _parser().parse_args(["demo"]).host == "127.0.0.1"
+    weights = next(demo_results.glob("*/models/*/fold0/weights.pt"))
+    for target in ("/etc/passwd", str(weights), "../../etc/passwd", "results/../../../etc/passwd"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{demo_url}gradio_api/file={target}", timeout=10)
+        assert refused.value.code in (403, 404), target
