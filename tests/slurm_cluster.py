@@ -1,0 +1,129 @@
+"""A single-node Slurm cluster on localhost (Debian's slurm-wlm and munge), for the profile test.
+
+Where Slurm is missing, it is installed with apt (root only); where that cannot be done, or where a Slurm
+configuration this suite did not write already exists, the caller is told why and the test is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+SLURM_CONF = Path("/etc/slurm/slurm.conf")  # where srun inside a job looks for it
+MARKER = "# single-node test cluster written by busflow's test suite"
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+
+
+class ClusterUnavailable(RuntimeError):
+    """No local Slurm cluster can be started here; the message says why."""
+
+
+def _install() -> None:
+    if all(shutil.which(tool) for tool in DAEMONS):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ClusterUnavailable("slurm-wlm and munge are not installed and cannot be (needs root and apt-get)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        if result.returncode != 0:
+            raise ClusterUnavailable(f"`{' '.join(command)}` failed: {result.stderr.strip()[-300:]}")
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _config(state: Path) -> str:
+    memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
+    return f"""{MARKER}
+ClusterName=busflowtest
+SlurmctldHost=localhost
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={state}/munge.socket
+CredType=cred/munge
+StateSaveLocation={state}/ctld
+SlurmdSpoolDir={state}/spool
+SlurmctldPidFile={state}/slurmctld.pid
+SlurmdPidFile={state}/slurmd.pid
+SlurmctldLogFile={state}/slurmctld.log
+SlurmdLogFile={state}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+MinJobAge=600
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/none
+NodeName=localhost CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _run(*command: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise ClusterUnavailable(f"`{' '.join(command)}` failed: {(result.stderr or result.stdout).strip()[-300:]}")
+
+
+def _wait_until_idle(state: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        result = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=30)
+        if result.stdout.strip() == "idle":
+            return
+        time.sleep(1)
+    logs = "\n".join((state / name).read_text()[-1000:] for name in ("slurmctld.log", "slurmd.log") if (state / name).exists())
+    raise ClusterUnavailable(f"the local Slurm node did not become idle within 60 s:\n{logs}")
+
+
+def _stop(state: Path) -> None:
+    """Shut the daemons down and wait until they are gone (the next start needs their ports)."""
+    subprocess.run(["scontrol", "shutdown"], capture_output=True, timeout=60)
+    for name in ("slurmctld.pid", "slurmd.pid", "munged.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((state / name).read_text().strip()), signal.SIGTERM)
+    subprocess.run(["pkill", "-TERM", "-f", f"munged --key-file={state}"], capture_output=True, timeout=30)
+    deadline = time.monotonic() + 60
+    while (_port_in_use(6817) or _port_in_use(6818)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def local_cluster(state: Path) -> Iterator[None]:
+    """munged + slurmctld + slurmd on this machine for the duration of the block."""
+    _install()
+    if SLURM_CONF.exists() and MARKER not in SLURM_CONF.read_text(errors="replace"):
+        raise ClusterUnavailable(f"{SLURM_CONF} exists and was not written by this suite (a real cluster?): left alone")
+    if _port_in_use(6817) or _port_in_use(6818):
+        raise ClusterUnavailable("Slurm's ports 6817/6818 are in use on this machine: another Slurm is running")
+    for folder in ("ctld", "spool"):
+        (state / folder).mkdir(parents=True, exist_ok=True)
+    key = state / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    SLURM_CONF.write_text(_config(state))
+    try:
+        _run("munged", f"--key-file={key}", f"--socket={state}/munge.socket", f"--pid-file={state}/munged.pid",
+             f"--log-file={state}/munged.log", "--force")
+        _run("slurmctld", "-f", str(SLURM_CONF))
+        _run("slurmd", "-f", str(SLURM_CONF))
+        _wait_until_idle(state)
+        yield
+    finally:
+        _stop(state)
+        SLURM_CONF.unlink(missing_ok=True)
