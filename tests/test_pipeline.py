@@ -197,6 +197,21 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(project: Path) ->
     assert status.count("Queued") == 4, status
 
 
+def test_a_second_checkout_pulls_the_trained_models_from_the_team_remote(project: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "team-remote"  # a local-directory remote; an S3, SSH or shared-drive URL works the same way
+    run_tool(["dvc", "remote", "add", "--default", "team", str(remote)], project)
+    _git_commit(project, "retrained resnet50; team remote")
+    run_tool(["dvc", "push"], project)
+    second = tmp_path / "second-checkout"
+    run_tool(["git", "clone", "--quiet", str(project), str(second)], tmp_path)
+    run_tool(["dvc", "pull"], second)
+    for path in ("results/synthetic/models/unet/fold0/weights.pt", "results/synthetic/models/cascade/fold1/metrics.json",
+                 "results/synthetic/report/index.html"):
+        assert (second / path).read_bytes() == (project / path).read_bytes(), path
+    assert "up to date" in run_tool(["dvc", "status"], second).stdout
+    assert "Running stage" not in run_tool(["dvc", "repro"], second).stdout  # nothing is retrained
+
+
 def _git_commit(project: Path, message: str) -> None:
     run_tool(["git", "add", "-A"], project)
     run_tool(["git", "-c", "user.name=busflow", "-c", "user.email=busflow@localhost", "commit", "--quiet", "-m", message], project)

@@ -401,7 +401,9 @@ def test_contact_sheets(full: tuple[Path, Path]) -> None:
     _, out = full
     assert REPORT_DIRS == ("clusters",)
     sheets = sorted((out / "clusters").glob("*.png"))
-    assert len(sheets) == 2 and sorted((out / "clusters").iterdir()) == sheets
+    assert len(sheets) == 2 and sorted((out / "clusters").iterdir()) == sorted([*sheets, out / "clusters" / "index.csv"])
+    listed = pd.read_csv(out / "clusters" / "index.csv")
+    assert sorted(listed["sheet"]) == [s.name for s in sheets] and listed["images"].str.count(";").ge(1).all()
     red = []
     for sheet in sheets:
         with Image.open(sheet) as img:

@@ -33,7 +33,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArrayData, np.ndarra
 
 def _spec(**changes: object) -> dict:
     # The tiny U-Net with augmentation and a learning-rate schedule: every random and stateful part is in play.
-    return dict(load_params(TINY_PARAMS)["models"]["unet"], epochs=EPOCHS, patience=0, scheduler="cosine", **changes)
+    return dict(load_params(TINY_PARAMS)["models"]["unet"], epochs=EPOCHS, patience=0, lr_step={"epochs": 2, "gamma": 0.5}, **changes)
 
 
 def _model() -> nn.Module:

@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
-from ..io import atomic_dir, atomic_path  # noqa: E402
+from ..io import atomic_dir, atomic_path, write_csv  # noqa: E402
 from .loading import RunResults  # noqa: E402
 from .tables import (  # noqa: E402
     DuplicateCluster,
@@ -431,13 +431,18 @@ class Tile:
 
 
 def write_contact_sheets(run: RunResults, clusters: Sequence[DuplicateCluster], target_dir: Path) -> list[str]:
-    """One PNG per cluster in ``target_dir`` (created even when empty, replaced as a whole).
+    """One PNG per cluster in ``target_dir`` and ``index.csv`` listing them (so the folder is never empty: an
+    empty folder does not survive ``dvc push``/``pull``), replaced as a whole.
 
     Returns ``"<image id>: <error>"`` for every image that could not be read (drawn as a tile naming the error).
     """
     index = run.index.drop_duplicates("image_id").set_index("image_id")
     problems: list[str] = []
     with atomic_dir(target_dir) as tmp:
+        write_csv(tmp / "index.csv", pd.DataFrame(
+            [{"cluster_id": c.cluster_id, "sheet": Path(c.sheet).name, "images": ";".join(c.image_ids),
+              "labels": ";".join(c.labels), "label_conflict": c.label_conflict} for c in clusters],
+            columns=["cluster_id", "sheet", "images", "labels", "label_conflict"]))
         for cluster in clusters:
             tiles = [read_tile(index, image_id) for image_id in cluster.image_ids]
             problems += [f"{i}: {t.error}" for i, t in zip(cluster.image_ids, tiles) if t.error]
