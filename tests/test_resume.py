@@ -195,7 +195,11 @@ def _run(command: list[str], project: Path) -> str:
 
 
 def _assert_same_model(project: Path, reference: Path) -> None:
+    import hashlib
+
     fold = "results/synthetic/models/unet/fold0"
+    digests = [hashlib.sha256((p / fold / "metrics.json").read_bytes()).hexdigest() for p in (reference, project)]
+    print(f"metrics.json sha256 — uninterrupted: {digests[0]}  resumed ({project.name}): {digests[1]}")
     for name in ("metrics.json", "per_image.csv", "predictions.csv", "predictions.npz"):
         assert (project / fold / name).read_bytes() == (reference / fold / name).read_bytes(), name
     resumed = torch.load(project / fold / "weights.pt", weights_only=True)
