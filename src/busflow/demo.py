@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,6 @@ class Analysis:
     lesion_probs: np.ndarray | None  # float32, original resolution
     roi_box: dict[str, int] | None = None
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def analyse(predictor: Any, image_path: Path, name: str) -> Analysis:
