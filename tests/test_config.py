@@ -135,3 +135,10 @@ def test_duplicate_settings_in_the_schema_match_the_detector() -> None:
 
     schema = load_schema()["properties"]["split"]["properties"]["duplicates"]["properties"]
     assert set(schema) == {f.name for f in dataclasses.fields(DuplicateSettings)}
+
+
+def test_the_package_schema_is_the_workflow_schema() -> None:
+    """One schema: the package's copy (read by every busflow command) is the workflow's (documented) file."""
+    from busflow.config import SCHEMA_PATH
+
+    assert SCHEMA_PATH.read_bytes() == (REPO / "workflow" / "schemas" / "params.schema.yaml").read_bytes()
