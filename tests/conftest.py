@@ -67,6 +67,27 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+MODEL_CLASSES = ["normal", "benign", "malignant"]
+MODEL_PREPROCESS = {"size": 64, "enhance": "none", "enhance_options": {}, "classes": MODEL_CLASSES}
+
+
+def saved_model(directory: Path, arch: str, options: dict) -> Path:
+    """A model folder as training leaves it (64 px input, three classes), with seeded untrained weights."""
+    import pandas as pd
+    import torch
+
+    from busflow.models import build_model
+    from busflow.train.outputs import save_run
+    from busflow.train.stage import describe_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=1, n_classes=3, options=options)
+    description = describe_model({"arch": arch, "options": options}, n_classes=3, classes=MODEL_CLASSES, image_size=64,
+                                 device=torch.device("cpu"), preprocess=MODEL_PREPROCESS)
+    save_run(directory, model, description, pd.DataFrame({"epoch": [1]}))
+    return directory
+
+
 @pytest.fixture
 def tiny_workflow(tmp_path: Path) -> Path:
     return workflow_copy(tmp_path / "project", TINY_PARAMS)

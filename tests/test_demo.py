@@ -85,7 +85,7 @@ def test_analysis_shows_every_output_of_the_model(session: DemoSession, new_imag
     analysis = session.analyse(key, str(new_image), None)
     picture, probabilities, descriptors, summary = render(analysis, opacity=0.5, threshold=0.5)
     assert picture.shape == (*Image.open(new_image).size[::-1], 3)
-    assert analysis.lesion_probs is not None and analysis.lesion_probs.shape == picture.shape[:2]
+    assert analysis.outputs.lesion_probs is not None and analysis.outputs.lesion_probs.shape == picture.shape[:2]
     if key.endswith("ensembles/seg_ensemble/fold0"):
         assert probabilities is None
     else:
@@ -93,7 +93,7 @@ def test_analysis_shows_every_output_of_the_model(session: DemoSession, new_imag
         assert "predicted" in summary
     assert ("crop the cascade classified" in summary) == ("cascade" in key)
     area = dict(zip(descriptors["descriptor"], descriptors["value"]))["lesion_area_px"]
-    assert area == (analysis.lesion_probs >= 0.5).sum()
+    assert area == (analysis.outputs.lesion_probs >= 0.5).sum()
     _, _, nothing, _ = render(analysis, opacity=0.5, threshold=1.01)  # the threshold slider re-renders without the model
     assert dict(zip(nothing["descriptor"], nothing["value"]))["lesion_area_px"] == 0
 
@@ -102,7 +102,7 @@ def test_a_test_image_of_the_model_can_be_picked_instead_of_an_upload(session: D
     key = "synthetic/unet/fold0"
     picked = sorted(session.test_images(key))[0]
     analysis = session.analyse(key, None, picked)
-    assert analysis.name == f"{picked} (test image)" and analysis.lesion_probs is not None
+    assert analysis.name == f"{picked} (test image)" and analysis.outputs.lesion_probs is not None
     _, _, _, summary = render(analysis, opacity=0.4, threshold=0.5)
     assert picked in summary
 

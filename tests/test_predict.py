@@ -15,22 +15,12 @@ from PIL import Image
 from busflow.cli import main
 from busflow.data.folder import DatasetError
 from busflow.data.synthetic import generate_phantoms
-from busflow.models import build_model
 from busflow.predict import predict_images, shape_descriptors
-from busflow.train.outputs import save_run
-from busflow.train.stage import describe_model
+from conftest import MODEL_CLASSES, saved_model
 
-CLASSES = ["normal", "benign", "malignant"]
-PREPROCESS = {"size": 64, "enhance": "none", "enhance_options": {}, "classes": CLASSES}
+CLASSES = MODEL_CLASSES
 
 
-def _saved_model(directory: Path, arch: str, options: dict) -> Path:
-    torch.manual_seed(0)
-    model = build_model(arch, in_channels=1, n_classes=3, options=options)
-    description = describe_model({"arch": arch, "options": options}, n_classes=3, classes=CLASSES, image_size=64,
-                                 device=torch.device("cpu"), preprocess=PREPROCESS)
-    save_run(directory, model, description, pd.DataFrame({"epoch": [1]}))
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +37,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_segmenter_writes_mask_overlay_and_a_consistent_row(tmp_path: Path, images: Path) -> None:
-    model = _saved_model(tmp_path / "classical", "classical_threshold", {})
+    model = saved_model(tmp_path / "classical", "classical_threshold", {})
     table = predict_images(model, str(images), tmp_path / "out", progress=False)
     assert len(table) == len(list(images.glob("*.png"))) == 4
     for row in table.itertuples():
@@ -64,7 +54,7 @@ def test_segmenter_writes_mask_overlay_and_a_consistent_row(tmp_path: Path, imag
 
 
 def test_multitask_model_gives_probabilities_and_a_mask(tmp_path: Path, images: Path) -> None:
-    model = _saved_model(tmp_path / "mtl", "mtl_resnet50", {"widen_factor": 0.125, "decoder_channels": [16, 8, 8, 8, 8]})
+    model = saved_model(tmp_path / "mtl", "mtl_resnet50", {"widen_factor": 0.125, "decoder_channels": [16, 8, 8, 8, 8]})
     single = next(iter(sorted(images.glob("*.png"))))
     table = predict_images(model, str(single), tmp_path / "one", progress=False)
     probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
@@ -87,7 +77,7 @@ def test_shape_descriptors_of_a_disc_and_a_tall_ellipse() -> None:
 
 
 def test_preprocessing_comes_from_model_json_not_params(tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _saved_model(tmp_path / "classical", "classical_threshold", {})
+    model = saved_model(tmp_path / "classical", "classical_threshold", {})
     monkeypatch.chdir(tmp_path)  # no params.yaml here: predict must not need one
     assert main(["predict", "--model", str(model), "--input", str(images), "--out", str(tmp_path / "cli")]) == 0
     description = json.loads((model / "model.json").read_text())
@@ -98,7 +88,7 @@ def test_preprocessing_comes_from_model_json_not_params(tmp_path: Path, images: 
 
 
 def test_bad_inputs_name_the_file(tmp_path: Path, images: Path) -> None:
-    model = _saved_model(tmp_path / "classical", "classical_threshold", {})
+    model = saved_model(tmp_path / "classical", "classical_threshold", {})
     with pytest.raises(DatasetError, match="no images found"):
         predict_images(model, str(tmp_path / "nothing*.png"), tmp_path / "out", progress=False)
     broken = tmp_path / "broken"
@@ -112,9 +102,9 @@ def _run_tree(root: Path) -> dict[str, Path]:
     """A results/<run> layout with a segmenter, a multi-task model, a cascade over the segmenter and an
     ensemble of the two mask models, all on fold 0 (random weights: only consistency is checked)."""
     models = root / "models"
-    seg = _saved_model(models / "unet" / "fold0", "unet", {"features": [4, 4, 8, 8, 16, 4]})
-    mtl = _saved_model(models / "mtl" / "fold0", "mtl_resnet50", {"widen_factor": 0.125, "decoder_channels": [16, 8, 8, 8, 8]})
-    cascade = _saved_model(models / "cascade" / "fold0", "segnet_classifier", {"filters": [8, 8, 16, 16]})
+    seg = saved_model(models / "unet" / "fold0", "unet", {"features": [4, 4, 8, 8, 16, 4]})
+    mtl = saved_model(models / "mtl" / "fold0", "mtl_resnet50", {"widen_factor": 0.125, "decoder_channels": [16, 8, 8, 8, 8]})
+    cascade = saved_model(models / "cascade" / "fold0", "segnet_classifier", {"filters": [8, 8, 16, 16]})
     description = json.loads((cascade / "model.json").read_text())
     description["cascade"] = {"segmenter": "unet", "margin": 0.15, "empty_roi_fraction": 0.5, "threshold": 0.5}
     (cascade / "model.json").write_text(json.dumps(description))

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -18,23 +17,14 @@ from PIL import Image
 from busflow.cli import main
 from busflow.data.folder import DatasetError
 from busflow.inference import load_predictor, save_package
-from busflow.models import build_model
 from busflow.predict import predict_images
-from busflow.train.outputs import load_trained, save_run
-from busflow.train.stage import describe_model
+from busflow.train.outputs import load_trained
+from conftest import MODEL_CLASSES, saved_model
 
-CLASSES = ["normal", "benign", "malignant"]
-PREPROCESS = {"size": 64, "enhance": "none", "enhance_options": {}, "classes": CLASSES}
+CLASSES = MODEL_CLASSES
 UNET = ("unet", {"features": [4, 4, 8, 8, 16, 4]})
 
 
-def _saved_model(directory: Path, arch: str, options: dict) -> Path:
-    torch.manual_seed(0)
-    model = build_model(arch, in_channels=1, n_classes=3, options=options)
-    description = describe_model({"arch": arch, "options": options}, n_classes=3, classes=CLASSES, image_size=64,
-                                 device=torch.device("cpu"), preprocess=PREPROCESS)
-    save_run(directory, model, description, pd.DataFrame({"epoch": [1]}))
-    return directory
 
 
 class _TouchOnUnpickle:
@@ -79,7 +69,7 @@ def test_the_payload_is_live_when_unpickled_unsafely(tmp_path: Path, payload: st
 @pytest.mark.parametrize("payload", sorted(PAYLOADS))
 def test_a_pickled_payload_in_weights_pt_is_refused_without_running(tmp_path: Path, images: Path, payload: str,
                                                                     legacy: bool, capsys: pytest.CaptureFixture[str]) -> None:
-    model = _saved_model(tmp_path / "model", "classical_threshold", {})
+    model = saved_model(tmp_path / "model", "classical_threshold", {})
     marker = tmp_path / "pwned"
     _plant(model, PAYLOADS[payload](marker), legacy)
     refused = rf"{model / 'weights.pt'}: refused: it holds objects other than tensors"
@@ -97,7 +87,7 @@ def test_a_pickled_payload_in_weights_pt_is_refused_without_running(tmp_path: Pa
 
 
 def test_model_json_that_is_not_json_is_an_error(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = _saved_model(tmp_path / "model", "classical_threshold", {})
+    model = saved_model(tmp_path / "model", "classical_threshold", {})
     (model / "model.json").write_text("{'arch': 'unet',", encoding="utf-8")
     with pytest.raises(DatasetError, match=rf"{model / 'model.json'}: not valid JSON \(Expecting property name"):
         load_predictor(model)
@@ -106,14 +96,14 @@ def test_model_json_that_is_not_json_is_an_error(tmp_path: Path, images: Path, c
 
 
 def test_model_json_without_the_network_keys_is_refused(tmp_path: Path, images: Path) -> None:
-    model = _saved_model(tmp_path / "model", "classical_threshold", {})
+    model = saved_model(tmp_path / "model", "classical_threshold", {})
     (model / "model.json").write_text(json.dumps({"arch": "unet"}), encoding="utf-8")
     with pytest.raises(DatasetError, match=r"model.json: not a busflow model description \(missing \['classes', 'in_channels'"):
         load_predictor(model)
 
 
 def test_model_json_with_an_unknown_arch_names_it(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = _saved_model(tmp_path / "model", "classical_threshold", {})
+    model = saved_model(tmp_path / "model", "classical_threshold", {})
     description = json.loads((model / "model.json").read_text(encoding="utf-8"))
     (model / "model.json").write_text(json.dumps({**description, "arch": "no_such_net"}), encoding="utf-8")
     with pytest.raises(DatasetError, match=rf"{model / 'model.json'}: unknown architecture 'no_such_net'; available: .*unet"):
@@ -128,7 +118,7 @@ def test_model_json_with_an_unknown_arch_names_it(tmp_path: Path, images: Path, 
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("package")
     target = root / "unet.safetensors"
-    save_package(load_predictor(_saved_model(root / "unet", *UNET)), target)
+    save_package(load_predictor(saved_model(root / "unet", *UNET)), target)
     return target
 
 

@@ -41,10 +41,9 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
     from busflow.data.folder import patients_known
+    from busflow.data.bad_samples import BadSamples
     from busflow.data.preprocess import preprocess_raw, save_arrays
     from busflow.io import write_csv
-
-    from busflow.data.bad_samples import BadSamples
 
     params = _load(args, check_registry=False)
     settings, bad = params["preprocess"], BadSamples(params["data"]["on_bad_sample"])

@@ -28,7 +28,8 @@ from PIL import Image, UnidentifiedImageError
 
 from busflow.data.folder import DatasetError
 from busflow.data.preprocess import load_grayscale, normalise
-from busflow.predict import IMAGE_SUFFIXES, full_resolution, overlay_image, scaled_box, shape_descriptors
+from busflow.data.folder import IMAGE_SUFFIXES
+from busflow.predict import ImageOutputs, image_outputs, overlay_image, shape_descriptors
 
 MAX_PIXELS = 40_000_000  # larger than any ultrasound frame; a decompression bomb is refused before decoding
 READABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"})
@@ -122,9 +123,7 @@ class Analysis:
     name: str
     gray: np.ndarray  # display image (uint8, original resolution)
     classes: list[str]
-    class_probs: np.ndarray | None
-    lesion_probs: np.ndarray | None  # float32, original resolution
-    roi_box: dict[str, int] | None = None
+    outputs: ImageOutputs
     seconds: float = 0.0
 
 
@@ -134,35 +133,33 @@ def analyse(predictor: Any, image_path: Path, name: str) -> Analysis:
         gray = load_grayscale(image_path)
     except DatasetError as error:
         raise InputError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
-    outputs = predictor.predict([gray])
-    lesion = full_resolution(outputs["mask_probs"][0], gray.shape) if "mask_probs" in outputs else None
-    box = scaled_box(outputs["roi_boxes"][0], outputs["mask_probs"].shape[-1], gray.shape) if "roi_boxes" in outputs else None
-    probs = outputs["class_probs"][0] if "class_probs" in outputs else None
-    return Analysis(name, normalise(gray), list(predictor.classes), probs, lesion, box, time.perf_counter() - started)
+    outputs = image_outputs(predictor.predict([gray]), 0, gray.shape)
+    return Analysis(name, normalise(gray), list(predictor.classes), outputs, time.perf_counter() - started)
 
 
 def render(analysis: Analysis, opacity: float, threshold: float) -> tuple[np.ndarray, dict[str, float] | None, pd.DataFrame, str]:
     """Overlay picture, class probabilities, descriptor table and a one-line summary for the page."""
     summary = [f"**{analysis.name}**"]
     probabilities = None
-    if analysis.class_probs is not None:
-        probabilities = {c: float(p) for c, p in zip(analysis.classes, analysis.class_probs)}
+    outputs = analysis.outputs
+    if outputs.class_probs is not None:
+        probabilities = {c: float(p) for c, p in zip(analysis.classes, outputs.class_probs)}
         best = max(probabilities, key=probabilities.get)
         summary.append(f"predicted **{best}** ({probabilities[best]:.2f})")
-    if analysis.lesion_probs is None:
+    if outputs.lesion_probs is None:
         picture = np.repeat(analysis.gray[..., None], 3, axis=2)
         descriptors = pd.DataFrame({"descriptor": ["note"], "value": ["this model has no segmentation output"]})
     else:
-        mask = analysis.lesion_probs >= threshold
+        mask = outputs.lesion_probs >= threshold
         picture = overlay_image(analysis.gray, mask, opacity)
-        described = {"lesion_fraction": float(mask.mean()), **shape_descriptors(mask)}
+        described = shape_descriptors(mask)
         descriptors = pd.DataFrame({"descriptor": list(described),
                                     "value": ["–" if isinstance(v, float) and math.isnan(v) else round(float(v), 3) for v in described.values()]})
         summary.append(f"lesion area {described['lesion_area_px']} px")
-    if analysis.roi_box:
+    if outputs.roi_box:
         import cv2
 
-        box = analysis.roi_box
+        box = outputs.roi_box
         cv2.rectangle(picture, (box["roi_left"], box["roi_top"]), (box["roi_right"] - 1, box["roi_bottom"] - 1), BOX_COLOUR,
                       max(1, min(picture.shape[:2]) // 150))
         summary.append("yellow box: the crop the cascade classified")

@@ -25,9 +25,8 @@ from busflow.data.preprocess import model_input
 from busflow.ensemble import TASK_OF_OUTPUT, combine
 from busflow.evaluate.metrics import lesion_mask
 from busflow.io import atomic_path
-from busflow.models import build_model
 from busflow.train.loop import ArrayData, predict
-from busflow.train.outputs import load_state, load_trained, read_model_description
+from busflow.train.outputs import build_described, load_state, load_trained, read_model_description
 
 PACKAGE_SUFFIX = ".safetensors"
 PACKAGE_METADATA_KEY = "busflow"
@@ -162,10 +161,8 @@ def _unpack(spec: Mapping[str, Any], tensors: Tensors, source: Path) -> Predicto
     kind = spec.get("kind")
     if kind == "network":
         description, prefix = spec["description"], spec["prefix"]
-        model = build_model(description["arch"], in_channels=description["in_channels"], n_classes=description["n_classes"],
-                            options=description["options"])
         state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
-        return NetworkPredictor(load_state(model, state, source), description, source)
+        return NetworkPredictor(load_state(build_described(description, source), state, source), description, source)
     if kind == "cascade":
         return CascadePredictor(_unpack(spec["segmenter"], tensors, source), _unpack(spec["classifier"], tensors, source), spec["settings"])
     if kind == "ensemble":

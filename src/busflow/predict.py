@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import glob
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,13 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from busflow.data.folder import DatasetError
+from busflow.data.folder import IMAGE_SUFFIXES, DatasetError
 from busflow.data.preprocess import load_grayscale, normalise
 from busflow.inference import load_predictor
 from busflow.io import atomic_path, write_csv
 from busflow.morphology import largest_component
 from busflow.train.device import resolve_device
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
 
 
@@ -52,13 +52,13 @@ def find_images(source: str) -> list[Path]:
 
 
 def shape_descriptors(mask: np.ndarray) -> dict[str, float]:
-    """Lesion area (all predicted pixels) and the shape of the largest lesion: bounding-box aspect ratio
+    """Lesion area (all predicted pixels, and as a fraction of the image) and the shape of the largest lesion: bounding-box aspect ratio
     (height / width; > 1 is taller than wide, a malignancy sign in BI-RADS), solidity (area / convex-hull
     area) and margin irregularity (perimeter² / (4π · area): 1 for a disc, larger for lobulated or
     spiculated margins)."""
     lesion = largest_component(mask)
     area = int(lesion.sum())
-    sizes = {"lesion_area_px": int(mask.sum()), "largest_lesion_area_px": area}
+    sizes = {"lesion_area_px": int(mask.sum()), "lesion_fraction": float(mask.mean()), "largest_lesion_area_px": area}
     if area == 0:
         return {**sizes, "aspect_ratio": math.nan, "solidity": math.nan, "margin_irregularity": math.nan}
     contours, _ = cv2.findContours(lesion.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -103,20 +103,35 @@ def scaled_box(box: np.ndarray, model_size: int, shape: tuple[int, int]) -> dict
     return {"roi_top": round(top * sy), "roi_left": round(left * sx), "roi_bottom": round(bottom * sy), "roi_right": round(right * sx)}
 
 
-def _row(path: Path, gray: np.ndarray, outputs: dict[str, np.ndarray], k: int, classes: Sequence[str],
-         threshold: float, out_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ImageOutputs:
+    """One image's share of a predictor's batch outputs, at the image's own resolution."""
+
+    class_probs: np.ndarray | None
+    lesion_probs: np.ndarray | None
+    roi_box: dict[str, int] | None
+
+
+def image_outputs(outputs: Mapping[str, np.ndarray], k: int, shape: tuple[int, int]) -> ImageOutputs:
+    masks = outputs.get("mask_probs")
+    return ImageOutputs(
+        class_probs=outputs["class_probs"][k] if "class_probs" in outputs else None,
+        lesion_probs=full_resolution(masks[k], shape) if masks is not None else None,
+        roi_box=scaled_box(outputs["roi_boxes"][k], masks.shape[-1], shape) if "roi_boxes" in outputs else None,
+    )
+
+
+def _row(path: Path, gray: np.ndarray, result: ImageOutputs, classes: Sequence[str], threshold: float, out_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"image": path.name, "path": str(path), "height": gray.shape[0], "width": gray.shape[1]}
-    if "class_probs" in outputs:
-        probs = outputs["class_probs"][k]
-        row.update({f"prob_{name}": float(p) for name, p in zip(classes, probs)})
-        row["predicted_class"] = classes[int(probs.argmax())]
-    if "roi_boxes" in outputs:
-        row.update(scaled_box(outputs["roi_boxes"][k], outputs["mask_probs"].shape[-1], gray.shape))
-    if "mask_probs" in outputs:
-        mask = full_resolution(outputs["mask_probs"][k], gray.shape) >= threshold
+    if result.class_probs is not None:
+        row.update({f"prob_{name}": float(p) for name, p in zip(classes, result.class_probs)})
+        row["predicted_class"] = classes[int(result.class_probs.argmax())]
+    row.update(result.roi_box or {})
+    if result.lesion_probs is not None:
+        mask = result.lesion_probs >= threshold
         _save_png(mask.astype(np.uint8) * 255, out_dir / f"{path.stem}_mask.png")
         _save_png(overlay_image(gray, mask), out_dir / f"{path.stem}_overlay.png")
-        row.update(lesion_fraction=float(mask.mean()), **shape_descriptors(mask))
+        row.update(shape_descriptors(mask))
     return row
 
 
@@ -132,7 +147,8 @@ def predict_images(model_path: Path, source: str, out_dir: Path, *, device: str 
     for chunk in tqdm(list(_batches(paths, batch_size)), desc=f"predict {model_path.name}", unit="batch", disable=not progress):
         grays = [load_grayscale(path) for path in chunk]
         outputs = predictor.predict(grays)
-        rows += [_row(path, gray, outputs, k, predictor.classes, threshold, out_dir) for k, (path, gray) in enumerate(zip(chunk, grays))]
+        rows += [_row(path, gray, image_outputs(outputs, k, gray.shape), predictor.classes, threshold, out_dir)
+                 for k, (path, gray) in enumerate(zip(chunk, grays))]
     table = pd.DataFrame(rows)
     write_csv(out_dir / "predictions.csv", table)
     return table

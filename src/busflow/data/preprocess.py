@@ -42,11 +42,8 @@ def mask_pixels(mask: Image.Image) -> np.ndarray:
 
     1-bit, L, RGB, RGBA and palette masks all pass through their RGB rendering (palette colours resolved,
     alpha ignored), so a white, red or green lesion drawn on black counts alike; anti-aliased edges count
-    from half intensity up. A 16-bit mask is compared at its own range's half.
+    from half intensity up.
     """
-    if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
-        values = np.asarray(mask, dtype=np.int64)
-        return values >= 1 if values.max() <= 1 else values >= (32768 if values.max() > 255 else 128)
     brightest = np.asarray(mask.convert("RGB")).max(axis=2)
     return brightest == 1 if brightest.max() == 1 else brightest >= 128
 
@@ -104,11 +101,11 @@ def select_classes(index: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     return index[index["label"].isin(classes)].reset_index(drop=True)
 
 
-def _decode_sample(row: Any, settings: Mapping[str, Any], size: int) -> tuple[np.ndarray, np.ndarray]:
+def _decode_sample(row: Any, settings: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     gray = load_grayscale(row.image_path)
     mask_paths = [p for p in str(row.mask_paths).split(";") if p and p != "nan"]
     union = load_mask_union(mask_paths, gray.shape)
-    return model_input(gray, settings), resize_mask(union, size)
+    return model_input(gray, settings), resize_mask(union, settings["size"])
 
 
 def preprocess_index(index: pd.DataFrame, size: int, *, classes: Sequence[str] = CLASSES, enhancement: str = "none",
@@ -120,7 +117,7 @@ def preprocess_index(index: pd.DataFrame, size: int, *, classes: Sequence[str] =
 
     bad = bad or BadSamples()
     settings = {"size": size, "enhance": enhancement, "enhance_options": options or {}}
-    decoded = [bad.attempt(row.image_path, lambda row=row: _decode_sample(row, settings, size)) for row in index.itertuples(index=False)]
+    decoded = [bad.attempt(row.image_path, lambda row=row: _decode_sample(row, settings)) for row in index.itertuples(index=False)]
     kept = np.array([sample is not None for sample in decoded], dtype=bool)
     samples = [sample for sample in decoded if sample is not None]
     empty = np.zeros((0, size, size), dtype=np.uint8)

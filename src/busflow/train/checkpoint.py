@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,11 @@ def checkpoint_path(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.checkpoints" / CHECKPOINT_FILE
 
 
-def fingerprint(spec: Mapping[str, Any], seed: int, images: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray) -> str:
-    """What the epochs depend on; a checkpoint with another fingerprint belongs to another job."""
+def fingerprint(spec: Mapping[str, Any], seed: int, arrays: Sequence[np.ndarray]) -> str:
+    """What the epochs depend on (settings, seed, and the data and split ``arrays``); a checkpoint with another
+    fingerprint belongs to another job."""
     digest = hashlib.sha256(json.dumps({"spec": spec, "seed": seed}, sort_keys=True, default=str).encode())
-    for array in (images, train_rows, val_rows):
+    for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 

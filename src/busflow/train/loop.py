@@ -163,7 +163,7 @@ def fit(
     optimizer = _optimizer(model, spec)
     scheduler = _scheduler(optimizer, spec)
     augmentation = build_augmentation(spec["augment"], data.images.shape[-1], seed)
-    key = fingerprint(spec, seed, data.images, train_rows, val_rows) if checkpoint else ""
+    key = fingerprint(spec, seed, (data.images, data.masks, data.labels, train_rows, val_rows)) if checkpoint else ""
     state = TrainingState(0, float("inf"), copy.deepcopy(model.state_dict()), 0, [])
     restored = restore_checkpoint(checkpoint, key, model, optimizer, scheduler) if checkpoint else None
     if restored:

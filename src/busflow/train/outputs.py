@@ -78,17 +78,22 @@ def load_weights(path: Path, model: nn.Module) -> nn.Module:
     return load_state(model, state, path)
 
 
-def load_trained(model_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The network of a trained model folder, rebuilt from its model.json and weights.pt, in eval mode."""
+def build_described(description: Mapping[str, Any], source: Path) -> nn.Module:
+    """The (untrained) network a model description names; an unknown architecture is an error naming ``source``."""
     from busflow.data.folder import DatasetError
     from busflow.models import UnknownArchitectureError, build_model
 
-    description = read_model_description(model_dir)
     try:
-        model = build_model(description["arch"], in_channels=description["in_channels"], n_classes=description["n_classes"],
-                            options=description["options"])
+        return build_model(description["arch"], in_channels=description["in_channels"], n_classes=description["n_classes"],
+                           options=description["options"])
     except UnknownArchitectureError as error:
-        raise DatasetError(f"{model_dir / 'model.json'}: {error}") from None
+        raise DatasetError(f"{source}: {error}") from None
+
+
+def load_trained(model_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of a trained model folder, rebuilt from its model.json and weights.pt, in eval mode."""
+    description = read_model_description(model_dir)
+    model = build_described(description, model_dir / "model.json")
     return load_weights(model_dir / "weights.pt", model).eval(), description
 
 
