@@ -24,7 +24,8 @@ from busflow.morphology import largest_component
 from busflow.split import group_ids_of, role_indices
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.device import configure_threads, resolve_device, seed_everything
-from busflow.train.loop import ArrayData, fit, predict
+from busflow.train.accelerate import acceleration
+from busflow.train.loop import ArrayData, batch_source, fit, predict
 from busflow.predictions import load_predictions, prediction_table, save_predictions
 from busflow.train.outputs import epoch_logger, save_run
 from busflow.train.stage import describe_model, job_seed
@@ -86,6 +87,7 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
                                 empty_fraction=cascade["empty_roi_fraction"], size=cascade["crop_size"])
     data = ArrayData(crops, np.zeros_like(crops), arrays["labels"])
     device = resolve_device(params["device"])
+    setup = acceleration(params["accelerator"], device)
     model = build_model(spec["arch"], in_channels=1, n_classes=len(classes), options=spec.get("options"))
     prefix = f"[{cascade['name']} fold{fold}]"
     print(f"{prefix} {spec['arch']} on crops ({cascade['crop_size']} px) of {cascade['segmenter']} masks, device {device}", flush=True)
@@ -94,17 +96,17 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, frozenset({"cls"}), data, roles["train"], roles["val"], spec, n_classes=len(classes),
                       device=device, seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch,
-                      checkpoint=checkpoint)
+                      checkpoint=checkpoint, setup=setup)
     description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=cascade["crop_size"], device=device,
-                                 preprocess=params["preprocess"])
+                                 preprocess=params["preprocess"], setup=setup)
     description.update(cascade={"segmenter": cascade["segmenter"], "margin": cascade["margin"],
                                 "empty_roi_fraction": cascade["empty_roi_fraction"], "threshold": params["evaluate"]["threshold"]})
-    save_run(out_dir, model.cpu(), description, history)
-    model.to(device)
-    outputs = predict(model, data, test, device)
+    save_run(out_dir, model, description, history)
+    source = batch_source(data, device, setup)
+    outputs = predict(model, source, test, device)
     table = prediction_table(arrays["image_ids"][test], group_ids_of(folds, arrays["image_ids"][test]),
                              data.labels[test], classes, outputs)
     # Validation crops surround ground-truth lesions, as in training: the segmenter predicts only the test part.
-    validation = (arrays["image_ids"][roles["val"]], predict(model, data, roles["val"], device))
+    validation = (arrays["image_ids"][roles["val"]], predict(model, source, roles["val"], device))
     save_predictions(out_dir, table, outputs, extra={"boxes": boxes[test], "crops": crops[test]}, validation=validation)
     discard_checkpoint(checkpoint)

@@ -19,10 +19,12 @@ rule train_ablation:
         cell=ablation_params,
         seed=config["seed"],
         device=config["device"],
+        accelerator=ACCELERATOR,
         out=lambda wildcards: ablation_dir(RUN, wildcards.model, wildcards.lr, wildcards.variant, wildcards.fold),
     threads: 1
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU_JOB,
+        gpu_percent=GPU_PERCENT,
     conda:
         "../envs/busflow.yaml"
     log:

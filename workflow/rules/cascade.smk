@@ -14,10 +14,12 @@ rule cascade:
         threshold=config["evaluate"]["threshold"],
         seed=config["seed"],
         device=config["device"],
+        accelerator=ACCELERATOR,
         out=lambda wildcards: fold_dir(RUN, CASCADE, wildcards.fold),
     threads: 1
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU_JOB,
+        gpu_percent=GPU_PERCENT,
     conda:
         "../envs/busflow.yaml"
     log:

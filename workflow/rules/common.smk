@@ -40,6 +40,13 @@ LEAKAGE_MODELS = config.get("leakage", {}).get("models", [])
 ENSEMBLES = config["ensembles"]
 EXTERNAL = config["external"]
 ABLATION = config["ablation"]
+# Settings that change what training computes (jobs_per_gpu only schedules, so it reruns nothing).
+ACCELERATOR = {key: config["accelerator"][key] for key in ("fast_path", "compile")}
+# GPU jobs ask for a whole GPU on a cluster (gpu=1 becomes --gpus=1); on one machine, jobs_per_gpu of them
+# share it through gpu_percent, which the default profile caps at 100 (one GPU).
+ON_GPU = config["device"].startswith("cuda")
+GPU_JOB = 1 if ON_GPU else 0
+GPU_PERCENT = 100 // config["accelerator"]["jobs_per_gpu"] if ON_GPU else 0
 
 
 wildcard_constraints:

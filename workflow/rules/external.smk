@@ -19,7 +19,8 @@ rule external:
         models=lambda wildcards, input: str(Path(input.arrays).parent.parent / "models"),
     threads: 1
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU_JOB,
+        gpu_percent=GPU_PERCENT,
     conda:
         "../envs/busflow.yaml"
     log:

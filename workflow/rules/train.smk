@@ -15,10 +15,12 @@ rule train:
         model=model_params,
         seed=config["seed"],
         device=config["device"],
+        accelerator=ACCELERATOR,
         out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold),
     threads: 1
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU_JOB,
+        gpu_percent=GPU_PERCENT,
     conda:
         "../envs/busflow.yaml"
     log:
@@ -45,6 +47,7 @@ use rule train as train_leaky with:
         model=model_params,
         seed=config["seed"],
         device=config["device"],
+        accelerator=ACCELERATOR,
         out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold, LEAKY_SPLIT),
     log:
         f"{RESULTS}/logs/train/{{model}}_{LEAKY_SPLIT}_fold{{fold}}.log",

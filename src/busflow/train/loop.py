@@ -1,5 +1,11 @@
 """The training loop shared by every model: mini-batches from in-memory arrays, early stopping on the
-validation loss, best weights kept, one concise progress line per epoch."""
+validation loss, best weights kept, one concise progress line per epoch.
+
+Batches come from one of two sources: the reference path (host arrays, MONAI augmentation per sample,
+copied to the device every step) or the fast path of :mod:`busflow.train.accelerate` (arrays resident on
+the device, batched tensor augmentation). Either way the step loop never waits for the device: losses stay
+there until the epoch ends, when they are read back once.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from busflow.errors import TrainingError
-from busflow.train.augment import augment_batch, build_augmentation
+from busflow.train.accelerate import REFERENCE, Acceleration, DeviceArrays, prepare_model
+from busflow.train.augment import BatchAugmentation, augment_batch, build_augmentation
 from busflow.train.checkpoint import TrainingState, fingerprint, restore_checkpoint, save_checkpoint
 from busflow.train.device import autocast
 from busflow.train.losses import TaskLoss, inverse_frequency_weights, oversampled
@@ -50,23 +57,23 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
-def _epoch_random_state(seed: int, epoch: int, augmentation: Compose | None) -> np.random.Generator:
+def _epoch_random_state(seed: int, epoch: int, batches: BatchSource) -> np.random.Generator:
     """Every random draw of one epoch (shuffling, augmentation, dropout) seeded from (seed, epoch) alone,
     so an epoch replays identically whether or not the job was resumed before it."""
     sequence = np.random.SeedSequence([seed, epoch])
     torch_seed, augmentation_seed = (int(v) for v in sequence.generate_state(2))
     torch.manual_seed(torch_seed)
-    if augmentation is not None:
-        augmentation.set_random_state(seed=augmentation_seed)
+    batches.reseed(augmentation_seed)
     return np.random.default_rng(sequence)
 
 
-def _optimizer(model: nn.Module, spec: Mapping[str, Any]) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, spec: Mapping[str, Any], fused: bool = False) -> torch.optim.Optimizer:
     kind, lr, decay = spec["optimizer"], spec["lr"], spec["weight_decay"]
+    implementation = {"fused": True} if fused else {}
     if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay, nesterov=True)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay, nesterov=True, **implementation)
     optimizer_class = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    return optimizer_class(model.parameters(), lr=lr, weight_decay=decay, betas=tuple(spec["betas"]))
+    return optimizer_class(model.parameters(), lr=lr, weight_decay=decay, betas=tuple(spec["betas"]), **implementation)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any]) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -79,7 +86,68 @@ def _to_device(device: torch.device, *arrays: np.ndarray | torch.Tensor) -> list
     return [t.to(device, non_blocking=True) for t in tensors]
 
 
-def _batches(rows: np.ndarray, batch_size: int, drop_single: bool) -> list[np.ndarray]:
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images (B,1,S,S) float, masks (B,1,S,S) float, labels (B)
+
+
+class HostBatches:
+    """The reference path: batches cut from the host arrays, augmented sample by sample with MONAI on the
+    CPU and copied to the device at every step."""
+
+    def __init__(self, data: ArrayData, device: torch.device, augmentation: Compose | None = None) -> None:
+        self.data, self.device, self.augmentation = data, device, augmentation
+
+    def reseed(self, seed: int) -> None:
+        if self.augmentation is not None:
+            self.augmentation.set_random_state(seed=seed)
+
+    def index(self, rows: np.ndarray) -> np.ndarray:
+        return rows
+
+    def batch(self, rows: np.ndarray, augment: bool = False) -> Batch:
+        images, masks, labels = self.data.batch(rows)
+        if augment:
+            image_tensor, mask_tensor = augment_batch(self.augmentation, images, masks)
+        else:
+            image_tensor, mask_tensor = torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks).unsqueeze(1)
+        inputs, mask_targets, targets = _to_device(self.device, image_tensor, mask_tensor, torch.from_numpy(labels))
+        return inputs, mask_targets, targets
+
+
+class DeviceBatches:
+    """The fast path: arrays resident on the device, batches indexed and augmented there."""
+
+    def __init__(self, arrays: DeviceArrays, augmentation: BatchAugmentation | None = None) -> None:
+        self.arrays, self.augmentation = arrays, augmentation
+        self.generator = torch.Generator(device=arrays.device)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def index(self, rows: np.ndarray) -> torch.Tensor:
+        return self.arrays.index(rows)
+
+    def batch(self, rows: torch.Tensor, augment: bool = False) -> Batch:
+        images, masks, labels = self.arrays.tensors(rows)
+        if augment and self.augmentation is not None:
+            images, masks = self.augmentation(images, masks, self.generator)
+            images = images.contiguous(memory_format=self.arrays.memory_format)
+        return images, masks, labels
+
+
+BatchSource = HostBatches | DeviceBatches
+
+
+def batch_source(data: ArrayData, device: torch.device, setup: Acceleration = REFERENCE,
+                 augment: Mapping[str, Any] | None = None, seed: int = 0) -> BatchSource:
+    """Where ``fit`` and ``predict`` take their batches from; ``augment`` settings for training batches."""
+    if setup.fast_path:
+        arrays = DeviceArrays(data.images, data.masks, data.labels, device, channels_last=setup.channels_last)
+        return DeviceBatches(arrays, BatchAugmentation.build(augment) if augment is not None else None)
+    augmentation = build_augmentation(augment, data.images.shape[-1], seed) if augment is not None else None
+    return HostBatches(data, device, augmentation)
+
+
+def _batches(rows: np.ndarray | torch.Tensor, batch_size: int, drop_single: bool) -> list[np.ndarray | torch.Tensor]:
     chunks = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
     # A trailing batch of one breaks BatchNorm statistics in training mode.
     if drop_single and len(chunks) > 1 and len(chunks[-1]) == 1:
@@ -87,21 +155,33 @@ def _batches(rows: np.ndarray, batch_size: int, drop_single: bool) -> list[np.nd
     return chunks
 
 
+def _read_back(losses: list[torch.Tensor]) -> list[float]:
+    """Per-batch losses kept on the device during a pass, read back in one transfer."""
+    return torch.stack(losses).float().cpu().tolist() if losses else []
+
+
+def _weighted_mean(values: list[float], sizes: list[int]) -> float:
+    total = 0.0
+    for value, size in zip(values, sizes):
+        total += value * size
+    return total / max(sum(sizes), 1)
+
+
 @torch.no_grad()
-def predict(model: nn.Module, data: ArrayData, rows: np.ndarray, device: torch.device, batch_size: int = 64) -> dict[str, np.ndarray]:
+def predict(model: nn.Module, data: ArrayData | BatchSource, rows: np.ndarray, device: torch.device, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Class probabilities (N×C) and/or lesion probabilities (N×S×S, float32) for ``rows``."""
+    source = HostBatches(data, device) if isinstance(data, ArrayData) else data
     model.eval()
-    collected: dict[str, list[np.ndarray]] = {}
-    for chunk in _batches(rows, batch_size, drop_single=False):
-        images, _, _ = data.batch(chunk)
-        (inputs,) = _to_device(device, torch.from_numpy(images).unsqueeze(1))
+    collected: dict[str, list[torch.Tensor]] = {}
+    for chunk in _batches(source.index(rows), batch_size, drop_single=False):
+        inputs, _, _ = source.batch(chunk)
         with autocast(device):
             outputs = model(inputs)
         if "logits" in outputs:
-            collected.setdefault("class_probs", []).append(torch.softmax(outputs["logits"].float(), 1).cpu().numpy())
+            collected.setdefault("class_probs", []).append(torch.softmax(outputs["logits"].float(), 1))
         if "seg" in outputs:
-            collected.setdefault("mask_probs", []).append(torch.sigmoid(outputs["seg"].float())[:, 0].cpu().numpy())
-    return {key: np.concatenate(parts) for key, parts in collected.items()}
+            collected.setdefault("mask_probs", []).append(torch.sigmoid(outputs["seg"].float())[:, 0])
+    return {key: torch.cat(parts).cpu().numpy() for key, parts in collected.items()}
 
 
 def _validation_score(tasks: frozenset[str], data: ArrayData, rows: np.ndarray, outputs: dict[str, np.ndarray]) -> float:
@@ -117,17 +197,16 @@ def _validation_score(tasks: frozenset[str], data: ArrayData, rows: np.ndarray, 
 
 
 @torch.no_grad()
-def _validation_loss(model: nn.Module, criterion: TaskLoss, data: ArrayData, rows: np.ndarray, device: torch.device, batch_size: int) -> float:
+def _validation_loss(model: nn.Module, criterion: TaskLoss, source: BatchSource, rows: np.ndarray, device: torch.device,
+                     batch_size: int) -> float:
     model.eval()
-    total = 0.0
-    for chunk in _batches(rows, batch_size, drop_single=False):
-        images, masks, labels = data.batch(chunk)
-        inputs, targets, mask_targets = _to_device(
-            device, torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels), torch.from_numpy(masks).unsqueeze(1)
-        )
+    losses, sizes = [], []
+    for chunk in _batches(source.index(rows), batch_size, drop_single=False):
+        inputs, mask_targets, targets = source.batch(chunk)
         with autocast(device):
-            total += float(criterion(model(inputs), targets, mask_targets)) * len(chunk)
-    return total / max(len(rows), 1)
+            losses.append(criterion(model(inputs), targets, mask_targets).detach())
+        sizes.append(len(chunk))
+    return _weighted_mean(_read_back(losses), sizes)
 
 
 def fit(
@@ -144,26 +223,31 @@ def fit(
     log: Callable[[str], None] = print,
     on_epoch: Callable[[Mapping[str, float]], None] = lambda row: None,
     checkpoint: Path | None = None,
+    setup: Acceleration = REFERENCE,
 ) -> pd.DataFrame:
     """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history.
 
     ``on_epoch`` receives each history row as soon as its epoch ends (e.g. for dvclive; a resumed run
     replays the restored epochs first). With ``checkpoint``, the state after every epoch is saved there and
-    a matching checkpoint found at the start is resumed (:mod:`busflow.train.checkpoint`). A model without
+    a matching checkpoint found at the start is resumed (:mod:`busflow.train.checkpoint`). ``setup`` picks the
+    reference path or the accelerator's fast path (:mod:`busflow.train.accelerate`). A model without
     trainable parameters (e.g. the classical segmenter) is evaluated once on ``val_rows``.
     """
-    model.to(device)
     if not any(p.requires_grad for p in model.parameters()):
+        model.to(device)
         history = _evaluate_untrainable(model, tasks, data, val_rows, device, log)
         on_epoch(history.iloc[0].to_dict())
         return history
     class_weights = inverse_frequency_weights(data.labels[train_rows], n_classes) if spec["class_weights"] else None
     criterion = TaskLoss(tasks, class_weights, spec["seg_loss_weight"], cls_loss=spec["cls_loss"],
                          seg_loss=spec["seg_loss"], focal_gamma=spec["focal_gamma"]).to(device)
-    optimizer = _optimizer(model, spec)
+    prepare_model(model, device, setup)
+    optimizer = _optimizer(model, spec, fused=setup.fused_optimizer)
     scheduler = _scheduler(optimizer, spec)
-    augmentation = build_augmentation(spec["augment"], data.images.shape[-1], seed)
-    key = fingerprint(spec, seed, (data.images, data.masks, data.labels, train_rows, val_rows)) if checkpoint else ""
+    batches = batch_source(data, device, setup, augment=spec["augment"], seed=seed)
+    # The fast path draws its augmentation differently: its checkpoints never resume a reference-path job.
+    job_settings = {**spec, "fast_path": True} if setup.fast_path else spec
+    key = fingerprint(job_settings, seed, (data.images, data.masks, data.labels, train_rows, val_rows)) if checkpoint else ""
     state = TrainingState(0, float("inf"), copy.deepcopy(model.state_dict()), 0, [])
     restored = restore_checkpoint(checkpoint, key, model, optimizer, scheduler) if checkpoint else None
     if restored:
@@ -176,15 +260,15 @@ def fit(
         if stopped_early():
             break
         started = time.perf_counter()
-        rng = _epoch_random_state(seed, epoch, augmentation)
+        rng = _epoch_random_state(seed, epoch, batches)
         epoch_rows = oversampled(train_rows, data.labels, rng) if spec["oversample"] else rng.permutation(train_rows)
         try:
-            train_loss = _train_epoch(model, criterion, optimizer, data, epoch_rows, spec, augmentation, device, epoch)
+            train_loss = _train_epoch(model, criterion, optimizer, batches, epoch_rows, spec, device, epoch)
         except TrainingError as error:
             kept = f"the checkpoint after epoch {state.epoch} is kept at {checkpoint}" if checkpoint and state.epoch else "no epoch completed"
             raise type(error)(f"{error}; {kept}") from None
-        val_loss = _validation_loss(model, criterion, data, val_rows, device, spec["batch_size"])
-        val_score = _validation_score(tasks, data, val_rows, predict(model, data, val_rows, device))
+        val_loss = _validation_loss(model, criterion, batches, val_rows, device, spec["batch_size"])
+        val_score = _validation_score(tasks, data, val_rows, predict(model, batches, val_rows, device))
         seconds = time.perf_counter() - started
         state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
                               "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)})
@@ -221,35 +305,44 @@ def _train_epoch(
     model: nn.Module,
     criterion: TaskLoss,
     optimizer: torch.optim.Optimizer,
-    data: ArrayData,
+    batches: BatchSource,
     rows: np.ndarray,
     spec: Mapping[str, Any],
-    augmentation: Compose | None,
     device: torch.device,
     epoch: int,
 ) -> float:
-    """One pass over ``rows`` in mini-batches; returns the mean training loss."""
+    """One pass over ``rows`` in mini-batches; returns the mean training loss.
+
+    Nothing in the loop reads a value back from the device: the losses are checked for NaN/inf once the
+    epoch ends, which then names the first bad batch (the weights of that epoch are discarded anyway).
+    """
     model.train()
-    total, seen = 0.0, 0
-    for step, chunk in enumerate(_batches(rows, spec["batch_size"], drop_single=True), start=1):
-        images, masks, labels = data.batch(chunk)
-        image_tensor, mask_tensor = augment_batch(augmentation, images, masks)
-        inputs, targets, mask_targets = _to_device(device, image_tensor, torch.from_numpy(labels), mask_tensor)
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
+    for step, chunk in enumerate(_batches(batches.index(rows), spec["batch_size"], drop_single=True), start=1):
+        inputs, mask_targets, targets = batches.batch(chunk, augment=True)
         optimizer.zero_grad(set_to_none=True)
         try:
             with autocast(device):
                 loss = criterion(model(inputs), targets, mask_targets)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {float(loss.detach())} at epoch {epoch}, batch {step}: training stopped (lower lr, "
-                                         f"check the inputs of this batch: {len(chunk)} images)")
             loss.backward()
         except (RuntimeError, MemoryError) as error:
-            if isinstance(error, TrainingError) or not _is_out_of_memory(error):
+            if not _is_out_of_memory(error):
                 raise
+            side = inputs.shape[-1]
             raise BatchMemoryError(f"out of memory on {device} at epoch {epoch}, batch {step} ({len(chunk)} images of "
-                                   f"{images.shape[-1]}×{images.shape[-1]} px): lower this model's batch_size (now "
+                                   f"{side}×{side} px): lower this model's batch_size (now "
                                    f"{spec['batch_size']}) or preprocess.size, or train on a device with more memory") from None
         optimizer.step()
-        total += float(loss.detach()) * len(chunk)
-        seen += len(chunk)
-    return total / max(seen, 1)
+        losses.append(loss.detach())
+        sizes.append(len(chunk))
+    values = _read_back(losses)
+    _check_finite(values, sizes, epoch)
+    return _weighted_mean(values, sizes)
+
+
+def _check_finite(values: list[float], sizes: list[int], epoch: int) -> None:
+    bad = [step for step, value in enumerate(values) if not np.isfinite(value)]
+    if bad:
+        raise NonFiniteLossError(f"loss is {values[bad[0]]} at epoch {epoch}, batch {bad[0] + 1}: training stopped (lower lr, "
+                                 f"check the inputs of this batch: {sizes[bad[0]]} images)")

@@ -21,9 +21,10 @@ EPOCH_METRICS: tuple[str, ...] = ("train_loss", "val_loss", "val_score", "lr")
 
 
 def save_weights(path: Path, model: nn.Module) -> None:
-    """State dict only (loadable with ``weights_only=True``): no pickled code travels with a model."""
+    """State dict only (loadable with ``weights_only=True``): no pickled code travels with a model. Tensors are
+    stored contiguous, whatever layout (e.g. channels_last) they were trained in."""
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
 
 
 NETWORK_KEYS = frozenset({"arch", "in_channels", "n_classes", "options", "classes", "tasks"})

@@ -15,8 +15,9 @@ from busflow.models import build_model, model_tasks
 from busflow.io import read_table
 from busflow.split import group_ids_of, role_indices
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
+from busflow.train.accelerate import REFERENCE, Acceleration, acceleration
 from busflow.train.device import configure_threads, device_name, is_deterministic, resolve_device, seed_everything
-from busflow.train.loop import ArrayData, fit, predict
+from busflow.train.loop import ArrayData, batch_source, fit, predict
 from busflow.predictions import prediction_table, save_predictions
 from busflow.train.outputs import epoch_logger, save_run
 
@@ -27,14 +28,15 @@ def job_seed(seed: int, model: str, fold: int) -> int:
 
 
 def describe_model(spec: Mapping[str, Any], *, n_classes: int, classes: list[str], image_size: int, device: torch.device,
-                   preprocess: Mapping[str, Any]) -> dict[str, Any]:
+                   preprocess: Mapping[str, Any], setup: Acceleration = REFERENCE) -> dict[str, Any]:
     """Everything needed to rebuild the network and its input pipeline without params.yaml, and where it was trained."""
     return {"arch": spec["arch"], "options": dict(spec.get("options", {})), "in_channels": 1,
             "n_classes": n_classes, "classes": classes, "image_size": image_size,
             "tasks": sorted(model_tasks(spec["arch"])), "input_scaling": "uint8 / 255",
             "preprocess": {key: preprocess[key] for key in ("size", "enhance", "enhance_options", "classes")},
             "trained_on": {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-                           "threads": torch.get_num_threads(), "deterministic": is_deterministic(device)}}
+                           "threads": torch.get_num_threads(), "deterministic": is_deterministic(device),
+                           "fast_path": setup.fast_path, "compiled": setup.compile}}
 
 
 def ablation_spec(params: Mapping[str, Any], lr: float, variant: str) -> dict[str, Any]:
@@ -61,6 +63,7 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     classes = arrays["classes"].tolist()
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])
     device = resolve_device(params["device"])
+    setup = acceleration(params["accelerator"], device)
     tasks = model_tasks(spec["arch"])
     model = build_model(spec["arch"], in_channels=1, n_classes=len(classes), options=spec.get("options"))
     prefix = f"[{model_name} fold{fold}]"
@@ -69,14 +72,15 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     checkpoint = checkpoint_path(out_dir)
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, tasks, data, roles["train"], roles["val"], spec, n_classes=len(classes), device=device,
-                      seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch, checkpoint=checkpoint)
+                      seed=seed, log=lambda line: print(f"{prefix} {line}", flush=True), on_epoch=on_epoch, checkpoint=checkpoint,
+                      setup=setup)
     description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1],
-                                 device=device, preprocess=params["preprocess"])
-    save_run(out_dir, model.cpu(), description, history)
+                                 device=device, preprocess=params["preprocess"], setup=setup)
+    save_run(out_dir, model, description, history)
     test, val = roles["test"], roles["val"]
-    model.to(device)
-    outputs = predict(model, data, test, device)
+    source = batch_source(data, device, setup)
+    outputs = predict(model, source, test, device)
     groups = group_ids_of(folds, arrays["image_ids"][test])
     save_predictions(out_dir, prediction_table(arrays["image_ids"][test], groups, data.labels[test], classes, outputs), outputs,
-                     validation=(arrays["image_ids"][val], predict(model, data, val, device)))
+                     validation=(arrays["image_ids"][val], predict(model, source, val, device)))
     discard_checkpoint(checkpoint)

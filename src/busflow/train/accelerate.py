@@ -1,0 +1,78 @@
+"""The fast path for accelerators: the preprocessed arrays held on the device, augmentation as batched tensor
+ops there, channels_last and cuDNN autotuning, fused optimiser steps, optional ``torch.compile``.
+
+``params.yaml``'s ``accelerator`` section switches it: ``fast_path: auto`` takes it on CUDA and keeps the
+CPU on its reference path (MONAI per-sample augmentation, bit-reproducible runs), so CPU results do not
+depend on this module unless it is forced with ``fast_path: true``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """How one training job uses its device."""
+
+    fast_path: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    fused_optimizer: bool = False  # one kernel for all parameters' update instead of a loop over them
+
+
+REFERENCE = Acceleration()
+
+
+def acceleration(settings: Mapping[str, Any] | None, device: torch.device) -> Acceleration:
+    """Resolve params' ``accelerator`` section for ``device``: ``auto`` means the fast path on CUDA only."""
+    settings = settings or {}
+    mode = settings.get("fast_path", "auto")
+    fast = device.type == "cuda" if mode == "auto" else bool(mode)
+    if not fast:
+        return REFERENCE
+    on_cuda = device.type == "cuda"
+    return Acceleration(fast_path=True, compile=bool(settings.get("compile", False)), channels_last=on_cuda, fused_optimizer=on_cuda)
+
+
+def prepare_model(model: nn.Module, device: torch.device, setup: Acceleration) -> nn.Module:
+    """Move ``model`` to ``device`` in the layout the fast path wants; compile it in place if asked.
+
+    ``nn.Module.compile`` keeps the parameter names, so checkpoints and saved weights are unchanged.
+    """
+    model.to(device)
+    if setup.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda" and setup.fast_path:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: autotune each convolution once
+    if setup.compile:
+        model.compile()
+    return model
+
+
+class DeviceArrays:
+    """The preprocessed images and masks (uint8) and labels held as tensors on the training device, so a
+    batch is an index operation there rather than a host copy."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, device: torch.device,
+                 channels_last: bool = False) -> None:
+        self.device = device
+        self.images = torch.as_tensor(images, device=device)
+        self.masks = torch.as_tensor(masks, device=device)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64, device=device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def index(self, rows: np.ndarray) -> torch.Tensor:
+        """``rows`` as a device tensor: one host-to-device copy, then every batch is a slice of it."""
+        return torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
+
+    def tensors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images scaled to [0, 1] and masks in {0, 1}, both (B, 1, S, S) float, and labels (B)."""
+        images = (self.images[rows].unsqueeze(1).float() / 255.0).contiguous(memory_format=self.memory_format)
+        return images, self.masks[rows].unsqueeze(1).float(), self.labels[rows]
