@@ -37,8 +37,8 @@ def acceleration(settings: Mapping[str, Any] | None, device: torch.device) -> Ac
     fast = device.type == "cuda" if mode == "auto" else bool(mode)
     if not fast:
         return REFERENCE
-    on_cuda = device.type == "cuda"
-    return Acceleration(fast_path=True, compile=bool(settings.get("compile", False)), channels_last=on_cuda, fused_optimizer=on_cuda)
+    return Acceleration(fast_path=True, compile=bool(settings.get("compile", False)), channels_last=device.type == "cuda",
+                        fused_optimizer=True)
 
 
 def prepare_model(model: nn.Module, device: torch.device, setup: Acceleration) -> nn.Module:
