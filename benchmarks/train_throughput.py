@@ -1,19 +1,24 @@
 """Training throughput: busflow's loop against a plain baseline loop, side by side in one run.
 
-    python benchmarks/train_throughput.py [--size 64] [--images 192] [--steps 24] [--batch-size 16] [--device auto]
+    python benchmarks/train_throughput.py [--size 64] [--images 192] [--steps 24] [--batch-size 16] [--device auto] [--compile]
 
 For the U-Net, the ResNet-50 classifier and the ResNet-50 multi-task model (paper-sized default widths):
 
-* ours — busflow's training epoch (``busflow.train.loop``): the preprocessed uint8 arrays held in memory,
-  MONAI flip + affine augmentation, bf16 autocast on CUDA;
+* reference — busflow's training epoch on its reference path (``busflow.train.loop``): the preprocessed
+  uint8 arrays held in host memory, MONAI flip + affine augmentation per sample, copied to the device at
+  every step (bf16 autocast on CUDA). This is what the CPU runs;
+* fast path — the same epoch on ``busflow.train.accelerate``'s path: arrays resident on the device, batched
+  tensor augmentation there, channels_last, cuDNN autotuning, fused optimiser, losses read back once per
+  epoch (what CUDA runs by default; forced here on the CPU too); ``--compile`` adds ``torch.compile``;
 * baseline — what a one-off notebook does: a torch ``Dataset`` that decodes the PNG scan and its mask with
   PIL, converts and resizes them at every step, the same augmentation on the CPU, fp32, a default
   ``DataLoader`` (no workers).
 
-Both train the same freshly initialised network with the same optimiser for the same number of steps
-after one warm-up step; the figure is training images per second and their ratio. On CUDA the achieved
-TFLOP/s (forward + backward FLOPs counted with torch's FlopCounterMode) is also set against the device's
-dense bf16 peak. ``--zoo-estimate`` extrapolates a whole-zoo run (every model of the P000–P004 presets,
+Each trains a freshly initialised network with Adam for ``--steps`` batches after a warm-up; busflow's two
+paths run those steps as one epoch of the real loop. The figure is training images per second, and the
+speed-up is the device's default busflow path (reference on the CPU, fast path on CUDA) over the
+baseline. On CUDA the achieved TFLOP/s (forward + backward FLOPs counted with torch's FlopCounterMode) is
+also set against the device's dense bf16 peak. ``--zoo-estimate`` extrapolates a whole-zoo run (every model of the P000–P004 presets,
 their epochs and folds, on BUSI's 780 images) from the measured images/s of each preset model.
 """
 
@@ -35,9 +40,10 @@ from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import load_grayscale, load_mask_union, model_input, preprocess_index, resize_mask
 from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model, model_tasks
+from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, prepare_model
 from busflow.train.augment import augment_batch, build_augmentation
 from busflow.train.device import autocast, resolve_device
-from busflow.train.loop import ArrayData, _train_epoch
+from busflow.train.loop import ArrayData, _optimizer, _train_epoch, batch_source
 from busflow.train.losses import TaskLoss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +54,7 @@ BUSI_IMAGES = 780
 
 
 def _spec(batch_size: int) -> dict:
-    return {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "batch_size": batch_size, "class_weights": False,
-            "seg_loss_weight": 1.0, "cls_loss": "ce", "seg_loss": "dice_ce", "focal_gamma": 2.0}
+    return {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "batch_size": batch_size}
 
 
 def _criterion(tasks: frozenset[str], device: torch.device) -> TaskLoss:
@@ -79,31 +84,41 @@ class PngDataset(torch.utils.data.Dataset):
 def _timed(step: Callable[[], int], steps: int, device: torch.device) -> float:
     """Images per second over ``steps`` calls of ``step`` (each returns its batch size), after one warm-up."""
     step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _synchronize(device)
     started, images = time.perf_counter(), 0
     for _ in range(steps):
         images += step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _synchronize(device)
     return images / (time.perf_counter() - started)
 
 
-def ours(arch: str, options: dict, arrays: dict, size: int, steps: int, batch_size: int, device: torch.device) -> float:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def ours(arch: str, options: dict, arrays: dict, size: int, steps: int, batch_size: int, device: torch.device,
+         setup: Acceleration) -> float:
+    """Images per second of busflow's training epoch over ``steps`` batches, after a warm-up epoch of 3."""
     torch.manual_seed(0)
-    model = build_model(arch, in_channels=1, n_classes=3, options=options).to(device)
-    tasks = frozenset(model_tasks(arch))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model = prepare_model(build_model(arch, in_channels=1, n_classes=3, options=options), device, setup)
+    criterion = _criterion(frozenset(model_tasks(arch)), device)
+    optimizer = _optimizer(model, _spec(batch_size), fused=setup.fused_optimizer)
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])
-    augmentation = build_augmentation(AUGMENT, size, seed=0)
+    batches = batch_source(data, device, setup, augment=AUGMENT, seed=0)
+    batches.reseed(0)
     rng = np.random.default_rng(0)
 
-    def step() -> int:
-        rows = rng.choice(len(data.images), batch_size, replace=False)
-        _train_epoch(model, _criterion(tasks, device), optimizer, data, rows, _spec(batch_size), augmentation, device, epoch=1)
-        return batch_size
+    def epoch(n_batches: int) -> None:
+        rows = np.resize(rng.permutation(len(data.images)), n_batches * batch_size)
+        _train_epoch(model, criterion, optimizer, batches, rows, _spec(batch_size), device, epoch=1)
 
-    return _timed(step, steps, device)
+    epoch(3)  # cuDNN autotuning, compilation, allocator warm-up
+    _synchronize(device)
+    started = time.perf_counter()
+    epoch(steps)
+    _synchronize(device)
+    return steps * batch_size / (time.perf_counter() - started)
 
 
 def baseline(arch: str, options: dict, index, size: int, steps: int, batch_size: int, device: torch.device) -> float:
@@ -151,7 +166,7 @@ def _peak(device: torch.device) -> float | None:
     return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
-def zoo_estimate(size: int, steps: int, batch_size: int, device: torch.device, arrays: dict) -> None:
+def zoo_estimate(size: int, steps: int, batch_size: int, device: torch.device, arrays: dict, setup: Acceleration) -> None:
     """Seconds per epoch of every preset model on BUSI-sized data, times its epochs and folds."""
     total = 0.0
     for preset in sorted((REPO / "config" / "presets").glob("p00*.yaml")):
@@ -159,7 +174,7 @@ def zoo_estimate(size: int, steps: int, batch_size: int, device: torch.device, a
         folds = len(params["train"]["folds"])
         for name in params["train"]["models"]:
             spec = params["models"][name]
-            rate = ours(spec["arch"], spec.get("options", {}), arrays, size, steps, batch_size, device)
+            rate = ours(spec["arch"], spec.get("options", {}), arrays, size, steps, batch_size, device, setup)
             seconds = BUSI_IMAGES * 0.7 / rate * spec["epochs"] * folds  # ~70 % of the images train per fold
             total += seconds
             print(f"  {preset.stem} {name:<22} {rate:8.1f} img/s × {spec['epochs']:>3} epochs × {folds} folds ≈ {seconds / 60:7.1f} min")
@@ -173,29 +188,36 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network on the fast path")
     parser.add_argument("--zoo-estimate", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
     size = args.size or (256 if device.type == "cuda" else 64)
+    fast_path = acceleration({"fast_path": True, "compile": args.compile}, device)
+    default_path = acceleration({"fast_path": "auto", "compile": args.compile}, device)
     scratch = Path(tempfile.mkdtemp(prefix="busflow-throughput-"))
     try:
         generate_phantoms(scratch / "scans", n_patients=args.images, seed=0, image_size=(400, 500), views_per_patient=(1, 1))
         index = ingest_folder(scratch / "scans")
         arrays = preprocess_index(index, size)
         print(f"{len(index)} scans of 400 × 500 px, model input {size}², batch {args.batch_size}, {args.steps} steps, "
-              f"device {device}, torch threads {torch.get_num_threads()}")
-        print(f"{'model':>14}  {'ours img/s':>10}  {'baseline img/s':>14}  {'speed-up':>8}" + ("  TFLOP/s (of bf16 peak)" if device.type == "cuda" else ""))
+              f"device {device}, torch threads {torch.get_num_threads()}; default path on this device: "
+              f"{'fast' if default_path.fast_path else 'reference'}{', compiled' if args.compile else ''}")
+        print(f"{'model':>14}  {'reference':>9}  {'fast path':>9}  {'baseline':>8}  {'speed-up':>8}  (images/s)"
+              + ("  TFLOP/s (of bf16 peak)" if device.type == "cuda" else ""))
         for name, (arch, options) in MODELS.items():
-            fast = ours(arch, options, arrays, size, args.steps, args.batch_size, device)
+            reference = ours(arch, options, arrays, size, args.steps, args.batch_size, device, REFERENCE)
+            fast = ours(arch, options, arrays, size, args.steps, args.batch_size, device, fast_path)
             slow = baseline(arch, options, index, size, args.steps, args.batch_size, device)
-            line = f"{name:>14}  {fast:10.1f}  {slow:14.1f}  {fast / slow:7.2f}×"
+            default = fast if default_path.fast_path else reference
+            line = f"{name:>14}  {reference:9.1f}  {fast:9.1f}  {slow:8.1f}  {default / slow:7.2f}×"
             if device.type == "cuda":
                 achieved = step_tflop(arch, options, size, args.batch_size, device) * fast / args.batch_size
                 peak = _peak(device)
                 line += f"  {achieved:7.1f}" + (f" ({100 * achieved / peak:.0f} % of {peak:.0f})" if peak else "")
             print(line, flush=True)
         if args.zoo_estimate:
-            zoo_estimate(size, args.steps, args.batch_size, device, arrays)
+            zoo_estimate(size, args.steps, args.batch_size, device, arrays, default_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
