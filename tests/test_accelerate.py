@@ -321,18 +321,24 @@ def test_on_cuda_the_step_loop_never_synchronises(phantoms) -> None:
     source = batch_source(data, cuda, setup, augment={"flip": True, "rotate_deg": 10, "zoom": 0.1, "shift": 0.1})
     spec = dict(load_params(TINY_PARAMS)["models"]["unet"], batch_size=4)
     rows = source.index(train_rows)
+
+    def step(chunk: torch.Tensor) -> torch.Tensor:
+        inputs, masks, labels = source.batch(chunk, augment=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = criterion(model(inputs), labels, masks)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step(rows[:4])  # warm-up: cuDNN autotuning and first allocations may synchronise
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call in the steady-state step raises
     try:
-        for chunk in (rows[:4], rows[4:8]):
-            inputs, masks, labels = source.batch(chunk, augment=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = criterion(model(inputs), labels, masks)
-            loss.backward()
-            optimizer.step()
+        losses = [step(rows[4:8]), step(rows[8:12])]
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert all(math.isfinite(float(loss)) for loss in losses)
     assert math.isfinite(_train_epoch(model, criterion, optimizer, source, train_rows, spec, cuda, epoch=1))
 
 
