@@ -40,7 +40,7 @@ from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import load_grayscale, load_mask_union, model_input, preprocess_index, resize_mask
 from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model, model_tasks
-from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, prepare_model
+from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, compile_model, prepare_model
 from busflow.train.augment import augment_batch, build_augmentation
 from busflow.train.device import autocast, resolve_device
 from busflow.train.loop import ArrayData, _optimizer, _train_epoch, batch_source
@@ -102,6 +102,7 @@ def ours(arch: str, options: dict, arrays: dict, size: int, steps: int, batch_si
     """Images per second of busflow's training epoch over ``steps`` batches, after a warm-up epoch of 3."""
     torch.manual_seed(0)
     model = prepare_model(build_model(arch, in_channels=1, n_classes=3, options=options), device, setup)
+    setup = compile_model(model, setup, size, log=lambda line: print(f"  {arch}: {line}"))
     criterion = _criterion(frozenset(model_tasks(arch)), device)
     optimizer = _optimizer(model, _spec(batch_size), fused=setup.fused_optimizer)
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])

@@ -24,7 +24,7 @@ from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import preprocess_index
 from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model
-from busflow.train.accelerate import REFERENCE, Acceleration, DeviceArrays, acceleration
+from busflow.train.accelerate import REFERENCE, Acceleration, DeviceArrays, acceleration, compile_model
 from busflow.train.augment import BatchAugmentation
 from busflow.train.device import seed_everything
 from busflow.train.loop import ArrayData, _train_epoch, batch_source, fit, predict
@@ -291,8 +291,10 @@ def test_a_compiled_network_trains_and_saves_plain_weights(phantoms, tmp_path: P
     model = build_model("custom_cnn", in_channels=1, n_classes=3, options=SMALL_CNN)
     names = list(model.state_dict())
     spec = dict(load_params(TINY_PARAMS)["models"]["resnet50"], epochs=1, patience=0)
+    setup = compile_model(model, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=pytest.fail)
+    assert setup.compile
     history = fit(model, frozenset({"cls"}), data, train_rows, val_rows, spec, n_classes=3, device=CPU, seed=3,
-                  log=lambda line: None, setup=acceleration({"fast_path": True, "compile": True}, CPU))
+                  log=lambda line: None, setup=setup)
     assert np.isfinite(history["train_loss"]).all()
     assert list(model.state_dict()) == names  # compiled in place: parameter names unchanged
     save_weights(tmp_path / "weights.pt", model)
@@ -302,6 +304,26 @@ def test_a_compiled_network_trains_and_saves_plain_weights(phantoms, tmp_path: P
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(images)["logits"], model(images)["logits"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not _has_c_compiler(), reason="torch.compile on the CPU needs a C compiler (none found)")
+def test_a_network_that_does_not_compile_trains_uncompiled_with_a_message(phantoms, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_compile(function, *args, **kwargs):
+        def compiled(*call_args, **call_kwargs):
+            raise RuntimeError("backend compiler failed: unsupported operator")  # as a compiler bug surfaces
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    lines: list[str] = []
+    model = build_model("unet", in_channels=1, n_classes=3, options=load_params(TINY_PARAMS)["models"]["unet"]["options"])
+    setup = compile_model(model, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=lines.append)
+    assert setup == FORCED  # compile dropped, the rest of the fast path kept
+    assert len(lines) == 1 and lines[0].startswith("torch.compile failed for this network (RuntimeError: backend compiler failed")
+    data, train_rows, val_rows = phantoms
+    spec = {**load_params(TINY_PARAMS)["models"]["unet"], "epochs": 1, "patience": 0}
+    history = fit(model, frozenset({"seg"}), data, train_rows, val_rows, spec, n_classes=3, device=CPU, seed=3,
+                  log=lambda line: None, setup=setup)  # the model itself was never compiled
+    assert np.isfinite(history["train_loss"]).all()
 
 
 # --- CUDA ------------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ depend on this module unless it is forced with ``fast_path: true``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -42,18 +43,41 @@ def acceleration(settings: Mapping[str, Any] | None, device: torch.device) -> Ac
 
 
 def prepare_model(model: nn.Module, device: torch.device, setup: Acceleration) -> nn.Module:
-    """Move ``model`` to ``device`` in the layout the fast path wants; compile it in place if asked.
-
-    ``nn.Module.compile`` keeps the parameter names, so checkpoints and saved weights are unchanged.
-    """
+    """Move ``model`` to ``device`` in the layout the fast path wants (compilation: :func:`compile_model`)."""
     model.to(device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda" and setup.fast_path:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: autotune each convolution once
-    if setup.compile:
-        model.compile()
     return model
+
+
+def compile_model(model: nn.Module, setup: Acceleration, image_size: int, log: Callable[[str], None]) -> Acceleration:
+    """``torch.compile`` ``model`` in place when ``setup`` asks for it and a training step compiles; returns the
+    setup that really applies.
+
+    A copy first runs one forward and backward pass compiled: some networks hit compiler bugs (e.g. the
+    backward of replication padding in MONAI's U-Net up-sampling), and then training runs uncompiled with a
+    message instead of failing. ``nn.Module.compile`` keeps the parameter names, so checkpoints and saved
+    weights are unchanged.
+    """
+    if not setup.compile:
+        return setup
+    device = next(model.parameters()).device
+    probe = copy.deepcopy(model).train()
+    probe.compile()
+    example = torch.rand(2, 1, image_size, image_size, device=device).contiguous(
+        memory_format=torch.channels_last if setup.channels_last else torch.contiguous_format)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outputs = probe(example)
+        sum(output.float().mean() for output in outputs.values()).backward()
+    except Exception as error:  # noqa: BLE001 - any compiler failure means: train eagerly
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log(f"torch.compile failed for this network ({type(error).__name__}: {reason[:200]}); training runs uncompiled")
+        return replace(setup, compile=False)
+    model.compile()
+    return setup
 
 
 class DeviceArrays:

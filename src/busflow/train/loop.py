@@ -230,7 +230,8 @@ def fit(
     ``on_epoch`` receives each history row as soon as its epoch ends (e.g. for dvclive; a resumed run
     replays the restored epochs first). With ``checkpoint``, the state after every epoch is saved there and
     a matching checkpoint found at the start is resumed (:mod:`busflow.train.checkpoint`). ``setup`` picks the
-    reference path or the accelerator's fast path (:mod:`busflow.train.accelerate`). A model without
+    reference path or the accelerator's fast path (:mod:`busflow.train.accelerate`; a network to be compiled goes
+    through its ``compile_model`` first). A model without
     trainable parameters (e.g. the classical segmenter) is evaluated once on ``val_rows``.
     """
     if not any(p.requires_grad for p in model.parameters()):
