@@ -102,7 +102,7 @@ def ours(arch: str, options: dict, arrays: dict, size: int, steps: int, batch_si
     """Images per second of busflow's training epoch over ``steps`` batches, after a warm-up epoch of 3."""
     torch.manual_seed(0)
     model = prepare_model(build_model(arch, in_channels=1, n_classes=3, options=options), device, setup)
-    setup = compile_model(model, setup, size, log=lambda line: print(f"  {arch}: {line}"))
+    setup = compile_model(model, device, setup, size, log=lambda line: print(f"  {arch}: {line}"))
     criterion = _criterion(frozenset(model_tasks(arch)), device)
     optimizer = _optimizer(model, _spec(batch_size), fused=setup.fused_optimizer)
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])

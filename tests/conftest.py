@@ -67,6 +67,23 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def phantom_split(tmp_path_factory: pytest.TempPathFactory):
+    """32 px arrays of 16 phantom patients and a 3:1 train/validation split of their rows (read only)."""
+    import numpy as np
+
+    from busflow.data.folder import ingest_folder
+    from busflow.data.preprocess import preprocess_index
+    from busflow.data.synthetic import generate_phantoms
+    from busflow.train.loop import ArrayData
+
+    root = tmp_path_factory.mktemp("phantoms") / "raw"
+    generate_phantoms(root, n_patients=16, seed=5, image_size=(48, 60))
+    arrays = preprocess_index(ingest_folder(root), size=32)
+    rows = np.arange(len(arrays["image_ids"]))
+    return ArrayData(arrays["images"], arrays["masks"], arrays["labels"]), rows[: len(rows) * 3 // 4], rows[len(rows) * 3 // 4 :]
+
+
 MODEL_CLASSES = ["normal", "benign", "malignant"]
 MODEL_PREPROCESS = {"size": 64, "enhance": "none", "enhance_options": {}, "classes": MODEL_CLASSES}
 

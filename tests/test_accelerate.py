@@ -20,14 +20,11 @@ import torch
 import yaml
 
 from busflow.config import load_params
-from busflow.data.folder import ingest_folder
-from busflow.data.preprocess import preprocess_index
-from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model
 from busflow.train.accelerate import REFERENCE, Acceleration, DeviceArrays, acceleration, compile_model
 from busflow.train.augment import BatchAugmentation
 from busflow.train.device import seed_everything
-from busflow.train.loop import ArrayData, _train_epoch, batch_source, fit, predict
+from busflow.train.loop import _train_epoch, batch_source, fit, predict
 from busflow.train.losses import TaskLoss
 from busflow.train.outputs import load_weights, save_weights
 from conftest import TINY_PARAMS, run_tool
@@ -56,9 +53,11 @@ def test_auto_takes_the_fast_path_on_cuda_only() -> None:
     cuda = torch.device("cuda")
     assert acceleration({"fast_path": "auto"}, CPU) == REFERENCE
     assert acceleration({}, CPU) == REFERENCE
-    assert acceleration({"fast_path": "auto", "compile": True}, cuda) == Acceleration(True, True, True, True)
+    assert acceleration({"fast_path": "auto", "compile": True}, cuda) == Acceleration(True, True, True)
+    assert acceleration({"fast_path": "auto"}, cuda).fused_optimizer
     assert acceleration({"fast_path": False}, cuda) == REFERENCE
-    assert FORCED == Acceleration(fast_path=True, compile=False, channels_last=False, fused_optimizer=True)
+    assert FORCED == Acceleration(fast_path=True, compile=False, channels_last=False) and FORCED.fused_optimizer
+    assert not REFERENCE.fused_optimizer
 
 
 def test_fast_path_settings_are_validated(tmp_path: Path) -> None:
@@ -147,17 +146,8 @@ def test_a_seeded_generator_replays_the_same_batch() -> None:
 # --- device-resident batches -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArrayData, np.ndarray, np.ndarray]:
-    root = tmp_path_factory.mktemp("phantoms") / "raw"
-    generate_phantoms(root, n_patients=16, seed=5, image_size=(48, 60))
-    arrays = preprocess_index(ingest_folder(root), size=32)
-    rows = np.arange(len(arrays["image_ids"]))
-    return ArrayData(arrays["images"], arrays["masks"], arrays["labels"]), rows[: len(rows) * 3 // 4], rows[len(rows) * 3 // 4 :]
-
-
-def test_device_batches_hold_the_same_values_as_host_batches(phantoms) -> None:
-    data, _, _ = phantoms
+def test_device_batches_hold_the_same_values_as_host_batches(phantom_split) -> None:
+    data, _, _ = phantom_split
     rows = np.array([3, 0, 7, 5])
     host = batch_source(data, CPU).batch(rows)
     device = batch_source(data, CPU, FORCED)
@@ -177,26 +167,26 @@ def _model() -> torch.nn.Module:
     return build_model("mtl_resnet50", in_channels=1, n_classes=3, options=_spec()["options"])
 
 
-def _fit(phantoms, model: torch.nn.Module, setup: Acceleration, checkpoint: Path | None = None, **spec_changes: object):
-    data, train_rows, val_rows = phantoms
+def _fit(phantom_split, model: torch.nn.Module, setup: Acceleration, checkpoint: Path | None = None, **spec_changes: object):
+    data, train_rows, val_rows = phantom_split
     return fit(model, frozenset({"cls", "seg"}), data, train_rows, val_rows, _spec(**spec_changes), n_classes=3, device=CPU,
                seed=11, log=lambda line: None, checkpoint=checkpoint, setup=setup)
 
 
-def test_fast_path_training_is_repeatable_and_learns(phantoms, single_thread_torch: None) -> None:
+def test_fast_path_training_is_repeatable_and_learns(phantom_split, single_thread_torch: None) -> None:
     first, second = _model(), _model()
     columns = ["epoch", "train_loss", "val_loss", "val_score", "lr"]
-    history = _fit(phantoms, first, FORCED)[columns]
-    assert _fit(phantoms, second, FORCED)[columns].equals(history)
+    history = _fit(phantom_split, first, FORCED)[columns]
+    assert _fit(phantom_split, second, FORCED)[columns].equals(history)
     for name, tensor in first.state_dict().items():
         assert torch.equal(tensor, second.state_dict()[name]), name
     assert np.isfinite(history["train_loss"]).all()
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
-    reference = _fit(phantoms, _model(), REFERENCE)
+    reference = _fit(phantom_split, _model(), REFERENCE)
     assert not reference["train_loss"].equals(history["train_loss"])  # its own augmentation draws
 
 
-def test_fast_path_resumes_from_its_checkpoint_to_the_same_weights(phantoms, tmp_path: Path, single_thread_torch: None) -> None:
+def test_fast_path_resumes_from_its_checkpoint_to_the_same_weights(phantom_split, tmp_path: Path, single_thread_torch: None) -> None:
     class Crash(Exception):
         pass
 
@@ -205,9 +195,9 @@ def test_fast_path_resumes_from_its_checkpoint_to_the_same_weights(phantoms, tmp
             raise Crash
 
     reference = _model()
-    _fit(phantoms, reference, FORCED)
+    _fit(phantom_split, reference, FORCED)
     checkpoint = tmp_path / "checkpoint.pt"
-    data, train_rows, val_rows = phantoms
+    data, train_rows, val_rows = phantom_split
     with pytest.raises(Crash):
         fit(_model(), frozenset({"cls", "seg"}), data, train_rows, val_rows, _spec(), n_classes=3, device=CPU, seed=11,
             log=lambda line: None, on_epoch=crash_at_epoch_3, checkpoint=checkpoint, setup=FORCED)
@@ -220,11 +210,11 @@ def test_fast_path_resumes_from_its_checkpoint_to_the_same_weights(phantoms, tmp
         assert torch.equal(tensor, resumed.state_dict()[name]), name
 
 
-def test_a_reference_checkpoint_is_not_resumed_on_the_fast_path(phantoms, tmp_path: Path) -> None:
+def test_a_reference_checkpoint_is_not_resumed_on_the_fast_path(phantom_split, tmp_path: Path) -> None:
     checkpoint = tmp_path / "checkpoint.pt"
-    _fit(phantoms, _model(), REFERENCE, checkpoint, epochs=1)
+    _fit(phantom_split, _model(), REFERENCE, checkpoint, epochs=1)
     lines: list[str] = []
-    data, train_rows, val_rows = phantoms
+    data, train_rows, val_rows = phantom_split
     fit(_model(), frozenset({"cls", "seg"}), data, train_rows, val_rows, _spec(epochs=1), n_classes=3, device=CPU, seed=11,
         log=lines.append, checkpoint=checkpoint, setup=FORCED)
     assert not any(line.startswith("resuming") for line in lines)
@@ -251,12 +241,12 @@ def _record_read_backs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.parametrize("arch,tasks", [("unet", {"seg"}), ("mtl_resnet50", {"cls", "seg"}), ("custom_cnn", {"cls"})])
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-def test_the_step_loop_reads_nothing_back_from_the_device(phantoms, monkeypatch: pytest.MonkeyPatch, arch: str, tasks: set,
+def test_the_step_loop_reads_nothing_back_from_the_device(phantom_split, monkeypatch: pytest.MonkeyPatch, arch: str, tasks: set,
                                                           optimizer: str) -> None:
     """An epoch of 2 batches and one of 6 read back the same: the losses, once, when the epoch ends."""
     from busflow.train.loop import _optimizer
 
-    data, train_rows, _ = phantoms
+    data, train_rows, _ = phantom_split
     spec = dict(load_params(TINY_PARAMS)["models"]["mtl_resnet50"], batch_size=4, optimizer=optimizer)
     options = load_params(TINY_PARAMS)["models"].get(arch, {}).get("options", SMALL_CNN)
     model = build_model(arch, in_channels=1, n_classes=3, options=options)
@@ -272,8 +262,8 @@ def test_the_step_loop_reads_nothing_back_from_the_device(phantoms, monkeypatch:
     assert counts[0] == counts[1] == ["cpu", "tolist"], f"read-backs per epoch of 2 and of 6 batches: {counts}"
 
 
-def test_predictions_from_device_batches_match_host_batches(phantoms) -> None:
-    data, _, val_rows = phantoms
+def test_predictions_from_device_batches_match_host_batches(phantom_split) -> None:
+    data, _, val_rows = phantom_split
     model = _model().eval()
     host = predict(model, data, val_rows, CPU)
     resident = predict(model, batch_source(data, CPU, FORCED), val_rows, CPU)
@@ -286,12 +276,12 @@ def _has_c_compiler() -> bool:
 
 
 @pytest.mark.skipif(not _has_c_compiler(), reason="torch.compile on the CPU needs a C compiler (none found)")
-def test_a_compiled_network_trains_and_saves_plain_weights(phantoms, tmp_path: Path) -> None:
-    data, train_rows, val_rows = phantoms
+def test_a_compiled_network_trains_and_saves_plain_weights(phantom_split, tmp_path: Path) -> None:
+    data, train_rows, val_rows = phantom_split
     model = build_model("custom_cnn", in_channels=1, n_classes=3, options=SMALL_CNN)
     names = list(model.state_dict())
     spec = dict(load_params(TINY_PARAMS)["models"]["resnet50"], epochs=1, patience=0)
-    setup = compile_model(model, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=pytest.fail)
+    setup = compile_model(model, CPU, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=pytest.fail)
     assert setup.compile
     history = fit(model, frozenset({"cls"}), data, train_rows, val_rows, spec, n_classes=3, device=CPU, seed=3,
                   log=lambda line: None, setup=setup)
@@ -307,7 +297,7 @@ def test_a_compiled_network_trains_and_saves_plain_weights(phantoms, tmp_path: P
 
 
 @pytest.mark.skipif(not _has_c_compiler(), reason="torch.compile on the CPU needs a C compiler (none found)")
-def test_a_network_that_does_not_compile_trains_uncompiled_with_a_message(phantoms, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_network_that_does_not_compile_trains_uncompiled_with_a_message(phantom_split, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_compile(function, *args, **kwargs):
         def compiled(*call_args, **call_kwargs):
             raise RuntimeError("backend compiler failed: unsupported operator")  # as a compiler bug surfaces
@@ -316,10 +306,10 @@ def test_a_network_that_does_not_compile_trains_uncompiled_with_a_message(phanto
     monkeypatch.setattr(torch, "compile", failing_compile)
     lines: list[str] = []
     model = build_model("unet", in_channels=1, n_classes=3, options=load_params(TINY_PARAMS)["models"]["unet"]["options"])
-    setup = compile_model(model, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=lines.append)
+    setup = compile_model(model, CPU, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=lines.append)
     assert setup == FORCED  # compile dropped, the rest of the fast path kept
     assert len(lines) == 1 and lines[0].startswith("torch.compile failed for this network (RuntimeError: backend compiler failed")
-    data, train_rows, val_rows = phantoms
+    data, train_rows, val_rows = phantom_split
     spec = {**load_params(TINY_PARAMS)["models"]["unet"], "epochs": 1, "patience": 0}
     history = fit(model, frozenset({"seg"}), data, train_rows, val_rows, spec, n_classes=3, device=CPU, seed=3,
                   log=lambda line: None, setup=setup)  # the model itself was never compiled
@@ -330,9 +320,9 @@ def test_a_network_that_does_not_compile_trains_uncompiled_with_a_message(phanto
 
 
 @needs_cuda
-def test_on_cuda_the_step_loop_never_synchronises(phantoms) -> None:
+def test_on_cuda_the_step_loop_never_synchronises(phantom_split) -> None:
     cuda = torch.device("cuda")
-    data, train_rows, _ = phantoms
+    data, train_rows, _ = phantom_split
     setup = acceleration({"fast_path": "auto"}, cuda)
     model = build_model("unet", in_channels=1, n_classes=3, options=load_params(TINY_PARAMS)["models"]["unet"]["options"])
     from busflow.train.accelerate import prepare_model

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from busflow.config import load_params
-from busflow.data.folder import ingest_folder
-from busflow.data.preprocess import preprocess_index
-from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.device import seed_everything
-from busflow.train.loop import ArrayData, BatchMemoryError, NonFiniteLossError, fit
+from busflow.train.loop import BatchMemoryError, NonFiniteLossError, fit
 from conftest import TINY_PARAMS
 
 EPOCHS = 5
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArrayData, np.ndarray, np.ndarray]:
-    root = tmp_path_factory.mktemp("phantoms") / "raw"
-    generate_phantoms(root, n_patients=16, seed=5, image_size=(48, 60))
-    arrays = preprocess_index(ingest_folder(root), size=32)
-    rows = np.arange(len(arrays["image_ids"]))
-    return ArrayData(arrays["images"], arrays["masks"], arrays["labels"]), rows[: len(rows) * 3 // 4], rows[len(rows) * 3 // 4 :]
 
 
 def _spec(**changes: object) -> dict:
@@ -41,8 +28,8 @@ def _model() -> nn.Module:
     return build_model("unet", in_channels=1, n_classes=3, options=_spec()["options"])
 
 
-def _train(data, model: nn.Module, spec: dict, checkpoint: Path | None, on_epoch=lambda row: None, log=lambda line: None):
-    arrays, train_rows, val_rows = data
+def _train(phantom_split, model: nn.Module, spec: dict, checkpoint: Path | None, on_epoch=lambda row: None, log=lambda line: None):
+    arrays, train_rows, val_rows = phantom_split
     return fit(model, frozenset({"seg"}), arrays, train_rows, val_rows, spec, n_classes=3, device=torch.device("cpu"), seed=7,
                log=log, on_epoch=on_epoch, checkpoint=checkpoint)
 
@@ -58,17 +45,17 @@ def _crash_at(epoch: int):
     return on_epoch
 
 
-def test_resumed_training_ends_with_the_uninterrupted_weights(data, tmp_path: Path, single_thread_torch: None) -> None:
+def test_resumed_training_ends_with_the_uninterrupted_weights(phantom_split, tmp_path: Path, single_thread_torch: None) -> None:
     reference = _model()
-    expected = _train(data, reference, _spec(), tmp_path / "reference" / "checkpoint.pt")
+    expected = _train(phantom_split, reference, _spec(), tmp_path / "reference" / "checkpoint.pt")
     checkpoint = tmp_path / "resumed" / "checkpoint.pt"
     with pytest.raises(_Crash):
-        _train(data, _model(), _spec(), checkpoint, on_epoch=_crash_at(3))
+        _train(phantom_split, _model(), _spec(), checkpoint, on_epoch=_crash_at(3))
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
     lines: list[str] = []
     replayed: list[int] = []
     resumed = _model()
-    history = _train(data, resumed, _spec(), checkpoint, on_epoch=lambda row: replayed.append(row["epoch"]), log=lines.append)
+    history = _train(phantom_split, resumed, _spec(), checkpoint, on_epoch=lambda row: replayed.append(row["epoch"]), log=lines.append)
     assert lines[0] == f"resuming after epoch 2 from {checkpoint}"
     assert replayed == list(range(1, EPOCHS + 1))  # dvclive sees every epoch once
     for name, tensor in reference.state_dict().items():
@@ -77,12 +64,12 @@ def test_resumed_training_ends_with_the_uninterrupted_weights(data, tmp_path: Pa
     assert history[columns].equals(expected[columns])
 
 
-def test_a_checkpoint_of_other_settings_is_not_resumed(data, tmp_path: Path) -> None:
+def test_a_checkpoint_of_other_settings_is_not_resumed(phantom_split, tmp_path: Path) -> None:
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(_Crash):
-        _train(data, _model(), _spec(), checkpoint, on_epoch=_crash_at(2))
+        _train(phantom_split, _model(), _spec(), checkpoint, on_epoch=_crash_at(2))
     lines: list[str] = []
-    _train(data, _model(), _spec(lr=5e-4), checkpoint, log=lines.append)
+    _train(phantom_split, _model(), _spec(lr=5e-4), checkpoint, log=lines.append)
     assert not any(line.startswith("resuming") for line in lines)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == EPOCHS
 
@@ -105,23 +92,23 @@ class _Failing(nn.Module):
         return outputs
 
 
-def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_checkpoint(data, tmp_path: Path) -> None:
-    arrays, train_rows, _ = data
+def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_checkpoint(phantom_split, tmp_path: Path) -> None:
+    arrays, train_rows, _ = phantom_split
     count, size = len(train_rows), _spec()["batch_size"]
     batches_per_epoch = -(-count // size) - (count % size == 1)  # a last batch of one image is dropped
     checkpoint = tmp_path / "checkpoint.pt"
     failing = _Failing(_model(), fail_at=batches_per_epoch + 2, failure="nan")
     with pytest.raises(NonFiniteLossError, match=rf"loss is nan at epoch 2, batch 2: training stopped .*"
                                                   rf"the checkpoint after epoch 1 is kept at {checkpoint}"):
-        _train(data, failing, _spec(), checkpoint)
+        _train(phantom_split, failing, _spec(), checkpoint)
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["epoch"] == 1 and all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
 
 
-def test_out_of_memory_gives_a_hint(data, tmp_path: Path) -> None:
+def test_out_of_memory_gives_a_hint(phantom_split, tmp_path: Path) -> None:
     with pytest.raises(BatchMemoryError, match=r"out of memory on cpu at epoch 1, batch 1 \(8 images of 32×32 px\): "
                                                r"lower this model's batch_size \(now 8\) or preprocess.size"):
-        _train(data, _Failing(_model(), fail_at=1, failure="oom"), _spec(), tmp_path / "checkpoint.pt")
+        _train(phantom_split, _Failing(_model(), fail_at=1, failure="oom"), _spec(), tmp_path / "checkpoint.pt")
 
 
 def test_checkpoints_live_outside_the_declared_outputs(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from busflow.morphology import largest_component
 from busflow.split import group_ids_of, role_indices
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.device import configure_threads, resolve_device, seed_everything
-from busflow.train.accelerate import acceleration, compile_model, prepare_model
+from busflow.train.accelerate import acceleration, compile_model
 from busflow.train.loop import ArrayData, batch_source, fit, predict
 from busflow.predictions import load_predictions, prediction_table, save_predictions
 from busflow.train.outputs import epoch_logger, save_run
@@ -87,18 +87,16 @@ def run_cascade(params: Mapping[str, Any], fold: int, arrays_path: Path, folds_p
                                 empty_fraction=cascade["empty_roi_fraction"], size=cascade["crop_size"])
     data = ArrayData(crops, np.zeros_like(crops), arrays["labels"])
     device = resolve_device(params["device"])
-    setup = acceleration(params["accelerator"], device)
     model = build_model(spec["arch"], in_channels=1, n_classes=len(classes), options=spec.get("options"))
     prefix = f"[{cascade['name']} fold{fold}]"
     print(f"{prefix} {spec['arch']} on crops ({cascade['crop_size']} px) of {cascade['segmenter']} masks, device {device}", flush=True)
     log = lambda line: print(f"{prefix} {line}", flush=True)  # noqa: E731
-    setup = compile_model(prepare_model(model, device, setup), setup, cascade["crop_size"], log)
+    setup = compile_model(model, device, acceleration(params["accelerator"], device), cascade["crop_size"], log)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint_path(out_dir)
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, frozenset({"cls"}), data, roles["train"], roles["val"], spec, n_classes=len(classes),
-                      device=device, seed=seed, log=log, on_epoch=on_epoch,
-                      checkpoint=checkpoint, setup=setup)
+                      device=device, seed=seed, log=log, on_epoch=on_epoch, checkpoint=checkpoint, setup=setup)
     description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=cascade["crop_size"], device=device,
                                  preprocess=params["preprocess"], setup=setup)
     description.update(cascade={"segmenter": cascade["segmenter"], "margin": cascade["margin"],

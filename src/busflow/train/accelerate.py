@@ -25,7 +25,11 @@ class Acceleration:
     fast_path: bool = False
     compile: bool = False
     channels_last: bool = False
-    fused_optimizer: bool = False  # one kernel for all parameters' update instead of a loop over them
+
+    @property
+    def fused_optimizer(self) -> bool:
+        """One kernel for every parameter's update, with no per-parameter host loop: on every fast path."""
+        return self.fast_path
 
 
 REFERENCE = Acceleration()
@@ -38,8 +42,7 @@ def acceleration(settings: Mapping[str, Any] | None, device: torch.device) -> Ac
     fast = device.type == "cuda" if mode == "auto" else bool(mode)
     if not fast:
         return REFERENCE
-    return Acceleration(fast_path=True, compile=bool(settings.get("compile", False)), channels_last=device.type == "cuda",
-                        fused_optimizer=True)
+    return Acceleration(fast_path=True, compile=bool(settings.get("compile", False)), channels_last=device.type == "cuda")
 
 
 def prepare_model(model: nn.Module, device: torch.device, setup: Acceleration) -> nn.Module:
@@ -52,7 +55,8 @@ def prepare_model(model: nn.Module, device: torch.device, setup: Acceleration) -
     return model
 
 
-def compile_model(model: nn.Module, setup: Acceleration, image_size: int, log: Callable[[str], None]) -> Acceleration:
+def compile_model(model: nn.Module, device: torch.device, setup: Acceleration, image_size: int,
+                  log: Callable[[str], None]) -> Acceleration:
     """``torch.compile`` ``model`` in place when ``setup`` asks for it and a training step compiles; returns the
     setup that really applies.
 
@@ -63,8 +67,7 @@ def compile_model(model: nn.Module, setup: Acceleration, image_size: int, log: C
     """
     if not setup.compile:
         return setup
-    device = next(model.parameters()).device
-    probe = copy.deepcopy(model).train()
+    probe = prepare_model(copy.deepcopy(model), device, setup).train()
     probe.compile()
     example = torch.rand(2, 1, image_size, image_size, device=device).contiguous(
         memory_format=torch.channels_last if setup.channels_last else torch.contiguous_format)

@@ -75,8 +75,7 @@ class BatchAugmentation:
     def build(cls, settings: Mapping[str, Any]) -> BatchAugmentation | None:
         """None when everything is switched off (as :func:`build_augmentation`)."""
         augmentation = cls(settings)
-        active = augmentation.flip or augmentation.vertical_flip or augmentation.rotate or augmentation.zoom or augmentation.shift
-        return augmentation if active else None
+        return augmentation if augmentation.flip or augmentation.vertical_flip or augmentation.has_affine else None
 
     @property
     def has_affine(self) -> bool:

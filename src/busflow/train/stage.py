@@ -15,7 +15,7 @@ from busflow.models import build_model, model_tasks
 from busflow.io import read_table
 from busflow.split import group_ids_of, role_indices
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
-from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, compile_model, prepare_model
+from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, compile_model
 from busflow.train.device import configure_threads, device_name, is_deterministic, resolve_device, seed_everything
 from busflow.train.loop import ArrayData, batch_source, fit, predict
 from busflow.predictions import prediction_table, save_predictions
@@ -63,19 +63,17 @@ def train_model(params: Mapping[str, Any], model_name: str, fold: int, arrays_pa
     classes = arrays["classes"].tolist()
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])
     device = resolve_device(params["device"])
-    setup = acceleration(params["accelerator"], device)
     tasks = model_tasks(spec["arch"])
     model = build_model(spec["arch"], in_channels=1, n_classes=len(classes), options=spec.get("options"))
     prefix = f"[{model_name} fold{fold}]"
     print(f"{prefix} {spec['arch']} on {device}: {len(roles['train'])} train / {len(roles['val'])} val / {len(roles['test'])} test images", flush=True)
     log = lambda line: print(f"{prefix} {line}", flush=True)  # noqa: E731
-    setup = compile_model(prepare_model(model, device, setup), setup, data.images.shape[-1], log)
+    setup = compile_model(model, device, acceleration(params["accelerator"], device), data.images.shape[-1], log)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint_path(out_dir)
     with epoch_logger(out_dir) as on_epoch:
         history = fit(model, tasks, data, roles["train"], roles["val"], spec, n_classes=len(classes), device=device,
-                      seed=seed, log=log, on_epoch=on_epoch, checkpoint=checkpoint,
-                      setup=setup)
+                      seed=seed, log=log, on_epoch=on_epoch, checkpoint=checkpoint, setup=setup)
     description = describe_model(spec, n_classes=len(classes), classes=classes, image_size=data.images.shape[-1],
                                  device=device, preprocess=params["preprocess"], setup=setup)
     save_run(out_dir, model, description, history)
