@@ -15,7 +15,7 @@ from pathlib import Path
 from busflow.config import load_params
 from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import preprocess_index
-from busflow.groups import build_groups, conflict_summary
+from busflow.split.groups import build_groups, conflict_summary
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from busflow.data.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, screen_pairs
+from busflow.split.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, screen_pairs
 from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import load_grayscale
 

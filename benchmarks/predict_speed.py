@@ -21,9 +21,9 @@ from PIL import Image
 
 from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model
-from busflow.predict import predict_images
+from busflow.serve.predict import predict_images
 from busflow.train.outputs import save_run
-from busflow.train.stage import describe_model
+from busflow.stages.train import describe_model
 
 CLASSES = ["normal", "benign", "malignant"]
 MODELS = {"unet": ("unet", {}), "mtl_resnet50": ("mtl_resnet50", {})}

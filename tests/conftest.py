@@ -95,7 +95,7 @@ def saved_model(directory: Path, arch: str, options: dict) -> Path:
 
     from busflow.models import build_model
     from busflow.train.outputs import save_run
-    from busflow.train.stage import describe_model
+    from busflow.stages.train import describe_model
 
     torch.manual_seed(0)
     model = build_model(arch, in_channels=1, n_classes=3, options=options)

@@ -61,7 +61,7 @@ def test_auto_takes_the_fast_path_on_cuda_only() -> None:
 
 
 def test_fast_path_settings_are_validated(tmp_path: Path) -> None:
-    from busflow.config import ParamsError
+    from busflow.errors import ParamsError
 
     params = TINY_PARAMS.read_text().replace("fast_path: auto", "fast_path: sometimes")
     (tmp_path / "params.yaml").write_text(params)

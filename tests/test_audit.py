@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from busflow.audit import audit_split
-from busflow.data.folder import DatasetError
+from busflow.split.audit import audit_split
+from busflow.errors import DatasetError
 from test_split import _groups, _index, _split_params
 
-from busflow.split import make_split
+from busflow.split.protocols import make_split
 
 
 def _case(n_patients: int = 40) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from busflow.cascade import extract_rois, lesion_box
-from busflow.morphology import largest_component
+from busflow.data.rois import extract_rois, lesion_box
+from busflow.data.rois import largest_component
 
 
 def test_box_is_square_contains_lesion_and_adds_margin() -> None:

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from busflow.cli import main
-from busflow.config import ParamsError, load_params, validate_params
+from busflow.errors import ParamsError
+from busflow.config import load_params, validate_params
 from conftest import REPO, TINY_PARAMS
 
 
@@ -131,7 +132,7 @@ def test_duplicate_settings_in_the_schema_match_the_detector() -> None:
     import dataclasses
 
     from busflow.config import load_schema
-    from busflow.data.dedup import DuplicateSettings
+    from busflow.split.dedup import DuplicateSettings
 
     schema = load_schema()["properties"]["split"]["properties"]["duplicates"]["properties"]
     assert set(schema) == {f.name for f in dataclasses.fields(DuplicateSettings)}

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter, zoom
 
-from busflow.data.dedup import LINK_COLUMNS, duplicate_clusters, find_duplicate_links, screen_pairs
-from busflow.data.folder import DatasetError, ingest_folder
+from busflow.split.dedup import LINK_COLUMNS, duplicate_clusters, find_duplicate_links, screen_pairs
+from busflow.data.folder import ingest_folder
+from busflow.errors import DatasetError
 
 SHAPE = (420, 560)
 

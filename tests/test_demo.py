@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from browser import chromium_driver, upload_and_analyse
-from busflow.demo import MAX_PIXELS, DemoSession, InputError, check_image_file, render
+from busflow.serve.demo import MAX_PIXELS, DemoSession, InputError, check_image_file, render
 from conftest import tool_env
 
 pytestmark = pytest.mark.slow

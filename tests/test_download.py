@@ -19,7 +19,7 @@ import pytest
 
 from busflow.data import download
 from busflow.data.download import DownloadError, download_file, fetch_archive, safe_extract, sha256_of
-from busflow.data.folder import DatasetError
+from busflow.errors import DatasetError
 
 CONTENT = {"busi/benign/a.png": b"benign image " * 50, "busi/normal/b.png": b"normal image " * 40}
 LIMITS = {"max_download_bytes": 1 << 20, "max_extract_bytes": 1 << 20, "max_members": 100}

@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from busflow.config import ParamsError, validate_params
+from busflow.errors import ParamsError
+
+from busflow.config import validate_params
 from busflow.data.preprocess import save_arrays
-from busflow.ensemble import build_ensembles, member_weights
+from busflow.stages.ensemble import build_ensembles, member_weights
 from busflow.predictions import PartOutputs, load_predictions, prediction_table, save_predictions
 from conftest import TINY_PARAMS
 

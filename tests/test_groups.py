@@ -11,7 +11,7 @@ from PIL import Image
 
 from busflow.config import load_params
 from busflow.data.folder import ingest_folder
-from busflow.groups import build_groups, conflict_summary, grouping_sources
+from busflow.split.groups import build_groups, conflict_summary, grouping_sources
 from conftest import REPO
 
 

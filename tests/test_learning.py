@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from busflow.cascade import extract_rois
+from busflow.data.rois import extract_rois
 from busflow.config import load_params, model_spec
 from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import preprocess_index
 from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model
-from busflow.groups import build_groups
-from busflow.split import make_split, role_indices
+from busflow.split.groups import build_groups
+from busflow.split.protocols import make_split, role_indices
 from busflow.train.device import seed_everything
 from busflow.train.loop import ArrayData, fit, predict
 from conftest import TINY_PARAMS

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from busflow.cli import main
-from busflow.data.folder import DatasetError
+from busflow.errors import DatasetError, ModelFileError
 from busflow.data.synthetic import generate_phantoms
-from busflow.predict import predict_images, shape_descriptors
+from busflow.serve.predict import predict_images, shape_descriptors
 from conftest import MODEL_CLASSES, saved_model
 
 CLASSES = MODEL_CLASSES
@@ -83,7 +83,7 @@ def test_preprocessing_comes_from_model_json_not_params(tmp_path: Path, images: 
     description = json.loads((model / "model.json").read_text())
     del description["preprocess"]
     (model / "model.json").write_text(json.dumps(description))
-    with pytest.raises(DatasetError, match="no preprocessing recorded"):
+    with pytest.raises(ModelFileError, match="no preprocessing recorded"):
         predict_images(model, str(images), tmp_path / "old", progress=False)
 
 
@@ -126,12 +126,12 @@ def test_cascade_predicts_mask_box_and_crop_class(tmp_path: Path, images: Path) 
     assert ((table.roi_top < table.roi_bottom) & (table.roi_bottom <= table.height)).all()
     assert ((table.roi_left < table.roi_right) & (table.roi_right <= table.width)).all()
     (tree["seg"] / "model.json").unlink()
-    with pytest.raises(DatasetError, match="needs the trained model unet of the same fold"):
+    with pytest.raises(ModelFileError, match="needs the trained model unet of the same fold"):
         predict_images(tree["cascade"], str(images), tmp_path / "again", progress=False)
 
 
 def test_ensemble_prediction_is_the_weighted_mean_of_its_members(images: Path) -> None:
-    from busflow.inference import load_predictor
+    from busflow.serve.predictors import load_predictor
 
     tree = _run_tree(images.parent / "ensemble_run")
     grays = [np.asarray(Image.open(p).convert("L"), dtype=np.float32) for p in sorted(images.glob("*.png"))]
@@ -155,9 +155,9 @@ def test_foreign_safetensors_and_pickles_are_refused(tmp_path: Path, images: Pat
 
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))
-    with pytest.raises(DatasetError, match="without busflow metadata"):
+    with pytest.raises(ModelFileError, match="without busflow metadata"):
         predict_images(foreign, str(images), tmp_path / "out", progress=False)
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(DatasetError, match="damaged.safetensors: not a readable safetensors"):
+    with pytest.raises(ModelFileError, match="damaged.safetensors: not a readable safetensors"):
         predict_images(damaged, str(images), tmp_path / "out", progress=False)

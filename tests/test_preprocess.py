@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busflow.data.folder import DatasetError, ingest_folder
+from busflow.data.folder import ingest_folder
+
+from busflow.errors import DatasetError
 from busflow.data.preprocess import normalise, preprocess_index
 
 

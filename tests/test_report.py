@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import busflow.groups
-from busflow.audit import audit_split
-from busflow.groups import build_groups, conflict_summary
+import busflow.split.groups
+from busflow.split.audit import audit_split
+from busflow.split.groups import build_groups, conflict_summary
 from busflow.io import write_csv, write_json
 from busflow.layout import LEAKY_SPLIT, REPORT_DIRS, SPLIT_FILES
 from busflow.report import REPORT_FILES, build_report
 from busflow.report.figures import read_tile
-from busflow.split import make_split
+from busflow.split.protocols import make_split
 
 CLASSES = ["normal", "benign", "malignant"]
 SIZE = 32
@@ -101,7 +101,7 @@ def _split_params(protocol: str, n_folds: int) -> dict:
 
 def _write_split(root: Path, index: pd.DataFrame, split: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The split stage's files, made by busflow's own group/split/audit code on the planted duplicate links."""
-    with mock.patch.object(busflow.groups, "duplicate_links", lambda *_: _planted_links(index)):
+    with mock.patch.object(busflow.split.groups, "duplicate_links", lambda *_: _planted_links(index)):
         groups, links = build_groups(index, split)
     folds = make_split(index, groups, split, seed=0)
     leaky = make_split(index, groups, split, seed=0, protocol="random_image")

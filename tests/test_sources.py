@@ -13,9 +13,10 @@ from PIL import Image
 
 from busflow.config import load_params
 from busflow.data.busbra import ingest_busbra
-from busflow.data.folder import DatasetError, ingest_folder
+from busflow.data.folder import ingest_folder
+from busflow.errors import DatasetError
 from busflow.data.sources import fetch_dataset, find_dataset_root, ingest_raw
-from busflow.split import make_split
+from busflow.split.protocols import make_split
 from conftest import REPO
 
 
@@ -64,7 +65,7 @@ def test_busbra_ingest_patients_and_official_folds(busbra_root: Path) -> None:
 
 @pytest.mark.parametrize("protocol", ["kfold", "holdout", "cascade", "official"])
 def test_busbra_no_patient_in_two_roles_of_any_protocol(busbra_root: Path, protocol: str) -> None:
-    from busflow.groups import build_groups
+    from busflow.split.groups import build_groups
 
     params = load_params(REPO / "params.yaml", check_registry=False)
     index = ingest_busbra(busbra_root)

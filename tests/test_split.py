@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from busflow.config import load_schema
-from busflow.data.folder import DatasetError
-from busflow.split import EXCLUDED, make_split, n_test_folds, role_columns, role_indices
+from busflow.errors import DatasetError
+from busflow.split.protocols import EXCLUDED, make_split, n_test_folds, role_columns, role_indices
 
 
 def _index(n_patients: int = 60, seed: int = 0) -> pd.DataFrame:

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from busflow.cli import main
-from busflow.data.folder import DatasetError
-from busflow.inference import load_predictor, save_package
-from busflow.predict import predict_images
+from busflow.errors import ModelFileError
+from busflow.serve.predictors import load_predictor, save_package
+from busflow.serve.predict import predict_images
 from busflow.train.outputs import load_trained
 from conftest import MODEL_CLASSES, saved_model
 
@@ -73,10 +73,10 @@ def test_a_pickled_payload_in_weights_pt_is_refused_without_running(tmp_path: Pa
     marker = tmp_path / "pwned"
     _plant(model, PAYLOADS[payload](marker), legacy)
     refused = rf"{model / 'weights.pt'}: refused: it holds objects other than tensors"
-    with pytest.raises(DatasetError, match=refused):
+    with pytest.raises(ModelFileError, match=refused):
         load_trained(model)
     assert not marker.exists()
-    with pytest.raises(DatasetError, match=refused):
+    with pytest.raises(ModelFileError, match=refused):
         predict_images(model, str(images), tmp_path / "out", progress=False)
     assert not marker.exists()
     assert main(["predict", "--model", str(model), "--input", str(images), "--out", str(tmp_path / "cli")]) == 2
@@ -89,7 +89,7 @@ def test_a_pickled_payload_in_weights_pt_is_refused_without_running(tmp_path: Pa
 def test_model_json_that_is_not_json_is_an_error(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = saved_model(tmp_path / "model", "classical_threshold", {})
     (model / "model.json").write_text("{'arch': 'unet',", encoding="utf-8")
-    with pytest.raises(DatasetError, match=rf"{model / 'model.json'}: not valid JSON \(Expecting property name"):
+    with pytest.raises(ModelFileError, match=rf"{model / 'model.json'}: not valid JSON \(Expecting property name"):
         load_predictor(model)
     assert main(["predict", "--model", str(model), "--input", str(images), "--out", str(tmp_path / "cli")]) == 2
     assert "busflow predict: error:" in capsys.readouterr().err
@@ -98,7 +98,7 @@ def test_model_json_that_is_not_json_is_an_error(tmp_path: Path, images: Path, c
 def test_model_json_without_the_network_keys_is_refused(tmp_path: Path, images: Path) -> None:
     model = saved_model(tmp_path / "model", "classical_threshold", {})
     (model / "model.json").write_text(json.dumps({"arch": "unet"}), encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"model.json: not a busflow model description \(missing \['classes', 'in_channels'"):
+    with pytest.raises(ModelFileError, match=r"model.json: not a busflow model description \(missing \['classes', 'in_channels'"):
         load_predictor(model)
 
 
@@ -106,9 +106,9 @@ def test_model_json_with_an_unknown_arch_names_it(tmp_path: Path, images: Path, 
     model = saved_model(tmp_path / "model", "classical_threshold", {})
     description = json.loads((model / "model.json").read_text(encoding="utf-8"))
     (model / "model.json").write_text(json.dumps({**description, "arch": "no_such_net"}), encoding="utf-8")
-    with pytest.raises(DatasetError, match=rf"{model / 'model.json'}: unknown architecture 'no_such_net'; available: .*unet"):
+    with pytest.raises(ModelFileError, match=rf"{model / 'model.json'}: unknown architecture 'no_such_net'; available: .*unet"):
         load_trained(model)
-    with pytest.raises(DatasetError, match="no_such_net"):
+    with pytest.raises(ModelFileError, match="no_such_net"):
         predict_images(model, str(images), tmp_path / "out", progress=False)
     assert main(["predict", "--model", str(model), "--input", str(images), "--out", str(tmp_path / "cli")]) == 2
     assert "unknown architecture 'no_such_net'" in capsys.readouterr().err
@@ -187,9 +187,9 @@ def test_rewriting_an_untouched_header_keeps_a_loadable_package(tmp_path: Path, 
 @pytest.mark.parametrize("tamper", sorted(TAMPERS))
 def test_a_tampered_package_is_refused_naming_the_file(tmp_path: Path, images: Path, package: Path, tamper: str) -> None:
     damaged = TAMPERS[tamper](package, tmp_path / "tampered.safetensors")
-    with pytest.raises(DatasetError, match=r"tampered\.safetensors: not a readable safetensors model package"):
+    with pytest.raises(ModelFileError, match=r"tampered\.safetensors: not a readable safetensors model package"):
         load_predictor(damaged)
-    with pytest.raises(DatasetError, match=r"tampered\.safetensors"):
+    with pytest.raises(ModelFileError, match=r"tampered\.safetensors"):
         predict_images(damaged, str(images), tmp_path / "out", progress=False)
 
 
@@ -199,7 +199,7 @@ def test_tensors_that_do_not_fit_the_described_network_are_not_loaded(tmp_path: 
     header, body = _split(package)
     name = _first_conv(header)
     damaged = _join(tmp_path / "reshaped.safetensors", _retyped(header, name, shape=header[name]["shape"][::-1]), body)
-    with pytest.raises(DatasetError, match=f"reshaped.safetensors: the weights do not fit the network described with them "
+    with pytest.raises(ModelFileError, match=f"reshaped.safetensors: the weights do not fit the network described with them "
                                            f"\\(size mismatch for {name}"):
         load_predictor(damaged)
 
@@ -208,5 +208,5 @@ def test_package_metadata_that_is_not_a_busflow_description_is_refused(tmp_path:
     header, body = _split(package)
     for name, metadata in {"not_json": "{no", "no_kind": json.dumps({"prefix": ""})}.items():
         damaged = _join(tmp_path / f"{name}.safetensors", {**header, "__metadata__": {"busflow": metadata}}, body)
-        with pytest.raises(DatasetError, match=rf"{name}.safetensors: (inconsistent busflow metadata|unknown predictor kind)"):
+        with pytest.raises(ModelFileError, match=rf"{name}.safetensors: (inconsistent busflow metadata|unknown predictor kind)"):
             load_predictor(damaged)

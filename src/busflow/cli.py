@@ -60,7 +60,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_group(args: argparse.Namespace) -> None:
-    from busflow.groups import build_groups
+    from busflow.split.groups import build_groups
     from busflow.io import read_table, write_csv
 
     split = _load(args, check_registry=False)["split"]
@@ -74,10 +74,10 @@ def cmd_group(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from busflow.data.folder import DatasetError
-    from busflow.groups import conflict_summary
+    from busflow.errors import DatasetError
+    from busflow.split.groups import conflict_summary
     from busflow.io import read_table, write_csv
-    from busflow.split import make_split
+    from busflow.split.protocols import make_split
 
     params = _load(args, check_registry=False)
     split = params["split"]
@@ -100,7 +100,7 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from busflow.audit import audit_split
+    from busflow.split.audit import audit_split
     from busflow.data.preprocess import load_arrays
     from busflow.io import read_table, write_csv, write_json
 
@@ -115,7 +115,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from busflow.train.stage import ablation_spec, train_model
+    from busflow.stages.train import ablation_spec, train_model
 
     params = _load(args)
     if (args.lr is None) != (args.variant is None):
@@ -127,19 +127,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_cascade(args: argparse.Namespace) -> None:
-    from busflow.cascade import run_cascade
+    from busflow.stages.cascade import run_cascade
 
     run_cascade(_load(args), args.fold, Path(args.arrays), Path(args.folds), Path(args.segmenter), Path(args.out))
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from busflow.ensemble import build_ensembles
+    from busflow.stages.ensemble import build_ensembles
 
     build_ensembles(_load(args, check_registry=False), Path(args.arrays), Path(args.folds), Path(args.models), Path(args.out))
 
 
 def cmd_external(args: argparse.Namespace) -> None:
-    from busflow.external import run_external
+    from busflow.stages.external import run_external
 
     run_external(_load(args), Path(args.arrays), Path(args.models), Path(args.out))
 
@@ -168,7 +168,7 @@ def cmd_queue_ablation(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from busflow.predict import predict_images
+    from busflow.serve.predict import predict_images
 
     table = predict_images(Path(args.model), args.input, Path(args.out), device=args.device, batch_size=args.batch_size,
                            threshold=args.threshold)
@@ -176,7 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> None:
-    from busflow.inference import PACKAGE_SUFFIX, load_model_dir, save_package
+    from busflow.serve.predictors import PACKAGE_SUFFIX, load_model_dir, save_package
 
     out = Path(args.out)
     if out.suffix != PACKAGE_SUFFIX:
@@ -186,13 +186,13 @@ def cmd_package(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from busflow.demo import launch
+    from busflow.serve.demo import launch
 
     launch(Path(args.results), host=args.host, port=args.port, device=args.device, max_upload_mb=args.max_upload_mb)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from busflow.evaluate.stage import evaluate_model, headline
+    from busflow.stages.evaluate import evaluate_model, headline
 
     metrics = evaluate_model(_load(args, check_registry=False), args.model, args.fold, Path(args.arrays), Path(args.predictions), Path(args.out))
     print(f"[{args.model} fold{args.fold}] {headline(metrics)}")
@@ -282,15 +282,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from busflow.config import ParamsError
-    from busflow.data.folder import DatasetError
-    from busflow.errors import TrainingError
+    from busflow.errors import BusflowError
 
     with _teed_to(args.log):
         started = time.perf_counter()
         try:
             args.handler(args)
-        except (ParamsError, DatasetError, TrainingError, FileNotFoundError, ValueError) as error:
+        except (BusflowError, FileNotFoundError, ValueError) as error:
             print(f"busflow {args.command}: error: {error}", file=sys.stderr)
             return 2
         print(f"busflow {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)

@@ -16,14 +16,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from busflow.errors import ParamsError
+
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
 
 
 ENSEMBLE_WEIGHTS = ("equal", "validation")  # or one number per member
-
-
-class ParamsError(ValueError):
-    """params.yaml is unreadable or violates the schema or a cross-key rule."""
 
 
 def load_schema() -> dict[str, Any]:
@@ -124,7 +122,7 @@ def _ensemble_problems(params: Mapping[str, Any]) -> list[str]:
 
 
 def _split_problems(params: Mapping[str, Any]) -> list[str]:
-    from busflow.split import n_test_folds
+    from busflow.split.protocols import n_test_folds
 
     split = params["split"]
     protocol = split["protocol"]

@@ -19,6 +19,7 @@ from busflow.io import atomic_path, write_csv
 
 OUTPUT_KEYS: tuple[str, ...] = ("class_probs", "mask_probs")
 VALIDATION_PREFIX = "val_"
+TASK_OF_OUTPUT: dict[str, str] = {"class_probs": "cls", "mask_probs": "seg"}  # output key -> task of the network
 
 
 def prediction_table(
@@ -108,3 +109,9 @@ def load_predictions(path: Path, part: str = "test") -> PartOutputs:
     if "mask_probs" in outputs:
         outputs["mask_probs"] = outputs["mask_probs"].astype(np.float32) / 255.0
     return PartOutputs(image_ids, outputs)
+
+
+def combine(outputs: Sequence[Mapping[str, np.ndarray]], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weighted mean of the members' probabilities (one output mapping per member) for each combined output."""
+    return {key: np.tensordot(w, np.stack([member[key] for member in outputs]), axes=1).astype(np.float32)
+            for key, w in weights.items()}

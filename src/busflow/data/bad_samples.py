@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pandas as pd
 
-from busflow.data.folder import DatasetError
+from busflow.errors import DatasetError
 from busflow.io import printable
 
 POLICIES = ("error", "skip")

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from busflow.data.folder import DatasetError, finalise_index, image_row
+from busflow.data.folder import finalise_index, image_row
+
+from busflow.errors import DatasetError
 
 if TYPE_CHECKING:
     from busflow.data.bad_samples import BadSamples

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from busflow import __version__
-from busflow.data.folder import DatasetError
+from busflow.errors import DatasetError
 from busflow.io import atomic_dir, atomic_path
 
 CHUNK_SIZE = 1 << 20

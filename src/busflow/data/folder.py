@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from busflow import CLASSES
+from busflow.errors import DatasetError
 from busflow.io import printable
 
 if TYPE_CHECKING:
@@ -26,10 +27,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_PATTERN = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
 INDEX_COLUMNS = ["image_id", "patient_id", "label", "image_path", "mask_paths", "width", "height"]
 SOURCE_COLUMNS = [*INDEX_COLUMNS, "patient_known", "colour_overlay"]
-
-
-class DatasetError(ValueError):
-    """The dataset on disk does not follow the expected layout."""
 
 
 def _class_folders(root: Path) -> list[Path]:

@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from busflow import CLASSES
-from busflow.data.folder import DatasetError
+from busflow.errors import DatasetError
 from busflow.io import atomic_path
 
 if TYPE_CHECKING:

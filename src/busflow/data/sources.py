@@ -23,7 +23,8 @@ import pandas as pd
 from busflow import CLASSES
 from busflow.data.bad_samples import BadSamples
 from busflow.data.busbra import ingest_busbra, is_busbra_root
-from busflow.data.folder import DatasetError, ingest_folder
+from busflow.data.folder import ingest_folder
+from busflow.errors import DatasetError
 from busflow.io import atomic_dir, write_json
 
 SOURCE_RECORD = "source.json"

@@ -15,7 +15,7 @@ from scipy import ndimage
 from torch import nn
 
 from busflow.models.registry import register
-from busflow.morphology import largest_component
+from busflow.data.rois import largest_component
 
 LESION_LOGIT = 12.0  # sigmoid(12) > 0.99999: a hard mask expressed as logits
 

@@ -12,17 +12,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import CLASSES
-from ..io import write_csv, write_text
-from ..layout import REPORT_DIRS, REPORT_FILES
-from . import figures
-from .content import ReportTables, build_blocks
-from .loading import RunResults, load_results
-from .render import render_html, render_markdown
-from .uncertainty import BootstrapSettings, calibration_table, comparison_table, failure_table, interval_table
-from .reproduction import reproduction_table
-from .sources import add_sources
-from .tables import (
+from busflow import CLASSES
+from busflow.io import write_csv, write_text
+from busflow.layout import REPORT_DIRS, REPORT_FILES
+from busflow.report import figures
+from busflow.report.content import ReportTables, build_blocks
+from busflow.report.loading import RunResults, load_results
+from busflow.report.render import render_html, render_markdown
+from busflow.report.uncertainty import BootstrapSettings, calibration_table, comparison_table, failure_table, interval_table
+from busflow.report.reproduction import reproduction_table
+from busflow.report.sources import add_sources
+from busflow.report.tables import (
     SHEETS_DIR,
     classification_table,
     ablation_table,

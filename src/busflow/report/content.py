@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from .loading import RunResults
-from .render import (
+from busflow.report.loading import RunResults
+from busflow.report.render import (
     NA,
     SOURCE,
     Block,
@@ -31,8 +31,8 @@ from .render import (
     format_frame,
     is_missing,
 )
-from .reproduction import published
-from .tables import DuplicateCluster, duplicate_links, excluded_images, split_label
+from busflow.report.reproduction import published
+from busflow.report.tables import DuplicateCluster, duplicate_links, excluded_images, split_label
 
 MAX_SHEETS = 300  # contact sheets drawn and shown; label conflicts and larger clusters come first
 MAX_GROUP_ROWS = 50  # rows of tables/groups.csv shown in the report
@@ -297,7 +297,7 @@ def grouping_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str
 
 def grouping_mode(run: RunResults, run_info: Mapping[str, Any]) -> str:
     """``split.grouping``, with what ``auto`` resolved to for this dataset."""
-    from ..groups import grouping_sources
+    from busflow.split.groups import grouping_sources
 
     mode = split_params(run_info).get("grouping")
     if mode is None:

@@ -25,9 +25,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
-from ..io import atomic_dir, atomic_path, write_csv  # noqa: E402
-from .loading import RunResults  # noqa: E402
-from .tables import (  # noqa: E402
+from busflow.io import atomic_dir, atomic_path, write_csv  # noqa: E402
+from busflow.report.loading import RunResults  # noqa: E402
+from busflow.report.tables import (  # noqa: E402
     DuplicateCluster,
     model_classes,
     one_vs_rest_auc,

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..io import read_table
+from busflow.io import read_table
 
 DONE_LINE = re.compile(r"^busflow (\w+): done in ([0-9.]+)s$", re.MULTILINE)  # the CLI's last line per job
-from ..layout import LEAKY_SPLIT, SPLIT_FILES, ablation_cell
+from busflow.layout import LEAKY_SPLIT, SPLIT_FILES, ablation_cell
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from .loading import FoldResult
-from .uncertainty import interval_lookup
+from busflow.report.loading import FoldResult
+from busflow.report.uncertainty import interval_lookup
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 REPRODUCTION_COLUMNS = ["paper", "model", "metric", "paper_value", "ours_mean", "ours_sd", "folds", "delta",

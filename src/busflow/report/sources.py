@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 import pandas as pd
 
-from ..layout import SPLIT_FILES
-from .content import ReportTables
-from .loading import FoldResult, RunResults
-from .render import SOURCE
+from busflow.layout import SPLIT_FILES
+from busflow.report.content import ReportTables
+from busflow.report.loading import FoldResult, RunResults
+from busflow.report.render import SOURCE
 
 
 

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from ..data.folder import patients_known
-from ..layout import REPORT_DIRS
-from ..split import EXCLUDED, role_columns
-from .loading import FoldResult, RunResults, to_float
-from .uncertainty import interval_lookup
+from busflow.data.folder import patients_known
+from busflow.layout import REPORT_DIRS
+from busflow.split.protocols import EXCLUDED, role_columns
+from busflow.report.loading import FoldResult, RunResults, to_float
+from busflow.report.uncertainty import interval_lookup
 
 CLS_METRICS: tuple[str, ...] = (
     "accuracy",
@@ -166,7 +166,7 @@ class DuplicateCluster:
 
 def duplicate_clusters(run: RunResults) -> tuple[DuplicateCluster, ...]:
     """Connected components of the duplicate links; label conflicts first, then larger clusters, then by id."""
-    from ..data.dedup import duplicate_clusters as components
+    from busflow.split.dedup import duplicate_clusters as components
 
     links = duplicate_links(run.links)
     roots = pd.Series(components(sorted(set(links["image_a"]) | set(links["image_b"])), links), dtype=str)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..evaluate.statistics import (
+from busflow.evaluate.statistics import (
     GroupBootstrap,
     calibration_bins,
     binary_auc,
@@ -25,7 +25,7 @@ from ..evaluate.statistics import (
     two_sided_p,
     weighted_mean,
 )
-from .loading import RunResults
+from busflow.report.loading import RunResults
 
 INTERVAL_COLUMNS = ["model", "metric", "n_images", "n_groups", "estimate", "ci_low", "ci_high", "confidence", "resamples"]
 FAILURE_COLUMNS = ["model", "fold", "image_id", "label", "predicted", "confidence"]

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from busflow.errors import ModelFileError
 from busflow.io import atomic_path, write_csv, write_json
 from busflow.layout import DVCLIVE_DIR
 
@@ -33,62 +34,58 @@ ENSEMBLE_KEYS = frozenset({"arch", "members", "weights", "classes", "tasks"})  #
 
 def read_model_description(model_dir: Path) -> dict[str, Any]:
     """``model_dir/model.json``, checked: a clear error naming the file when it is missing or unusable."""
-    from busflow.data.folder import DatasetError
 
     path = model_dir / "model.json"
     try:
         description = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DatasetError(f"{model_dir}: not a trained model (no model.json); expected results/<run>/models/<model>/fold<k> "
+        raise ModelFileError(f"{model_dir}: not a trained model (no model.json); expected results/<run>/models/<model>/fold<k> "
                            "or a packaged .safetensors file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: not valid JSON ({error})") from None
+        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(description, dict):
-        raise DatasetError(f"{path}: not a busflow model description (a JSON {type(description).__name__})")
+        raise ModelFileError(f"{path}: not a busflow model description (a JSON {type(description).__name__})")
     missing = sorted((ENSEMBLE_KEYS if description.get("arch") == "ensemble" else NETWORK_KEYS) - set(description))
     if missing:
-        raise DatasetError(f"{path}: not a busflow model description (missing {missing})")
+        raise ModelFileError(f"{path}: not a busflow model description (missing {missing})")
     return description
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> nn.Module:
     """Weights into ``model``; tensors that do not fit its architecture are an error naming ``source``."""
-    from busflow.data.folder import DatasetError
 
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         first_problem = str(error).strip().splitlines()[1:2] or [str(error)]
-        raise DatasetError(f"{source}: the weights do not fit the network described with them ({first_problem[0].strip()})") from None
+        raise ModelFileError(f"{source}: the weights do not fit the network described with them ({first_problem[0].strip()})") from None
     return model
 
 
 def load_weights(path: Path, model: nn.Module) -> nn.Module:
     """A plain state dict, read with ``weights_only=True``: a file that would run pickled code is refused."""
-    from busflow.data.folder import DatasetError
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise DatasetError(f"{path}: refused: it holds objects other than tensors, and loading them would run code "
+        raise ModelFileError(f"{path}: refused: it holds objects other than tensors, and loading them would run code "
                            "from the file (busflow saves plain state dicts only)") from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise DatasetError(f"{path}: not a readable weights file ({error})") from None
+        raise ModelFileError(f"{path}: not a readable weights file ({error})") from None
     if not isinstance(state, Mapping):
-        raise DatasetError(f"{path}: not a state dict (found {type(state).__name__})")
+        raise ModelFileError(f"{path}: not a state dict (found {type(state).__name__})")
     return load_state(model, state, path)
 
 
 def build_described(description: Mapping[str, Any], source: Path) -> nn.Module:
     """The (untrained) network a model description names; an unknown architecture is an error naming ``source``."""
-    from busflow.data.folder import DatasetError
     from busflow.models import UnknownArchitectureError, build_model
 
     try:
         return build_model(description["arch"], in_channels=description["in_channels"], n_classes=description["n_classes"],
                            options=description["options"])
     except UnknownArchitectureError as error:
-        raise DatasetError(f"{source}: {error}") from None
+        raise ModelFileError(f"{source}: {error}") from None
 
 
 def load_trained(model_dir: Path) -> tuple[nn.Module, dict[str, Any]]:

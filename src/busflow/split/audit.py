@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from busflow import CLASSES
-from busflow.data.folder import DatasetError, patients_known
-from busflow.split import EXCLUDED, LEAKY_PROTOCOLS, ROLES, role_columns
+from busflow.data.folder import patients_known
+from busflow.errors import DatasetError
+from busflow.split.protocols import EXCLUDED, LEAKY_PROTOCOLS, ROLES, role_columns
 
 BOUNDARIES = (("test", ("train", "val")), ("val", ("train",)))
 EXAMPLES = 5

@@ -20,7 +20,7 @@ from busflow.data.folder import patients_known
 from busflow.data.bad_samples import BadSamples
 from busflow.data.preprocess import preprocess_raw, save_arrays
 from busflow.data.sources import fetch_dataset
-from busflow.evaluate.stage import evaluate_model, headline
+from busflow.stages.evaluate import evaluate_model, headline
 from busflow.io import atomic_dir, write_csv
 from busflow.predictions import load_predictions, prediction_table, save_predictions
 from busflow.train.device import configure_threads, resolve_device

@@ -13,7 +13,7 @@ from busflow.config import model_spec
 from busflow.data.preprocess import load_arrays
 from busflow.models import build_model, model_tasks
 from busflow.io import read_table
-from busflow.split import group_ids_of, role_indices
+from busflow.split.protocols import group_ids_of, role_indices
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, compile_model
 from busflow.train.device import configure_threads, device_name, is_deterministic, resolve_device, seed_everything

@@ -26,16 +26,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from busflow.data.folder import DatasetError
+from busflow.errors import DatasetError
 from busflow.data.preprocess import load_grayscale, normalise
 from busflow.data.folder import IMAGE_SUFFIXES
-from busflow.predict import ImageOutputs, image_outputs, overlay_image, shape_descriptors
+from busflow.serve.predict import ImageOutputs, image_outputs, overlay_image, shape_descriptors
 
 MAX_PIXELS = 40_000_000  # larger than any ultrasound frame; a decompression bomb is refused before decoding
 READABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"})
 BOX_COLOUR = (255, 210, 0)
 DISPLAY_MIN_SIDE = 320
-log = logging.getLogger("busflow.demo")
+log = logging.getLogger("busflow.serve.demo")
 
 
 class InputError(ValueError):
@@ -55,7 +55,7 @@ class TrainedModel:
 
 
 def _headline(model_dir: Path) -> str:
-    from busflow.evaluate.stage import headline
+    from busflow.stages.evaluate import headline
     from busflow.io import read_json
 
     metrics_path = model_dir / "metrics.json"
@@ -193,7 +193,7 @@ class DemoSession:
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 — one session per process; keeps the last models warm
     def predictor(self, key: str) -> Any:
-        from busflow.inference import load_predictor
+        from busflow.serve.predictors import load_predictor
         from busflow.train.device import resolve_device
 
         return load_predictor(self.model(key).path).to(resolve_device(self.device))

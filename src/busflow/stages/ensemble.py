@@ -19,12 +19,11 @@ from sklearn.metrics import balanced_accuracy_score
 
 from busflow.data.preprocess import load_arrays
 from busflow.evaluate.metrics import per_image_overlap
-from busflow.evaluate.stage import evaluate_model, headline
+from busflow.stages.evaluate import evaluate_model, headline
 from busflow.io import atomic_dir, read_table, write_json
-from busflow.predictions import OUTPUT_KEYS, PartOutputs, load_predictions, prediction_table, rows_of, save_predictions
-from busflow.split import group_ids_of
+from busflow.predictions import OUTPUT_KEYS, TASK_OF_OUTPUT, PartOutputs, combine, load_predictions, prediction_table, rows_of, save_predictions
+from busflow.split.protocols import group_ids_of
 
-TASK_OF_OUTPUT = {"class_probs": "cls", "mask_probs": "seg"}
 
 
 def _validation_score(key: str, outputs: np.ndarray, truth: np.ndarray, threshold: float) -> float:
@@ -47,12 +46,6 @@ def member_weights(
     else:
         raw = np.asarray(setting, dtype=np.float64)
     return raw / raw.sum()
-
-
-def combine(outputs: Sequence[Mapping[str, np.ndarray]], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Weighted mean of the members' probabilities (one output mapping per member) for each combined output."""
-    return {key: np.tensordot(w, np.stack([member[key] for member in outputs]), axes=1).astype(np.float32)
-            for key, w in weights.items()}
 
 
 def shared_outputs(parts: Mapping[str, PartOutputs]) -> list[str]:

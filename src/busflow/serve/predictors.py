@@ -19,10 +19,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from busflow.cascade import extract_rois
-from busflow.data.folder import DatasetError
+from busflow.data.rois import extract_rois
+from busflow.errors import ModelFileError
 from busflow.data.preprocess import model_input
-from busflow.ensemble import TASK_OF_OUTPUT, combine
+from busflow.predictions import TASK_OF_OUTPUT, combine
 from busflow.evaluate.metrics import lesion_mask
 from busflow.io import atomic_path
 from busflow.train.loop import ArrayData, predict
@@ -50,7 +50,7 @@ class NetworkPredictor:
 
     def __init__(self, model: torch.nn.Module, description: Mapping[str, Any], source: Path) -> None:
         if description.get("preprocess") is None:
-            raise DatasetError(f"{source}: no preprocessing recorded in model.json (trained by an older busflow); retrain it")
+            raise ModelFileError(f"{source}: no preprocessing recorded in model.json (trained by an older busflow); retrain it")
         self.model, self.description, self.device = model.eval(), dict(description), torch.device("cpu")
         self.classes, self.tasks = list(description["classes"]), frozenset(description["tasks"])
 
@@ -136,7 +136,7 @@ def _sibling(model_dir: Path, model: str, models_root: Path) -> Path:
     """The same fold of another model of the run (e.g. a cascade's segmenter, an ensemble's member)."""
     path = models_root / model / model_dir.name
     if not (path / "model.json").is_file():
-        raise DatasetError(f"{model_dir}: needs the trained model {model} of the same fold at {path}, which is missing")
+        raise ModelFileError(f"{model_dir}: needs the trained model {model} of the same fold at {path}, which is missing")
     return path
 
 
@@ -151,7 +151,7 @@ def load_model_dir(model_dir: Path) -> Predictor:
     settings = description.get("cascade")
     if settings:
         if "threshold" not in settings:
-            raise DatasetError(f"{model_dir / 'model.json'}: the cascade's segmenter threshold is not recorded (older busflow); retrain it")
+            raise ModelFileError(f"{model_dir / 'model.json'}: the cascade's segmenter threshold is not recorded (older busflow); retrain it")
         segmenter = _network(_sibling(model_dir, settings["segmenter"], model_dir.parent.parent))
         return CascadePredictor(segmenter, _network(model_dir), settings)
     return _network(model_dir)
@@ -168,7 +168,7 @@ def _unpack(spec: Mapping[str, Any], tensors: Tensors, source: Path) -> Predicto
     if kind == "ensemble":
         members = {name: _unpack(member, tensors, source) for name, member in spec["members"].items()}
         return EnsemblePredictor(members, spec["description"]["weights"], spec["description"])
-    raise DatasetError(f"{source}: unknown predictor kind {kind!r} in its metadata")
+    raise ModelFileError(f"{source}: unknown predictor kind {kind!r} in its metadata")
 
 
 def save_package(predictor: Predictor, target: Path) -> None:
@@ -189,13 +189,13 @@ def load_package(path: Path) -> Predictor:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for a damaged header or body
-        raise DatasetError(f"{path}: not a readable safetensors model package ({error})") from None
+        raise ModelFileError(f"{path}: not a readable safetensors model package ({error})") from None
     if PACKAGE_METADATA_KEY not in metadata:
-        raise DatasetError(f"{path}: a safetensors file without busflow metadata (make packages with `busflow package`)")
+        raise ModelFileError(f"{path}: a safetensors file without busflow metadata (make packages with `busflow package`)")
     try:
         return _unpack(json.loads(metadata[PACKAGE_METADATA_KEY]), tensors, path)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise DatasetError(f"{path}: inconsistent busflow metadata ({type(error).__name__}: {error})") from None
+        raise ModelFileError(f"{path}: inconsistent busflow metadata ({type(error).__name__}: {error})") from None
 
 
 def load_predictor(path: Path) -> Predictor:
@@ -203,5 +203,5 @@ def load_predictor(path: Path) -> Predictor:
     if path.is_file() and path.suffix == PACKAGE_SUFFIX:
         return load_package(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such model folder or package")
+        raise ModelFileError(f"{path}: no such model folder or package")
     return load_model_dir(path)

@@ -14,55 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from busflow.data.preprocess import load_arrays
 from busflow.evaluate.metrics import lesion_mask
 from busflow.io import read_table
 from busflow.models import build_model
-from busflow.morphology import largest_component
-from busflow.split import group_ids_of, role_indices
+from busflow.data.rois import extract_rois
+from busflow.split.protocols import group_ids_of, role_indices
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.device import configure_threads, resolve_device, seed_everything
 from busflow.train.accelerate import acceleration, compile_model
 from busflow.train.loop import ArrayData, batch_source, fit, predict
 from busflow.predictions import load_predictions, prediction_table, save_predictions
 from busflow.train.outputs import epoch_logger, save_run
-from busflow.train.stage import describe_model, job_seed
-
-Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
-
-
-def lesion_box(mask: np.ndarray, margin: float, empty_fraction: float) -> Box:
-    """Bounding box of the largest lesion grown by ``margin`` × its size per side, as a square clipped to
-    the image; the central box of side ``empty_fraction`` × image side when there is no lesion."""
-    height, width = mask.shape
-    lesion = largest_component(mask)
-    if not lesion.any():
-        side = max(2, round(empty_fraction * min(height, width)))
-        top, left = (height - side) // 2, (width - side) // 2
-        return top, left, top + side, left + side
-    rows, cols = np.flatnonzero(lesion.any(1)), np.flatnonzero(lesion.any(0))
-    centre_y, centre_x = (rows[0] + rows[-1] + 1) / 2, (cols[0] + cols[-1] + 1) / 2
-    side = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) * (1 + 2 * margin)
-    side = int(min(max(round(side), 4), height, width))
-    top = int(np.clip(round(centre_y - side / 2), 0, height - side))
-    left = int(np.clip(round(centre_x - side / 2), 0, width - side))
-    return top, left, top + side, left + side
-
-
-def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
-    top, left, bottom, right = box
-    crop = Image.fromarray(image[top:bottom, left:right])
-    return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
-
-
-def extract_rois(images: np.ndarray, masks: np.ndarray, *, margin: float, empty_fraction: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crops (N×size×size uint8) and their boxes (N×4) for every image/mask pair."""
-    boxes = np.array([lesion_box(m, margin, empty_fraction) for m in masks], dtype=np.int64).reshape(-1, 4)
-    crops = np.stack([crop_resize(img, box, size) for img, box in zip(images, boxes)]) if len(images) else np.zeros((0, size, size), np.uint8)
-    return crops, boxes
-
+from busflow.stages.train import describe_model, job_seed
 
 def _predicted_masks(segmenter_predictions: Path, image_ids: np.ndarray, threshold: float) -> np.ndarray:
     # The cascade's test images are the segmenter's test images or (cascade protocol) a part of them.

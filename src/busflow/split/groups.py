@@ -1,7 +1,7 @@
 """The ``group`` stage: which images must stay together in every split (split/groups.csv).
 
 Images are linked when they share a patient (where the source knows patients) and/or when they show the same
-frame (exact or near-duplicate, :mod:`busflow.data.dedup`); each connected component is one group.
+frame (exact or near-duplicate, :mod:`busflow.split.dedup`); each connected component is one group.
 ``split.grouping``:
 
 - ``auto``: patients where every image has a known patient, near-duplicates otherwise (BUSI, plain folders);
@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from busflow.data.folder import patients_known
-from busflow.data.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, find_duplicate_links
+from busflow.split.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, find_duplicate_links
 
 GROUPS_COLUMNS = ["image_id", "group_id", "reason", "linked_to", "score", "label_conflict"]
 

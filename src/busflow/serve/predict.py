@@ -1,7 +1,7 @@
 """``busflow predict``: run a trained model on new images — one file, a folder or a glob.
 
 The model is a trained fold folder (a network, a cascade or an ensemble) or a packaged ``.safetensors``
-file (:mod:`busflow.inference`). The input pipeline is rebuilt from the model's own description (size,
+file (:mod:`busflow.serve.predictors`). The input pipeline is rebuilt from the model's own description (size,
 contrast enhancement, classes), never from the current params.yaml, and weights are read without
 unpickling code (``weights_only=True`` or safetensors). Images stream
 through in batches, so memory stays bounded for any number of them. Per image the command writes the
@@ -24,11 +24,13 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from busflow.data.folder import IMAGE_SUFFIXES, DatasetError
+from busflow.data.folder import IMAGE_SUFFIXES
+
+from busflow.errors import DatasetError
 from busflow.data.preprocess import load_grayscale, normalise
-from busflow.inference import load_predictor
+from busflow.serve.predictors import load_predictor
 from busflow.io import atomic_path, write_csv
-from busflow.morphology import largest_component
+from busflow.data.rois import largest_component
 from busflow.train.device import resolve_device
 
 OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from busflow.data.folder import DatasetError
+from busflow.errors import DatasetError
 
 ROLES = ("train", "val", "test")
 EXCLUDED = "excluded"

@@ -1,0 +1,1 @@
+"""One module per ``busflow`` command, i.e. per DAG node: each ``run(...)`` takes params and explicit paths."""
