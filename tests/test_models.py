@@ -105,6 +105,27 @@ def test_new_builder_is_one_function() -> None:
         registry._REGISTRY.pop("tmp_linear")
 
 
+# One module per network family; the registry's schema `arch` enum is checked in test_config.py.
+FAMILY_MODULES = frozenset(
+    f"busflow.models.{name}"
+    for name in ("cascade", "classical", "cnn", "deeplab", "densenet", "efficientnet", "fpn", "mobilenet",
+                 "multitask", "resnet", "swin", "unets", "vgg", "vit")
+)
+REMOVED_MODULES = ("classifiers", "segmenters", "zoo_classifiers", "zoo_segmenters")
+
+
+def test_every_builder_lives_in_a_family_module() -> None:
+    """The per-family layout lost nothing: each architecture's builder is defined in a family module, and every
+    family module registers at least one architecture."""
+    import importlib.util
+
+    modules = {arch: registry.get_entry(arch).builder.__module__ for arch in available_architectures()}
+    assert {arch: m for arch, m in modules.items() if m not in FAMILY_MODULES} == {}
+    assert set(modules.values()) == FAMILY_MODULES
+    for name in REMOVED_MODULES:
+        assert importlib.util.find_spec(f"busflow.models.{name}") is None, name
+
+
 def test_invalid_counts_rejected() -> None:
     with pytest.raises(ValueError):
         build_model("resnet50", in_channels=0, n_classes=3)

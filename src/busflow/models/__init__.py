@@ -1,13 +1,27 @@
-"""Network registry and architectures; importing this package registers every builder."""
+"""Network registry and architectures; importing this package registers every builder.
+
+One module per network family: ``unets``, ``resnet``, ``vgg``, ``deeplab``, ``fpn``, ``densenet``,
+``efficientnet``, ``mobilenet``, ``vit``, ``swin``, ``cnn``, ``multitask`` (every multi-task network),
+``cascade`` (the cascade's second stage) and ``classical`` (untrained segmenter); ``blocks`` holds what
+several families share and ``registry`` the name -> builder table. Imports flow blocks -> families ->
+multitask; ``deeplab`` and ``fpn`` take their backbone from ``resnet``.
+"""
 
 from busflow.models import (  # noqa: F401  (importing registers the builders)
     cascade,
     classical,
-    classifiers,
+    cnn,
+    deeplab,
+    densenet,
+    efficientnet,
+    fpn,
+    mobilenet,
     multitask,
-    segmenters,
-    zoo_classifiers,
-    zoo_segmenters,
+    resnet,
+    swin,
+    unets,
+    vgg,
+    vit,
 )
 from busflow.models.registry import (
     ModelEntry,

@@ -14,8 +14,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from busflow.models.registry import register
 from busflow.data.rois import largest_component
+from busflow.models.registry import register
 
 LESION_LOGIT = 12.0  # sigmoid(12) > 0.99999: a hard mask expressed as logits
 

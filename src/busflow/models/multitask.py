@@ -1,71 +1,25 @@
-"""Multi-task network: one shared encoder feeding a segmentation decoder and a classification head."""
+"""Multi-task networks: one shared encoder feeding a segmentation decoder and a classification head.
+
+Each returns ``{"logits": (B, n_classes), "seg": (B, 1, H, W) lesion logits}``.
+
+* ``mtl_resnet50``     ResNet-50 encoder + U-Net decoder (seg) + pooled linear head (cls); hard parameter sharing.
+* ``mtl_resunet_p004`` P004: residual U-Net multi-task network (seg + cls from encoder/bridge/decoder).
+* ``mtl_swin``         P003: Swin multi-task network (shared SwinUNETR encoder, pooled linear class head).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import ResNet
-from monai.networks.nets.basic_unet import UpCat
 from torch import nn
 
-from busflow.models.classifiers import make_resnet50
+from busflow.models.blocks import check_input, conv_bn_act, positive_ints
 from busflow.models.registry import register
+from busflow.models.resnet import ResNetEncoder, UNetDecoder, make_resnet50
+from busflow.models.swin import swin_unetr
 
-
-class ResNetEncoder(nn.Module):
-    """Stem and layer1..layer4 taken from a MONAI ResNet; returns features at strides 2, 4, 8, 16, 32."""
-
-    def __init__(self, resnet: ResNet) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.act)
-        self.maxpool = resnet.maxpool
-        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
-        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
-        layers = (self.layer1, self.layer2, self.layer3, self.layer4)
-        # Channels of each returned feature map, shallow -> deep.
-        self.out_channels: list[int] = [resnet.conv1.out_channels] + [
-            next(m for m in reversed(list(layer.modules())) if isinstance(m, nn.Conv2d)).out_channels
-            for layer in layers
-        ]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return ``[stem, layer1, layer2, layer3, layer4]`` feature maps."""
-        s = self.stem(x)
-        f1 = self.layer1(self.maxpool(s))
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        return [s, f1, f2, f3, self.layer4(f3)]
-
-
-class UNetDecoder(nn.Module):
-    """U-Net decoder: upsample x2, concatenate the encoder skip, two conv blocks; last stage has no skip."""
-
-    def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int]) -> None:
-        super().__init__()
-        if len(decoder_channels) != len(encoder_channels):
-            raise ValueError(
-                f"decoder_channels needs {len(encoder_channels)} values, got {list(decoder_channels)}"
-            )
-        skips = list(encoder_channels[-2::-1]) + [0]  # layer3, layer2, layer1, stem, (full res: none)
-        blocks, in_ch = [], encoder_channels[-1]
-        for skip_ch, out_ch in zip(skips, decoder_channels):
-            # Nearest upsampling keeps backward deterministic on CUDA (bilinear's is not) and is parameter-free.
-            blocks.append(
-                UpCat(2, in_ch, skip_ch, int(out_ch), act="relu", norm="batch", bias=False,
-                      upsample="nontrainable", pre_conv=None, interp_mode="nearest", align_corners=None, halves=False)
-            )
-            in_ch = int(out_ch)
-        self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(in_ch, 1, kernel_size=1)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Decode ``[stem, layer1, ..., layer4]`` to (B, 1, H, W) lesion logits."""
-        x = features[-1]
-        skips: list[torch.Tensor | None] = [*features[-2::-1], None]
-        for block, skip in zip(self.blocks, skips):
-            x = block(x, skip)
-        return self.head(x)
+# --------------------------------------------------------------------------- ResNet-50 multi-task U-Net
 
 
 class MultiTaskResNetUNet(nn.Module):
@@ -115,3 +69,172 @@ def build_mtl_resnet50(
     return MultiTaskResNetUNet(
         in_channels, n_classes, widen_factor=widen_factor, decoder_channels=decoder_channels, dropout=dropout
     )
+
+
+# --------------------------------------------------------------------------- P004: residual multi-task U-Net
+
+
+class ResidualUnit(nn.Module):
+    """Residual unit of P004: three 3x3 conv + BN (+ ReLU) with a shortcut, ReLU after the addition.
+
+    The shortcut is the identity when the width is unchanged, else a 1x1 conv + BN projection.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn_act(in_ch, out_ch),
+            conv_bn_act(out_ch, out_ch),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+        self.shortcut = (
+            nn.Identity() if in_ch == out_ch
+            else nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class MultiTaskResUNetP004(nn.Module):
+    """P004's residual U-Net multi-task network (9 levels: 4 encoder, bridge, 4 decoder residual units).
+
+    Encoder: residual unit then 2x2 max-pool, widths ``filters``; bridge: residual unit at
+    ``bridge`` width (1/16); decoder: 2x2 stride-2 transposed conv, concatenation with the skip,
+    residual unit; 1x1 conv to the lesion logit. Classification branch: global average pooling of
+    encoder stage 4 (the deepest skip), the bridge and decoder stage 1, concatenated ->
+    dense ``hidden`` + ReLU -> dropout -> dense n_classes.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        filters: Sequence[int] = (64, 128, 256, 512),
+        bridge: int = 1024,
+        hidden: int = 256,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        filters = positive_ints("mtl_resunet_p004 'filters'", filters, 4)
+        bridge = positive_ints("mtl_resunet_p004 'bridge'", [bridge])[0]
+        hidden = positive_ints("mtl_resunet_p004 'hidden'", [hidden])[0]
+        self.in_channels = in_channels
+        self.down = nn.ModuleList()
+        ch = in_channels
+        for f in filters:
+            self.down.append(ResidualUnit(ch, f))
+            ch = f
+        self.pool = nn.MaxPool2d(2)
+        self.bridge = ResidualUnit(ch, bridge)
+        ch = bridge
+        self.up, self.dec = nn.ModuleList(), nn.ModuleList()
+        for f in reversed(filters):
+            self.up.append(nn.ConvTranspose2d(ch, f, kernel_size=2, stride=2))
+            self.dec.append(ResidualUnit(2 * f, f))
+            ch = f
+        self.head = nn.Conv2d(ch, 1, kernel_size=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(filters[-1] + bridge + filters[-1], hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return ``{"logits": (B, n_classes), "seg": (B, 1, H, W)}``; H and W must be multiples of 16."""
+        check_input(x, self.in_channels, 16, "mtl_resunet_p004")
+        skips = []
+        for unit in self.down:
+            x = unit(x)
+            skips.append(x)
+            x = self.pool(x)
+        bridge = self.bridge(x)
+        x, decoded = bridge, []
+        for up, unit, skip in zip(self.up, self.dec, reversed(skips)):
+            x = unit(torch.cat([up(x), skip], dim=1))
+            decoded.append(x)
+        pooled = torch.cat([self.gap(t).flatten(1) for t in (skips[-1], bridge, decoded[0])], dim=1)
+        return {"logits": self.classifier(pooled), "seg": self.head(x)}
+
+
+@register(
+    "mtl_resunet_p004",
+    tasks={"cls", "seg"},
+    description="P004 residual U-Net multi-task: seg decoder + GAP(enc4, bridge, dec1) -> dense 256 -> dropout -> cls",
+)
+def build_mtl_resunet_p004(
+    *,
+    in_channels: int,
+    n_classes: int,
+    filters: Sequence[int] = (64, 128, 256, 512),
+    bridge: int = 1024,
+    hidden: int = 256,
+    dropout: float = 0.5,
+) -> nn.Module:
+    """Build P004's multi-task residual U-Net (options: filters (4 encoder widths), bridge width, hidden dense width, dropout)."""
+    return MultiTaskResUNetP004(in_channels, n_classes, filters=filters, bridge=bridge, hidden=hidden, dropout=dropout)
+
+
+# --------------------------------------------------------------------------- P003: Swin multi-task
+
+
+class MultiTaskSwin(nn.Module):
+    """P003's Swin multi-task network: one SwinUNETR whose Swin encoder is shared by both tasks.
+
+    Segmentation: SwinUNETR's convolutional decoder (as ``swin_unet``). Classification: global
+    average pooling of the deepest Swin stage (16 x feature_size channels at 1/32) -> dropout ->
+    linear. The forward mirrors ``SwinUNETR.forward`` so the encoder runs once.
+    """
+
+    def __init__(
+        self, in_channels: int, n_classes: int, feature_size: int = 48, depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, drop_path_rate: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.net = swin_unetr(in_channels, feature_size, depths, num_heads, window_size, drop_path_rate)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(16 * int(feature_size), n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return ``{"logits": (B, n_classes), "seg": (B, 1, H, W)}``; H and W must be multiples of 32."""
+        check_input(x, self.in_channels, 32, "mtl_swin")
+        n = self.net
+        hidden = n.swinViT(x, n.normalize)
+        enc0 = n.encoder1(x)
+        enc1 = n.encoder2(hidden[0])
+        enc2 = n.encoder3(hidden[1])
+        enc3 = n.encoder4(hidden[2])
+        dec4 = n.encoder10(hidden[4])
+        dec3 = n.decoder5(dec4, hidden[3])
+        dec2 = n.decoder4(dec3, enc3)
+        dec1 = n.decoder3(dec2, enc2)
+        dec0 = n.decoder2(dec1, enc1)
+        seg = n.out(n.decoder1(dec0, enc0))
+        return {"logits": self.classifier(hidden[4]), "seg": seg}
+
+
+@register(
+    "mtl_swin",
+    tasks={"cls", "seg"},
+    description="P003 Swin multi-task: shared SwinUNETR encoder, its decoder (seg) + pooled deepest features -> linear (cls)",
+)
+def build_mtl_swin(
+    *,
+    in_channels: int,
+    n_classes: int,
+    feature_size: int = 48,
+    depths: Sequence[int] = (2, 2, 2, 2),
+    num_heads: Sequence[int] = (3, 6, 12, 24),
+    window_size: int = 7,
+    drop_path_rate: float = 0.0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Build the Swin multi-task network (options as swin_unet, plus classifier dropout)."""
+    return MultiTaskSwin(in_channels, n_classes, feature_size, depths, num_heads, window_size, drop_path_rate, dropout)

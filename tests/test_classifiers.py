@@ -1,4 +1,5 @@
-"""Tests for busflow.models.zoo_classifiers: the source papers' classifiers as registry entries."""
+"""Tests for the classifiers of busflow.models (cnn, vgg, efficientnet, densenet, vit, swin, mobilenet):
+the source papers' classifiers as registry entries."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for busflow.models.zoo_segmenters: the source papers' segmenters and multi-task networks."""
+"""Tests for the segmenters and multi-task networks of busflow.models (unets, vgg, deeplab, fpn, resnet,
+swin, multitask): the source papers' segmenters and multi-task networks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from busflow.models import build_model, model_options, model_tasks
-from busflow.models.zoo_segmenters import VGG19Encoder
+from busflow.models.vgg import VGG19Encoder
 
 EXPECTED_TASKS = {
     "unet_p002": {"seg"},
