@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -16,9 +17,13 @@ import busflow.split.groups
 from busflow.split.audit import audit_split
 from busflow.split.groups import build_groups, conflict_summary
 from busflow.io import write_csv, write_json
-from busflow.layout import LEAKY_SPLIT, REPORT_DIRS, SPLIT_FILES
-from busflow.report import REPORT_FILES, build_report
+from busflow.errors import DatasetError
+from busflow.layout import LEAKY_SPLIT, REPORT_DIRS, REPORT_FIGURES, REPORT_FILES, REPORT_TABLES, SPLIT_FILES
+from busflow.report import registry
+from busflow.report.build import build_report
 from busflow.report.figures import read_tile
+from busflow.report.loading import load_results
+from busflow.report.uncertainty import model_cases
 from busflow.split.protocols import make_split
 
 CLASSES = ["normal", "benign", "malignant"]
@@ -221,11 +226,13 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- tests
 
 
-def test_every_report_file_is_written(full: tuple[Path, Path]) -> None:
+def test_report_files_are_exactly_the_files_written(full: tuple[Path, Path]) -> None:
     _, out = full
-    for rel in REPORT_FILES:
-        assert (out / rel).is_file(), rel
-        assert (out / rel).stat().st_size > 0, rel
+    assert list(registry.TABLES) == list(REPORT_TABLES) and list(registry.FIGURES) == list(REPORT_FIGURES)
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    in_dirs = {rel for rel in written if rel.split("/")[0] in REPORT_DIRS}
+    assert written - in_dirs == set(REPORT_FILES) and len(REPORT_FILES) == len(set(REPORT_FILES))
+    assert all((out / rel).stat().st_size > 0 for rel in REPORT_FILES)
     for rel in REPORT_DIRS:
         assert (out / rel).is_dir(), rel
     assert not list(out.rglob("*.tmp"))
@@ -311,10 +318,19 @@ def test_failure_gallery_lists_the_most_confident_errors(full: tuple[Path, Path]
     assert listed["confidence"].tolist() == pytest.approx(top.head(len(listed)).tolist(), abs=1e-5)
 
 
+def test_an_image_without_a_group_is_an_error(full: tuple[Path, Path]) -> None:
+    results, _ = full
+    run = load_results(results, ["unet"], [0, 1], CLASSES)
+    tested = pd.read_csv(results / "models" / "unet" / "fold0" / "per_image.csv")["image_id"].astype(str)
+    lost = sorted(tested)[:2]
+    run = replace(run, folds_table=run.folds_table[~run.folds_table["image_id"].astype(str).isin(lost)])
+    with pytest.raises(DatasetError, match="folds.csv") as error:
+        model_cases(run, "unet")
+    assert str(lost) in str(error.value) and "unet" in str(error.value)
+
+
 def test_job_wall_times_come_from_the_job_logs(full: tuple[Path, Path], tmp_path: Path) -> None:
     import shutil
-
-    from busflow.report.loading import load_results
 
     results = Path(shutil.copytree(full[0], tmp_path / "results"))
     (results / "logs" / "train").mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,13 @@ import json
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from busflow.evaluate.catalogue import glossary, names
+from busflow.layout import REPORT_TABLES, report_table
 from busflow.report.loading import RunResults
 from busflow.report.render import (
     NA,
@@ -37,41 +39,9 @@ from busflow.report.tables import DuplicateCluster, duplicate_links, excluded_im
 MAX_SHEETS = 300  # contact sheets drawn and shown; label conflicts and larger clusters come first
 MAX_GROUP_ROWS = 50  # rows of tables/groups.csv shown in the report
 
-HEADLINE_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "f1_macro",
-    "roc_auc_macro",
-    "dice",
-    "iou_tumour",
-    "dice_lesion_images",
-    "empty_image_false_positive_rate",
-)
-
-METRIC_DOCS: tuple[tuple[str, str], ...] = (
-    ("accuracy", "fraction of test images whose predicted class equals the true class."),
-    ("balanced_accuracy", "mean per-class recall; insensitive to class imbalance (chance level = 1/number of classes)."),
-    ("precision_macro", "unweighted mean over classes of TP / (TP + FP)."),
-    ("recall_macro", "unweighted mean over classes of TP / (TP + FN) (sensitivity)."),
-    ("specificity_macro", "unweighted mean over classes of TN / (TN + FP), each class one-vs-rest."),
-    ("f1_macro", "unweighted mean over classes of the harmonic mean of precision and recall."),
-    ("roc_auc_macro", "mean one-vs-rest area under the ROC curve; n/a when a class is missing from the test set."),
-    ("f1_weighted", "mean of the per-class F1 weighted by each class's number of test images."),
-    ("pr_auc_macro", "mean one-vs-rest area under the precision-recall curve (average precision)."),
-    ("ece", "expected calibration error: over ten equal-width bins of top-class confidence, the image-weighted mean "
-            "of |accuracy − mean confidence|."),
-    ("sensitivity_at_threshold / specificity_at_threshold", "the positive class (malignant) against the rest at a "
-     "probability threshold chosen on the fold's validation images (Youden's J or a target sensitivity), never on test."),
-    ("dice", "2|P∩T| / (|P| + |T|) between the predicted (probability ≥ 0.5) and the true lesion mask."),
-    ("iou_tumour", "intersection over union |P∩T| / |P∪T| of the lesion class."),
-    ("iou_background", "intersection over union of the background class."),
-    ("pixel_accuracy", "fraction of pixels labelled correctly (lesion or background)."),
-    ("pixel_precision / pixel_recall", "per image TP / (TP + FP) over images with a predicted lesion, and TP / (TP + FN) "
-                                       "over images with a true lesion; averaged over those images."),
-    ("hd95", "95th-percentile symmetric Hausdorff distance between the predicted and true lesion boundaries, in pixels "
-             "of the preprocessed image; only images where both masks are non-empty."),
-    ("dice_lesion_images / iou_lesion_images", "Dice / IoU restricted to images whose ground truth has a lesion."),
-    ("empty_image_false_positive_rate", "fraction of lesion-free images on which the model predicts any lesion pixel."),
+HEADLINE_METRICS = names("headline")
+# How the report summarises the metrics, listed after their definitions.
+CONVENTION_DOCS: tuple[tuple[str, str], ...] = (
     ("mean ± sd", "over the test folds (sample sd, ddof = 1; n/a with one fold); undefined fold values are skipped."),
     ("pooled", "computed once on all test images of all folds together (classification: pooled predictions; "
                "segmentation: mean of per-image values)."),
@@ -82,32 +52,17 @@ METRIC_DOCS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class ReportTables:
-    """The tables of the report, keyed like their CSV files."""
+    """The report's tables by name (busflow.layout.REPORT_TABLES), and the duplicate clusters."""
 
-    dataset: pd.DataFrame
-    split: pd.DataFrame
-    leaderboard: pd.DataFrame
-    classification: pd.DataFrame
-    segmentation: pd.DataFrame
-    per_class: pd.DataFrame
-    groups: pd.DataFrame
-    label_conflicts: pd.DataFrame
-    leakage: pd.DataFrame
-    external: pd.DataFrame
-    ablation: pd.DataFrame
-    reproduction: pd.DataFrame
-    intervals: pd.DataFrame
-    comparisons: pd.DataFrame
-    calibration: pd.DataFrame
-    failures: pd.DataFrame
-    jobs: pd.DataFrame
+    frames: Mapping[str, pd.DataFrame] = field(compare=False)
     clusters: tuple[DuplicateCluster, ...] = ()
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.frames[name]
 
     def files(self) -> dict[str, pd.DataFrame]:
         """Relative CSV path -> table."""
-        return {f"tables/{name}.csv": getattr(self, name) for name in
-                ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split", "groups",
-                 "label_conflicts", "leakage", "external", "ablation", "reproduction", "intervals", "comparisons", "calibration", "failures", "jobs")}
+        return {report_table(name): self.frames[name] for name in REPORT_TABLES}
 
     @property
     def sheets(self) -> tuple[DuplicateCluster, ...]:
@@ -225,17 +180,17 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
         ("trained on", _training_devices(run)),
         ("deterministic", _determinism(run)),
         ("report built on", f"{platform.platform()}, {os.cpu_count()} CPU(s)"),
-        ("pipeline wall time", _wall_time(tables.jobs)),
+        ("pipeline wall time", _wall_time(tables["jobs"])),
     ]
     ensembles = (run_info.get("params") or {}).get("ensembles") or {}
     models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds){_ensemble_note(ensembles.get(row.model))}"
-                   for row in tables.leaderboard.itertuples())
+                   for row in tables["leaderboard"].itertuples())
     return [Heading("Run summary"), KeyValues(tuple(pairs)), Para("Models:"),
             Bullets(models or ("no models in this run",))]
 
 
 def dataset_blocks(tables: ReportTables) -> list[Block]:
-    frame = format_frame(tables.dataset, count_columns=("images", "patients"))
+    frame = format_frame(tables["dataset"], count_columns=("images", "patients"))
     return [Heading("Dataset"), Table(frame, "Images and patients per class (tables/dataset.csv)")]
 
 
@@ -248,8 +203,8 @@ def split_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
         *(audit_verdict(split) for split in run.audit.get("splits", [])),
     ]
     labels = ("split", "protocol", "column", "role", "crossings", SOURCE)
-    counts = [c for c in tables.split.columns if c not in labels]
-    blocks.append(Table(format_frame(tables.split, count_columns=counts),
+    counts = [c for c in tables["split"].columns if c not in labels]
+    blocks.append(Table(format_frame(tables["split"], count_columns=counts),
                         "Images, groups, patients and classes per split, role column and role, with the groups, "
                         "patients and identical images the audit found across role boundaries (tables/split.csv)",
                         "no split counts"))
@@ -273,7 +228,7 @@ def grouping_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str
     reasons = run.links["reason"].astype(str).value_counts().sort_index()
     duplicates = duplicate_links(run.links)
     in_clusters = len(set(duplicates["image_a"]) | set(duplicates["image_b"]))
-    conflicts = tables.label_conflicts
+    conflicts = tables["label_conflicts"]
     pairs = (
         ("grouping (split.grouping)", grouping_mode(run, run_info)),
         ("groups", f"{len(sizes)} ({int((sizes >= 2).sum())} with ≥ 2 images)"),
@@ -284,8 +239,9 @@ def grouping_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str
          f"{split_params(run_info).get('label_conflicts', 'n/a')}: {excluded_images(run.folds_table)} images "
          "excluded from every fold"),
     )
-    shown = format_frame(tables.groups.head(MAX_GROUP_ROWS), count_columns=("n_images",))
-    more = f"; the first {MAX_GROUP_ROWS} of {len(tables.groups)} shown" if len(tables.groups) > MAX_GROUP_ROWS else ""
+    groups = tables["groups"]
+    shown = format_frame(groups.head(MAX_GROUP_ROWS), count_columns=("n_images",))
+    more = f"; the first {MAX_GROUP_ROWS} of {len(groups)} shown" if len(groups) > MAX_GROUP_ROWS else ""
     return [
         Heading("Grouping and duplicates"),
         KeyValues(pairs),
@@ -340,8 +296,8 @@ def leaderboard_display(leaderboard: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 
 def leaderboard_blocks(tables: ReportTables) -> list[Block]:
-    lb = tables.leaderboard
-    confidence, resamples = _bootstrap_of(tables.intervals)
+    lb = tables["leaderboard"]
+    confidence, resamples = _bootstrap_of(tables["intervals"])
     return [
         Heading("Leaderboard"),
         Table(leaderboard_display(lb, "mean_sd"), "Headline metrics, mean ± sd over folds", "no models"),
@@ -362,7 +318,7 @@ def _bootstrap_of(intervals: pd.DataFrame) -> tuple[str, str]:
 
 def comparison_blocks(tables: ReportTables) -> list[Block]:
     """Each model against the reference model on the same test images (paired group bootstrap)."""
-    table = tables.comparisons
+    table = tables["comparisons"]
     if table.empty:
         return []
     display = pd.DataFrame({
@@ -380,7 +336,7 @@ def comparison_blocks(tables: ReportTables) -> list[Block]:
 
 def reproduction_blocks(tables: ReportTables) -> list[Block]:
     """The reproduced paper's published numbers beside ours, protocols named (nothing when none is set)."""
-    table = tables.reproduction
+    table = tables["reproduction"]
     if table.empty:
         return []
     paper = str(table["paper"].iloc[0])
@@ -411,7 +367,7 @@ def leakage_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
     if missing:
         blocks.append(Para(f"No grouped results for {', '.join(missing)} (not in this run's models): "
                            "their inflation is n/a.", "bad"))
-    return [*blocks, Table(leakage_display(tables.leakage), "Grouped vs image-level folds (tables/leakage.csv)",
+    return [*blocks, Table(leakage_display(tables["leakage"]), "Grouped vs image-level folds (tables/leakage.csv)",
                            "no headline metrics in the leakage runs"),
             Figure("figures/leakage.png", "Grouped (leak-free) vs image-level (leaky) folds per model and metric, "
                                           "mean ± sd over folds; the numbers are the inflation.")]
@@ -430,7 +386,7 @@ def leakage_display(leakage: pd.DataFrame) -> pd.DataFrame:
 
 def external_blocks(tables: ReportTables) -> list[Block]:
     """External validation: each fold model on every image of another dataset, beside its in-domain test score."""
-    table = tables.external
+    table = tables["external"]
     if table.empty:
         return [Heading("External validation"),
                 Para("No external dataset configured (external.datasets in params.yaml).", "note")]
@@ -450,7 +406,7 @@ def external_blocks(tables: ReportTables) -> list[Block]:
 
 def ablation_blocks(tables: ReportTables) -> list[Block]:
     """The ablation grid as a heat map and a table."""
-    table = tables.ablation
+    table = tables["ablation"]
     if table.empty:
         return [Heading("Ablation"), Para("No ablation grid configured (ablation.model is null).", "note"),
                 Figure("figures/ablation.png", "Ablation heat map (empty in this run).")]
@@ -483,18 +439,19 @@ def figure_blocks(run: RunResults) -> list[Block]:
 def per_fold_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
     """Per model x fold metric tables."""
     no_cls, no_seg = "no classification models in this run", "no segmentation models in this run"
-    counts = ("fold", "n_test_images", "n_lesion_images", "n_empty_images", "support")
+    counts = ("fold", "n_test_images", *names("count"))
     return [
         Heading("Per-fold results"),
-        Table(format_frame(tables.classification, counts), "Classification (tables/classification.csv)", no_cls),
-        Table(format_frame(tables.segmentation, counts), "Segmentation (tables/segmentation.csv)", no_seg),
-        Table(format_frame(tables.per_class, counts), "Per-class classification metrics (tables/per_class.csv)",
+        Table(format_frame(tables["classification"], counts), "Classification (tables/classification.csv)", no_cls),
+        Table(format_frame(tables["segmentation"], counts), "Segmentation (tables/segmentation.csv)", no_seg),
+        Table(format_frame(tables["per_class"], counts), "Per-class classification metrics (tables/per_class.csv)",
               no_cls),
     ]
 
 
 def metric_blocks() -> list[Block]:
-    return [Heading("Metric definitions"), Bullets(tuple(f"{name}: {text}" for name, text in METRIC_DOCS))]
+    return [Heading("Metric definitions"),
+            Bullets(tuple(f"{term}: {text}" for term, text in (*glossary(), *CONVENTION_DOCS)))]
 
 
 def convention_blocks(run_info: Mapping[str, Any]) -> list[Block]:

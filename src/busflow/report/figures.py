@@ -25,19 +25,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
+from busflow.evaluate.catalogue import CLASSIFICATION, SEGMENTATION, names  # noqa: E402
 from busflow.io import atomic_dir, atomic_path, write_csv  # noqa: E402
 from busflow.report.loading import RunResults  # noqa: E402
-from busflow.report.tables import (  # noqa: E402
-    DuplicateCluster,
-    model_classes,
-    one_vs_rest_auc,
-    pooled_per_image,
-    pooled_predictions,
-)
+from busflow.report.tables import DuplicateCluster, model_classes, one_vs_rest_auc, pooled_per_image, pooled_predictions  # noqa: E402
 
 DPI = 110
-BAR_CLS_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro")
-BAR_SEG_METRICS: tuple[str, ...] = ("dice", "iou_tumour", "dice_lesion_images")
+BAR_CLS_METRICS = names("bar", CLASSIFICATION)
+BAR_SEG_METRICS = names("bar", SEGMENTATION)
 NO_CLS = "no classification models in this run"
 NO_SEG = "no segmentation models in this run"
 NO_LEAKAGE = "no leakage study configured (leakage.models is empty)"

@@ -1,58 +1,70 @@
 """Provenance of every report table row: a ``source`` column naming the declared pipeline outputs it was
-computed from (paths relative to ``results/<run>/``, ``; ``-joined). The HTML report turns them into links."""
+computed from (paths relative to ``results/<run>/``, ``; ``-joined). The HTML report turns them into links.
+
+Each table's source is one of the functions below (see :data:`busflow.report.registry.TABLES`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import pandas as pd
 
-from busflow.layout import SPLIT_FILES
-from busflow.report.content import ReportTables
 from busflow.report.loading import FoldResult, RunResults
 from busflow.report.render import SOURCE
 
+Source = Callable[[RunResults, Any], str]  # (run, table row) -> the row's source
 
 
-def _joined(run: RunResults, results: Iterable[FoldResult], name: str) -> str:
+def with_source(frame: pd.DataFrame, run: RunResults, source: Source) -> pd.DataFrame:
+    """``frame`` with its ``source`` column."""
+    return frame.assign(**{SOURCE: [source(run, row) for row in frame.itertuples(index=False)]})
+
+
+def _joined(run: RunResults, results: Iterable[FoldResult], name: str = "metrics.json") -> str:
     return "; ".join((r.directory / name).relative_to(run.root).as_posix() for r in results)
 
 
-def _per_row(frame: pd.DataFrame, make) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    return frame.assign(**{SOURCE: [make(row) for row in frame.itertuples(index=False)]})
+def constant(*paths: str) -> Source:
+    """The same files for every row (the data and split tables)."""
+    return lambda run, row: "; ".join(paths)
 
 
-def add_sources(tables: ReportTables, run: RunResults) -> ReportTables:
-    """The same tables, each with a ``source`` column (constant for the data and split tables)."""
-    def of_model(model: str, name: str = "metrics.json") -> str:
-        return _joined(run, run.of_model(model), name)
+def model_metrics(run: RunResults, row: Any) -> str:
+    return _joined(run, run.of_model(row.model))
 
-    def of_fold(model: str, fold: int, name: str = "metrics.json") -> str:
-        return _joined(run, [run.fold_result(model, int(fold))], name)
 
-    def constant(frame: pd.DataFrame, *paths: str) -> pd.DataFrame:
-        return frame.assign(**{SOURCE: "; ".join(paths)})
+def fold_metrics(run: RunResults, row: Any) -> str:
+    return _joined(run, [run.fold_result(row.model, int(row.fold))])
 
-    leaky = {m: [r for r in run.leaky_results if r.model == m] for m in run.leakage_models}
-    return replace(
-        tables,
-        dataset=constant(tables.dataset, "data/index.csv"),
-        split=constant(tables.split, SPLIT_FILES["counts"], SPLIT_FILES["audit"]),
-        groups=constant(tables.groups, SPLIT_FILES["groups"], SPLIT_FILES["links"]),
-        label_conflicts=constant(tables.label_conflicts, SPLIT_FILES["conflicts"]),
-        leaderboard=_per_row(tables.leaderboard, lambda r: of_model(r.model)),
-        classification=_per_row(tables.classification, lambda r: of_fold(r.model, r.fold)),
-        segmentation=_per_row(tables.segmentation, lambda r: of_fold(r.model, r.fold)),
-        per_class=_per_row(tables.per_class, lambda r: of_fold(r.model, r.fold)),
-        reproduction=_per_row(tables.reproduction, lambda r: of_model(r.model)),
-        intervals=_per_row(tables.intervals, lambda r: of_model(r.model, "per_image.csv")),
-        comparisons=_per_row(tables.comparisons, lambda r: "; ".join([of_model(r.model, "per_image.csv"),
-                                                                      of_model(r.reference, "per_image.csv")])),
-        calibration=_per_row(tables.calibration, lambda r: of_model(r.model, "per_image.csv")),
-        failures=_per_row(tables.failures, lambda r: of_fold(r.model, r.fold, "per_image.csv")),
-        leakage=_per_row(tables.leakage, lambda r: "; ".join([of_model(r.model), _joined(run, leaky[r.model], "metrics.json")])),
-        external=_per_row(tables.external, lambda r: _joined(run, [x for x in run.external[r.dataset] if x.model == r.model],
-                                                             "metrics.json")),
-        ablation=_per_row(tables.ablation, lambda r: _joined(run, run.ablation[(float(r.lr), r.options)], "metrics.json")),
-        jobs=_per_row(tables.jobs, lambda r: f"logs/{r.job}.log"),
-    )
+
+def model_images(run: RunResults, row: Any) -> str:
+    return _joined(run, run.of_model(row.model), "per_image.csv")
+
+
+def fold_images(run: RunResults, row: Any) -> str:
+    return _joined(run, [run.fold_result(row.model, int(row.fold))], "per_image.csv")
+
+
+def compared_images(run: RunResults, row: Any) -> str:
+    """Both models' per-image files of a paired comparison."""
+    return "; ".join([_joined(run, run.of_model(model), "per_image.csv") for model in (row.model, row.reference)])
+
+
+def leakage_metrics(run: RunResults, row: Any) -> str:
+    """The model's grouped and image-level (leaky) folds."""
+    return "; ".join([_joined(run, run.of_model(row.model)),
+                      _joined(run, [r for r in run.leaky_results if r.model == row.model])])
+
+
+def external_metrics(run: RunResults, row: Any) -> str:
+    return _joined(run, [r for r in run.external[row.dataset] if r.model == row.model])
+
+
+def ablation_metrics(run: RunResults, row: Any) -> str:
+    return _joined(run, run.ablation[(float(row.lr), row.options)])
+
+
+def job_log(run: RunResults, row: Any) -> str:
+    return f"logs/{row.job}.log"

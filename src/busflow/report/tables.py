@@ -18,53 +18,23 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from busflow.data.folder import patients_known
+from busflow.evaluate.catalogue import CLASSIFICATION, PER_CLASS, SEGMENTATION, names, selected
 from busflow.layout import REPORT_DIRS
-from busflow.split.protocols import EXCLUDED, role_columns
 from busflow.report.loading import FoldResult, RunResults, to_float
 from busflow.report.uncertainty import interval_lookup
+from busflow.split.protocols import EXCLUDED, role_columns
 
-CLS_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "precision_macro",
-    "recall_macro",
-    "specificity_macro",
-    "f1_macro",
-    "f1_weighted",
-    "roc_auc_macro",
-    "pr_auc_macro",
-    "ece",
-    "sensitivity_at_threshold",
-    "specificity_at_threshold",
-)
-SEG_METRICS: tuple[str, ...] = (
-    "dice",
-    "iou_tumour",
-    "iou_background",
-    "pixel_accuracy",
-    "pixel_precision",
-    "pixel_recall",
-    "hd95",
-    "dice_lesion_images",
-    "iou_lesion_images",
-    "empty_image_false_positive_rate",
-)
-SEG_COUNTS: tuple[str, ...] = ("n_lesion_images", "n_empty_images")
-PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "specificity", "fpr", "f1", "roc_auc", "pr_auc", "support")
+CLS_METRICS = names("table", CLASSIFICATION)  # the columns of tables/classification.csv
+SEG_METRICS = names("table", SEGMENTATION)  # ... of tables/segmentation.csv
+PER_CLASS_METRICS = names("table", PER_CLASS)  # ... of tables/per_class.csv
 # Metrics summarised in the leaderboard: mean and sd over folds; pooled value with its bootstrap interval.
-LEADERBOARD_METRICS: tuple[str, ...] = tuple(m for m in CLS_METRICS if m != "pr_auc_macro") + tuple(
-    m for m in SEG_METRICS if m != "iou_background")
+LEADERBOARD_METRICS = selected("leaderboard")
 GROUP_COLUMNS: tuple[str, ...] = ("group_id", "n_images", "image_ids", "labels", "reasons", "min_score", "max_score",
                                   "label_conflict")
 SHEETS_DIR = REPORT_DIRS[0]  # the contact sheets of the duplicate clusters
-# (metrics.json block, metric) compared between the grouped and the image-level split in the leakage study.
-LEAKAGE_METRICS: tuple[tuple[str, str], ...] = (
-    ("classification", "accuracy"),
-    ("classification", "balanced_accuracy"),
-    ("classification", "roc_auc_macro"),
-    ("segmentation", "dice"),
-    ("segmentation", "iou_tumour"),
-)
+# (metrics.json block, metric) compared between the grouped and the image-level split in the leakage study,
+# between the in-domain and the external test images, and across the ablation grid.
+LEAKAGE_METRICS = tuple((m.block, m.name) for m in selected("study"))
 ABLATION_COLUMNS: tuple[str, ...] = ("model", "lr", "options", "metric", "mean", "sd", "folds")
 EXTERNAL_COLUMNS: tuple[str, ...] = ("dataset", "model", "metric", "in_domain_mean", "in_domain_sd", "external_mean",
                                      "external_sd", "difference", "folds", "external_images")
@@ -205,12 +175,12 @@ def _fold_table(run: RunResults, part: str, metrics: tuple[str, ...]) -> pd.Data
 
 def classification_table(run: RunResults) -> pd.DataFrame:
     """One row per model x fold with all scalar classification metrics."""
-    return _fold_table(run, "classification", tuple(CLS_METRICS))
+    return _fold_table(run, CLASSIFICATION, CLS_METRICS)
 
 
 def segmentation_table(run: RunResults) -> pd.DataFrame:
-    """One row per model x fold with all scalar segmentation metrics."""
-    return _fold_table(run, "segmentation", (*SEG_METRICS, *SEG_COUNTS))
+    """One row per model x fold with all scalar segmentation metrics and image counts."""
+    return _fold_table(run, SEGMENTATION, SEG_METRICS)
 
 
 def per_class_table(run: RunResults) -> pd.DataFrame:
@@ -241,19 +211,19 @@ def leaderboard_table(run: RunResults, cls_table: pd.DataFrame, seg_table: pd.Da
     """One row per model: mean and sd over folds (NaN-skipping, sd with ddof=1), and the pooled value over
     all test images with its group-bootstrap interval (tables/intervals.csv)."""
     columns = ["model", "split", "tasks", "n_folds"]
-    for metric in LEADERBOARD_METRICS:
+    for metric in names("leaderboard"):
         columns += [f"{metric}_mean", f"{metric}_sd", f"{metric}_pooled", f"{metric}_ci_low", f"{metric}_ci_high"]
     pooled = interval_lookup(intervals)
+    tables = {CLASSIFICATION: cls_table, SEGMENTATION: seg_table}
     rows = []
     for model in run.models:
         row: dict[str, object] = {"model": model, "split": split_label(run), "tasks": model_tasks(run, model),
                                   "n_folds": len(run.of_model(model))}
         for metric in LEADERBOARD_METRICS:
-            part = "classification" if metric in CLS_METRICS else "segmentation"
-            table = cls_table if part == "classification" else seg_table
-            row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(table.loc[table["model"] == model, metric])
-            estimate = pooled.get((model, f"{part}.{metric}"), (math.nan,) * 3)
-            row[f"{metric}_pooled"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = estimate
+            table, name = tables[metric.block], metric.name
+            row[f"{name}_mean"], row[f"{name}_sd"] = mean_sd(table.loc[table["model"] == model, name])
+            estimate = pooled.get((model, metric.path), (math.nan,) * 3)
+            row[f"{name}_pooled"], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = estimate
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 

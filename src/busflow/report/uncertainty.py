@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from busflow.errors import DatasetError
+from busflow.evaluate.catalogue import CATALOGUE
 from busflow.evaluate.statistics import (
     GroupBootstrap,
-    calibration_bins,
     binary_auc,
+    calibration_bins,
     confusion_statistics,
     expected_calibration_error,
     macro_auc,
@@ -25,6 +28,7 @@ from busflow.evaluate.statistics import (
     two_sided_p,
     weighted_mean,
 )
+from busflow.layout import SPLIT_FILES
 from busflow.report.loading import RunResults
 
 INTERVAL_COLUMNS = ["model", "metric", "n_images", "n_groups", "estimate", "ci_low", "ci_high", "confidence", "resamples"]
@@ -33,11 +37,9 @@ FAILURES_PER_MODEL = 6
 CALIBRATION_COLUMNS = ["model", "bin_low", "bin_high", "n", "confidence", "accuracy"]
 COMPARISON_COLUMNS = ["model", "reference", "metric", "n_images", "n_groups", "model_value", "reference_value",
                       "difference", "ci_low", "ci_high", "p_value"]
-SEG_PER_IMAGE = {"dice": "dice", "iou_tumour": "iou", "pixel_precision": "pixel_precision",
-                 "pixel_recall": "pixel_recall", "hd95": "hd95"}
+SEG_PER_IMAGE = {m.name: m.per_image for m in CATALOGUE if m.per_image}  # pooled metric -> per_image.csv column
 # Compared against the reference model (one row each when both models report the metric).
-COMPARED = ("classification.accuracy", "classification.balanced_accuracy", "classification.roc_auc_macro",
-            "segmentation.dice", "segmentation.iou_tumour")
+COMPARED = tuple(m.path for m in CATALOGUE if m.paired)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class BootstrapSettings:
     resamples: int
     confidence: float
     seed: int
+
+
+def bootstrap_settings(params: Mapping[str, Any]) -> BootstrapSettings:
+    """``evaluate.bootstrap`` of params (1000 resamples, 95 % by default) and the run's seed."""
+    bootstrap = (params.get("evaluate") or {}).get("bootstrap") or {}
+    return BootstrapSettings(int(bootstrap.get("resamples", 1000)), float(bootstrap.get("confidence", 0.95)),
+                             int(params.get("seed", 0)))
 
 
 def model_cases(run: RunResults, model: str) -> pd.DataFrame:
@@ -60,9 +69,19 @@ def model_cases(run: RunResults, model: str) -> pd.DataFrame:
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if not frame.empty:
         frame["image_id"] = frame["image_id"].astype(str)
-        group_of = dict(zip(run.folds_table["image_id"].astype(str), run.folds_table["group_id"].astype(str)))
-        frame["group_id"] = [group_of.get(i, i) for i in frame["image_id"]]
+        frame["group_id"] = group_ids(run, model, frame["image_id"])
     return frame
+
+
+def group_ids(run: RunResults, model: str, image_ids: pd.Series) -> list[str]:
+    """The group of each image from the split's folds table; an image it does not list is an error, not a group
+    of its own (that would make the bootstrap treat it as independent of its patient's other images)."""
+    group_of = dict(zip(run.folds_table["image_id"].astype(str), run.folds_table["group_id"].astype(str)))
+    unknown = sorted(set(image_ids) - set(group_of))
+    if unknown:
+        raise DatasetError(f"{run.root / SPLIT_FILES['folds']}: no group_id for {len(unknown)} test image(s) in the "
+                           f"per_image.csv of {model}: {unknown[:10]}")
+    return [group_of[i] for i in image_ids]
 
 
 def _class_statistics(name: str, is_class: np.ndarray, called: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:

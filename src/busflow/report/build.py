@@ -1,0 +1,54 @@
+"""Build the report of a run: tables, figures, ``report.md`` and ``index.html``.
+
+Every file it writes is listed in :data:`busflow.layout.REPORT_FILES` and every directory in
+:data:`busflow.layout.REPORT_DIRS` (relative to ``out_dir``) so workflow orchestrators can declare them as outputs.
+No torch import here: the report only reads files written by earlier stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from busflow import CLASSES
+from busflow.io import write_csv, write_text
+from busflow.report import figures
+from busflow.report.content import build_blocks
+from busflow.report.loading import load_results
+from busflow.report.registry import compute_tables, write_figures
+from busflow.report.render import render_html, render_markdown
+from busflow.report.tables import SHEETS_DIR, split_label
+
+
+def build_report(
+    *,
+    results_dir: Path,
+    out_dir: Path,
+    models: Sequence[str],
+    folds: Sequence[int],
+    run_info: Mapping[str, Any],
+) -> None:
+    """Write the tables, figures, ``report.md`` and ``index.html`` of a run into ``out_dir``.
+
+    ``index.html`` is written last, so its presence means the report is complete.
+    """
+    out_dir = Path(out_dir)
+    params = run_info.get("params") or {}
+    leakage_models = (params.get("leakage") or {}).get("models") or ()
+    ensembles = tuple(params.get("ensembles") or ())
+    run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models, ensembles,
+                       params.get("external"), params.get("ablation"))
+    tables = compute_tables(run, params)
+    for rel_path, frame in tables.files().items():
+        write_csv(out_dir / rel_path, frame)
+    write_figures(run, tables, out_dir)
+    unreadable = figures.write_contact_sheets(run, tables.sheets, out_dir / SHEETS_DIR)
+    blocks = build_blocks(run, tables, run_info, unreadable)
+    write_text(out_dir / "report.md", render_markdown(blocks))
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    leaky = f" — {split_label(run)} split" if run.leaky else ""
+    title = f"busflow report — {run_info.get('dataset', 'unknown dataset')}{leaky}"
+    subtitle = f"generated {generated} · busflow {run_info.get('busflow_version', 'n/a')}"
+    write_text(out_dir / "index.html", render_html(blocks, title, subtitle))
