@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from busflow.split.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, screen_pairs
 from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import load_grayscale
+from busflow.split.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, screen_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-
 from pipeline_walltime import REPO, keep_or_remove, run, scratch_project
 
 CPU_NETWORKS = {

@@ -22,8 +22,8 @@ from PIL import Image
 from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model
 from busflow.serve.predict import predict_images
+from busflow.train.job import network_card
 from busflow.train.outputs import save_run
-from busflow.stages.train import describe_model
 
 CLASSES = ["normal", "benign", "malignant"]
 MODELS = {"unet": ("unet", {}), "mtl_resnet50": ("mtl_resnet50", {})}
@@ -44,9 +44,8 @@ def save_untrained(model_dir: Path, arch: str, options: dict, size: int) -> None
     """A model folder as training leaves it, with the network as initialised (speed does not depend on weights)."""
     preprocess = {"size": size, "enhance": "none", "enhance_options": {}, "classes": CLASSES}
     model = build_model(arch, in_channels=1, n_classes=3, options=options)
-    description = describe_model({"arch": arch, "options": options}, n_classes=3, classes=CLASSES, image_size=size,
-                                 device=torch.device("cpu"), preprocess=preprocess)
-    save_run(model_dir, model, description, pd.DataFrame({"epoch": [1]}))
+    card = network_card(arch, options, classes=CLASSES, image_size=size, device=torch.device("cpu"), preprocess=preprocess)
+    save_run(model_dir, model, card, pd.DataFrame({"epoch": [1]}))
 
 
 def main() -> None:

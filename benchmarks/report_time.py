@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from pipeline_walltime import REPO, keep_or_remove, run, scratch_project
 
 KINDS = ("unet", "resnet50", "mtl_resnet50")
@@ -39,9 +38,8 @@ def benchmark_params(n_models: int, n_folds: int, n_patients: int) -> dict:
 
 def time_statistics(results: Path, params: dict) -> tuple[float, float]:
     """Seconds for the interval table and for the paired comparisons alone (in this process)."""
-    from busflow.report import bootstrap_settings
     from busflow.report.loading import load_results
-    from busflow.report.uncertainty import comparison_table, interval_table
+    from busflow.report.uncertainty import bootstrap_settings, comparison_table, interval_table
 
     models = [*params["train"]["models"], params["cascade"]["name"]]
     run_results = load_results(results, models, params["train"]["folds"], ["normal", "benign", "malignant"])

@@ -45,16 +45,17 @@ from busflow.train.augment import augment_batch, build_augmentation
 from busflow.train.device import autocast, resolve_device
 from busflow.train.loop import ArrayData, _optimizer, _train_epoch, batch_source
 from busflow.train.losses import TaskLoss
+from busflow.train.spec import AugmentSpec, TrainSpec
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"unet": ("unet", {}), "resnet50": ("resnet50", {}), "mtl_resnet50": ("mtl_resnet50", {})}
-AUGMENT = {"flip": True, "rotate_deg": 15, "zoom": 0.1, "shift": 0.1}
+AUGMENT = AugmentSpec(flip=True, rotate_deg=15, zoom=0.1, shift=0.1)
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense, vendor sheets
 BUSI_IMAGES = 780
 
 
-def _spec(batch_size: int) -> dict:
-    return {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "batch_size": batch_size}
+def _spec(arch: str, batch_size: int) -> TrainSpec:
+    return TrainSpec(arch=arch, epochs=1, batch_size=batch_size, lr=1e-4, weight_decay=0.0, augment=AUGMENT)
 
 
 def _criterion(tasks: frozenset[str], device: torch.device) -> TaskLoss:
@@ -104,7 +105,7 @@ def ours(arch: str, options: dict, arrays: dict, size: int, steps: int, batch_si
     model = prepare_model(build_model(arch, in_channels=1, n_classes=3, options=options), device, setup)
     setup = compile_model(model, device, setup, size, log=lambda line: print(f"  {arch}: {line}"))
     criterion = _criterion(frozenset(model_tasks(arch)), device)
-    optimizer = _optimizer(model, _spec(batch_size), fused=setup.fused_optimizer)
+    optimizer = _optimizer(model, _spec(arch, batch_size), fused=setup.fused_optimizer)
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])
     batches = batch_source(data, device, setup, augment=AUGMENT, seed=0)
     batches.reseed(0)
@@ -112,7 +113,7 @@ def ours(arch: str, options: dict, arrays: dict, size: int, steps: int, batch_si
 
     def epoch(n_batches: int) -> None:
         rows = np.resize(rng.permutation(len(data.images)), n_batches * batch_size)
-        _train_epoch(model, criterion, optimizer, batches, rows, _spec(batch_size), device, epoch=1)
+        _train_epoch(model, criterion, optimizer, batches, rows, _spec(arch, batch_size), device, epoch=1)
 
     epoch(3)  # cuDNN autotuning, compilation, allocator warm-up
     _synchronize(device)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,26 @@ def run_tool(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Compl
 EXTERNAL_MODELS = ["unet", "resnet50"]
 
 
-@pytest.fixture(scope="session")
-def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny run, with external validation on "any folder of images" (phantoms of another seed).
+def copy_project(project: Path, destination: Path) -> Path:
+    """A copy of a finished project in which nothing is to be redone: timestamps (copy2) and Snakemake's
+    records in .snakemake/ travel with the files, so a dry run in the copy plans what one in the original would."""
+    shutil.copytree(project, destination, symlinks=True)
+    return destination
 
-    Shared by the end-to-end pipeline tests (which later edit it: they run last) and the demo tests.
+
+def _fingerprint(project: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file a test could change by mistake (results and params, not Snakemake's logs)."""
+    files = [project / "params.yaml", *(p for p in (project / "results").rglob("*") if p.is_file())]
+    return {str(p.relative_to(project)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The finished tiny run, with external validation on "any folder of images" (phantoms of another seed).
+
+    Built once per session and READ ONLY: the pipeline, demo and Slurm tests read it in any order; a test that
+    edits params, retrains or puts the project under git/DVC takes ``tiny_project_copy``. Teardown checks
+    that no test changed it.
     """
     import yaml
 
@@ -64,7 +80,17 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["external"] = {"datasets": ["folder"], "models": EXTERNAL_MODELS}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_tool(["snakemake", "--cores", "2"], root)
-    return root
+    before = _fingerprint(root)
+    yield root
+    after = _fingerprint(root)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"a test changed the shared tiny run (use tiny_project_copy): {changed[:10]}"
+
+
+@pytest.fixture
+def tiny_project_copy(tiny_project: Path, tmp_path: Path) -> Path:
+    """A private copy of the finished tiny run, for a test that changes it (its external dataset is shared, read only)."""
+    return copy_project(tiny_project, tmp_path / "project")
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +121,12 @@ def saved_model(directory: Path, arch: str, options: dict) -> Path:
 
     from busflow.models import build_model
     from busflow.train.outputs import save_run
-    from busflow.stages.train import describe_model
+    from busflow.train.job import network_card
 
     torch.manual_seed(0)
     model = build_model(arch, in_channels=1, n_classes=3, options=options)
-    description = describe_model({"arch": arch, "options": options}, n_classes=3, classes=MODEL_CLASSES, image_size=64,
-                                 device=torch.device("cpu"), preprocess=MODEL_PREPROCESS)
-    save_run(directory, model, description, pd.DataFrame({"epoch": [1]}))
+    card = network_card(arch, options, classes=MODEL_CLASSES, image_size=64, device=torch.device("cpu"), preprocess=MODEL_PREPROCESS)
+    save_run(directory, model, card, pd.DataFrame({"epoch": [1]}))
     return directory
 
 

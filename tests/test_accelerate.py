@@ -18,15 +18,18 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from torch._dynamo.exc import BackendCompilerFailed
 
 from busflow.config import load_params
 from busflow.models import build_model
 from busflow.train.accelerate import REFERENCE, Acceleration, DeviceArrays, acceleration, compile_model
 from busflow.train.augment import BatchAugmentation
 from busflow.train.device import seed_everything
-from busflow.train.loop import _train_epoch, batch_source, fit, predict
+from busflow.train.loop import FitRun, _train_epoch, batch_source, fit, predict
 from busflow.train.losses import TaskLoss
 from busflow.train.outputs import load_weights, save_weights
+from busflow.train.spec import AugmentSpec, TrainSpec
+
 from conftest import TINY_PARAMS, run_tool
 
 CPU = torch.device("cpu")
@@ -73,12 +76,12 @@ def test_fast_path_settings_are_validated(tmp_path: Path) -> None:
 
 
 def test_nothing_switched_on_means_no_batch_augmentation() -> None:
-    assert BatchAugmentation.build({"flip": False, "rotate_deg": 0, "zoom": 0, "shift": 0}) is None
+    assert BatchAugmentation.build(AugmentSpec(flip=False, rotate_deg=0, zoom=0, shift=0)) is None
 
 
 def test_the_mask_follows_the_image_through_flips_and_the_affine() -> None:
     images, masks = _square_batch()
-    augmentation = BatchAugmentation({"flip": True, "vertical_flip": True, "rotate_deg": 20, "zoom": 0.15, "shift": 0.1})
+    augmentation = BatchAugmentation(AugmentSpec(flip=True, vertical_flip=True, rotate_deg=20, zoom=0.15, shift=0.1))
     out_images, out_masks = augmentation(images, masks, _generator())
     assert set(out_masks.unique().tolist()) <= {0.0, 1.0}  # nearest neighbour: still a binary mask
     assert out_images.min() >= 0 and out_images.max() <= 1
@@ -93,9 +96,9 @@ def test_horizontal_flips_keep_the_skin_line_on_top_vertical_flips_move_it() -> 
     images = torch.zeros(32, 1, 16, 16)
     images[:, :, :4, :] = 1.0  # the skin line
     generator = _generator()
-    flipped, _ = BatchAugmentation({"flip": True})(images, images.clone(), generator)
+    flipped, _ = BatchAugmentation(AugmentSpec(flip=True, rotate_deg=0, zoom=0, shift=0))(images, images.clone(), generator)
     assert torch.equal(flipped, images)
-    flipped, _ = BatchAugmentation({"flip": False, "vertical_flip": True})(images, images.clone(), generator)
+    flipped, _ = BatchAugmentation(AugmentSpec(flip=False, vertical_flip=True, rotate_deg=0, zoom=0, shift=0))(images, images.clone(), generator)
     top_moved = flipped[:, 0, :4, :].mean(dim=(1, 2)) < 0.5
     assert 0 < top_moved.sum() < len(images)
 
@@ -106,7 +109,7 @@ def test_draw_probabilities_and_ranges_match_the_reference_augmentation() -> Non
     images = torch.zeros(n, 1, size, size)
     images[:, :, 30:34, 30:34] = 1.0  # a dot at the centre, symmetric under flips
     masks = images.clone()
-    _, out_masks = BatchAugmentation({"flip": False, "rotate_deg": 0, "zoom": 0, "shift": shift})(images, masks, _generator(1))
+    _, out_masks = BatchAugmentation(AugmentSpec(flip=False, rotate_deg=0, zoom=0, shift=shift))(images, masks, _generator(1))
     moved = (out_masks != masks).flatten(1).any(1).float().mean().item()
     assert 0.75 < moved < 0.85  # probability 0.8, less the rare draws that land within half a pixel
     rows = torch.arange(size).float()
@@ -114,7 +117,7 @@ def test_draw_probabilities_and_ranges_match_the_reference_augmentation() -> Non
     assert (centre_y - 31.5).abs().max() <= shift * size + 1
     edge = torch.zeros(n, 1, 8, 8)
     edge[:, :, :, :4] = 1.0  # left half bright: a horizontal flip makes it the right half
-    flipped, _ = BatchAugmentation({"flip": True})(edge, edge.clone(), _generator(2))
+    flipped, _ = BatchAugmentation(AugmentSpec(flip=True, rotate_deg=0, zoom=0, shift=0))(edge, edge.clone(), _generator(2))
     assert 0.45 < (flipped[:, 0, 0, 0] == 0).float().mean().item() < 0.55
 
 
@@ -122,7 +125,7 @@ def test_rotation_turns_the_image_about_its_centre() -> None:
     size = 65
     images = torch.zeros(400, 1, size, size)
     images[:, :, 31:34, 32:60] = 1.0  # a bar from the centre to the right
-    augmentation = BatchAugmentation({"flip": False, "rotate_deg": 45, "zoom": 0, "shift": 0})
+    augmentation = BatchAugmentation(AugmentSpec(flip=False, rotate_deg=45, zoom=0, shift=0))
     out, _ = augmentation(images, images.clone(), _generator(3))
     ys, xs = torch.meshgrid(torch.arange(size).float() - 32, torch.arange(size).float() - 32, indexing="ij")
     # Inside the inscribed disc a rotation samples the image itself; outside it, reflected borders repeat content.
@@ -135,7 +138,7 @@ def test_rotation_turns_the_image_about_its_centre() -> None:
 
 def test_a_seeded_generator_replays_the_same_batch() -> None:
     images, masks = _square_batch(16)
-    augmentation = BatchAugmentation({"flip": True, "rotate_deg": 15, "zoom": 0.1, "shift": 0.1})
+    augmentation = BatchAugmentation(AugmentSpec(flip=True, rotate_deg=15, zoom=0.1, shift=0.1))
     first = augmentation(images, masks, _generator(5))
     again = augmentation(images, masks, _generator(5))
     other = augmentation(images, masks, _generator(6))
@@ -169,8 +172,8 @@ def _model() -> torch.nn.Module:
 
 def _fit(phantom_split, model: torch.nn.Module, setup: Acceleration, checkpoint: Path | None = None, **spec_changes: object):
     data, train_rows, val_rows = phantom_split
-    return fit(model, frozenset({"cls", "seg"}), data, train_rows, val_rows, _spec(**spec_changes), n_classes=3, device=CPU,
-               seed=11, log=lambda line: None, checkpoint=checkpoint, setup=setup)
+    return fit(model, TrainSpec.of(_spec(**spec_changes)), data, train_rows, val_rows, tasks=frozenset({"cls", "seg"}), n_classes=3,
+        run=FitRun(device=CPU, seed=11, setup=setup, checkpoint=checkpoint, log=lambda line: None))
 
 
 def test_fast_path_training_is_repeatable_and_learns(phantom_split, single_thread_torch: None) -> None:
@@ -199,12 +202,12 @@ def test_fast_path_resumes_from_its_checkpoint_to_the_same_weights(phantom_split
     checkpoint = tmp_path / "checkpoint.pt"
     data, train_rows, val_rows = phantom_split
     with pytest.raises(Crash):
-        fit(_model(), frozenset({"cls", "seg"}), data, train_rows, val_rows, _spec(), n_classes=3, device=CPU, seed=11,
-            log=lambda line: None, on_epoch=crash_at_epoch_3, checkpoint=checkpoint, setup=FORCED)
+        fit(_model(), TrainSpec.of(_spec()), data, train_rows, val_rows, tasks=frozenset({"cls", "seg"}), n_classes=3,
+            run=FitRun(device=CPU, seed=11, setup=FORCED, checkpoint=checkpoint, log=lambda line: None, on_epoch=crash_at_epoch_3))
     resumed = _model()
     lines: list[str] = []
-    fit(resumed, frozenset({"cls", "seg"}), data, train_rows, val_rows, _spec(), n_classes=3, device=CPU, seed=11,
-        log=lines.append, checkpoint=checkpoint, setup=FORCED)
+    fit(resumed, TrainSpec.of(_spec()), data, train_rows, val_rows, tasks=frozenset({"cls", "seg"}), n_classes=3,
+        run=FitRun(device=CPU, seed=11, setup=FORCED, checkpoint=checkpoint, log=lines.append))
     assert lines[0].startswith("resuming after epoch 2")
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
@@ -215,8 +218,8 @@ def test_a_reference_checkpoint_is_not_resumed_on_the_fast_path(phantom_split, t
     _fit(phantom_split, _model(), REFERENCE, checkpoint, epochs=1)
     lines: list[str] = []
     data, train_rows, val_rows = phantom_split
-    fit(_model(), frozenset({"cls", "seg"}), data, train_rows, val_rows, _spec(epochs=1), n_classes=3, device=CPU, seed=11,
-        log=lines.append, checkpoint=checkpoint, setup=FORCED)
+    fit(_model(), TrainSpec.of(_spec(epochs=1)), data, train_rows, val_rows, tasks=frozenset({"cls", "seg"}), n_classes=3,
+        run=FitRun(device=CPU, seed=11, setup=FORCED, checkpoint=checkpoint, log=lines.append))
     assert not any(line.startswith("resuming") for line in lines)
 
 
@@ -247,12 +250,12 @@ def test_the_step_loop_reads_nothing_back_from_the_device(phantom_split, monkeyp
     from busflow.train.loop import _optimizer
 
     data, train_rows, _ = phantom_split
-    spec = dict(load_params(TINY_PARAMS)["models"]["mtl_resnet50"], batch_size=4, optimizer=optimizer)
+    spec = TrainSpec.of(dict(load_params(TINY_PARAMS)["models"]["mtl_resnet50"], batch_size=4, optimizer=optimizer))
     options = load_params(TINY_PARAMS)["models"].get(arch, {}).get("options", SMALL_CNN)
     model = build_model(arch, in_channels=1, n_classes=3, options=options)
     criterion = TaskLoss(frozenset(tasks), torch.ones(3), 1.0)
     optimizer = _optimizer(model, spec, fused=FORCED.fused_optimizer)
-    source = batch_source(data, CPU, FORCED, augment={"flip": True, "vertical_flip": True, "rotate_deg": 10, "zoom": 0.1, "shift": 0.1})
+    source = batch_source(data, CPU, FORCED, augment=AugmentSpec(flip=True, vertical_flip=True, rotate_deg=10, zoom=0.1, shift=0.1))
     counts = []
     for n_rows in (8, 24):
         calls = _record_read_backs(monkeypatch)
@@ -283,8 +286,8 @@ def test_a_compiled_network_trains_and_saves_plain_weights(phantom_split, tmp_pa
     spec = dict(load_params(TINY_PARAMS)["models"]["resnet50"], epochs=1, patience=0)
     setup = compile_model(model, CPU, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=pytest.fail)
     assert setup.compile
-    history = fit(model, frozenset({"cls"}), data, train_rows, val_rows, spec, n_classes=3, device=CPU, seed=3,
-                  log=lambda line: None, setup=setup)
+    history = fit(model, TrainSpec.of(spec), data, train_rows, val_rows, tasks=frozenset({"cls"}), n_classes=3,
+        run=FitRun(device=CPU, seed=3, setup=setup, log=lambda line: None))
     assert np.isfinite(history["train_loss"]).all()
     assert list(model.state_dict()) == names  # compiled in place: parameter names unchanged
     save_weights(tmp_path / "weights.pt", model)
@@ -298,22 +301,42 @@ def test_a_compiled_network_trains_and_saves_plain_weights(phantom_split, tmp_pa
 
 @pytest.mark.skipif(not _has_c_compiler(), reason="torch.compile on the CPU needs a C compiler (none found)")
 def test_a_network_that_does_not_compile_trains_uncompiled_with_a_message(phantom_split, monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing_compile(function, *args, **kwargs):
-        def compiled(*call_args, **call_kwargs):
-            raise RuntimeError("backend compiler failed: unsupported operator")  # as a compiler bug surfaces
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", failing_compile)
+    monkeypatch.setattr(torch, "compile", _compiler_raising(RuntimeError("unsupported operator")))  # as a compiler bug surfaces
     lines: list[str] = []
     model = build_model("unet", in_channels=1, n_classes=3, options=load_params(TINY_PARAMS)["models"]["unet"]["options"])
     setup = compile_model(model, CPU, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=lines.append)
     assert setup == FORCED  # compile dropped, the rest of the fast path kept
-    assert len(lines) == 1 and lines[0].startswith("torch.compile failed for this network (RuntimeError: backend compiler failed")
+    assert lines == ["torch.compile failed for this network (BackendCompilerFailed: RuntimeError: unsupported operator); "
+                     "training runs uncompiled"]
     data, train_rows, val_rows = phantom_split
     spec = {**load_params(TINY_PARAMS)["models"]["unet"], "epochs": 1, "patience": 0}
-    history = fit(model, frozenset({"seg"}), data, train_rows, val_rows, spec, n_classes=3, device=CPU, seed=3,
-                  log=lambda line: None, setup=setup)  # the model itself was never compiled
+    history = fit(model, TrainSpec.of(spec), data, train_rows, val_rows, tasks=frozenset({"seg"}), n_classes=3,
+        run=FitRun(device=CPU, seed=3, setup=setup, log=lambda line: None))  # the model itself was never compiled
     assert np.isfinite(history["train_loss"]).all()
+
+
+def _compiler_raising(error: Exception):
+    def compile_that_fails_when_run(function, *args, **kwargs):
+        def compiled(*call_args, **call_kwargs):
+            raise BackendCompilerFailed("inductor", error, None)
+        return compiled
+    return compile_that_fails_when_run
+
+
+def test_running_out_of_memory_while_compiling_is_not_called_a_compiler_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", _compiler_raising(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")))
+    model = build_model("custom_cnn", in_channels=1, n_classes=3, options=SMALL_CNN)
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
+        compile_model(model, CPU, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=pytest.fail)
+
+
+def test_a_network_without_parameters_is_not_compiled_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", _compiler_raising(RuntimeError("must not be reached")))
+    lines: list[str] = []
+    model = build_model("classical_threshold", in_channels=1, n_classes=3)
+    setup = compile_model(model, CPU, acceleration({"fast_path": True, "compile": True}, CPU), 32, log=lines.append)
+    assert setup == FORCED
+    assert lines == ["torch.compile skipped: the network has no trainable parameters, so there is no training step to speed up"]
 
 
 # --- CUDA ------------------------------------------------------------------------------------------------------
@@ -330,8 +353,8 @@ def test_on_cuda_the_step_loop_never_synchronises(phantom_split) -> None:
     prepare_model(model, cuda, setup)
     criterion = TaskLoss(frozenset({"seg"}), None, 1.0).to(cuda)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    source = batch_source(data, cuda, setup, augment={"flip": True, "rotate_deg": 10, "zoom": 0.1, "shift": 0.1})
-    spec = dict(load_params(TINY_PARAMS)["models"]["unet"], batch_size=4)
+    source = batch_source(data, cuda, setup, augment=AugmentSpec(flip=True, rotate_deg=10, zoom=0.1, shift=0.1))
+    spec = TrainSpec.of(dict(load_params(TINY_PARAMS)["models"]["unet"], batch_size=4))
     rows = source.index(train_rows)
 
     def step(chunk: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from busflow.train.augment import augment_batch, build_augmentation
+from busflow.train.spec import AugmentSpec
 
 
 def _batch() -> tuple[np.ndarray, np.ndarray]:
@@ -13,7 +14,7 @@ def _batch() -> tuple[np.ndarray, np.ndarray]:
     return images, images.copy()
 
 
-def _top_band_moved(settings: dict) -> bool:
+def _top_band_moved(settings: AugmentSpec) -> bool:
     images, masks = _batch()
     out_images, out_masks = augment_batch(build_augmentation(settings, 16, seed=0), images, masks)
     assert (out_images.numpy() == out_masks.numpy()).all()  # the mask follows the image exactly
@@ -21,12 +22,12 @@ def _top_band_moved(settings: dict) -> bool:
 
 
 def test_horizontal_flips_keep_the_skin_line_on_top() -> None:
-    assert not _top_band_moved({"flip": True, "rotate_deg": 0, "zoom": 0, "shift": 0})
+    assert not _top_band_moved(AugmentSpec(flip=True, rotate_deg=0, zoom=0, shift=0))
 
 
 def test_vertical_flips_when_asked() -> None:
-    assert _top_band_moved({"flip": False, "vertical_flip": True, "rotate_deg": 0, "zoom": 0, "shift": 0})
+    assert _top_band_moved(AugmentSpec(flip=False, vertical_flip=True, rotate_deg=0, zoom=0, shift=0))
 
 
 def test_nothing_switched_on_means_no_transform() -> None:
-    assert build_augmentation({"flip": False, "rotate_deg": 0, "zoom": 0, "shift": 0}, 16, seed=0) is None
+    assert build_augmentation(AugmentSpec(flip=False, rotate_deg=0, zoom=0, shift=0), 16, seed=0) is None

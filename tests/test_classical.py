@@ -47,12 +47,13 @@ def test_registered_module_returns_hard_logits_and_has_nothing_to_train() -> Non
 
 def test_training_loop_evaluates_it_once() -> None:
     from busflow.config import load_params
-    from busflow.train.loop import ArrayData, fit
+    from busflow.train.loop import ArrayData, FitRun, fit
+    from busflow.train.spec import TrainSpec
     from conftest import TINY_PARAMS
 
     image, lesion = _rimmed_disc()
     data = ArrayData(np.stack([image] * 4), np.stack([lesion.astype(np.uint8)] * 4), np.array([1, 1, 2, 2]))
     spec = dict(load_params(TINY_PARAMS)["models"]["unet"], arch="classical_threshold", options={})
-    history = fit(build_model("classical_threshold", in_channels=1, n_classes=3), frozenset({"seg"}), data,
-                  np.arange(2), np.arange(2, 4), spec, n_classes=3, device=torch.device("cpu"), seed=0, log=lambda _: None)
+    history = fit(build_model("classical_threshold", in_channels=1, n_classes=3), TrainSpec.of(spec), data, np.arange(2), np.arange(2, 4), tasks=frozenset({"seg"}), n_classes=3,
+        run=FitRun(device=torch.device("cpu"), seed=0, log=lambda _: None))
     assert history["epoch"].tolist() == [0] and history["val_score"].iloc[0] > 0.9

@@ -43,6 +43,18 @@ def test_unknown_key_is_rejected(params: dict) -> None:
     assert "split" in message and "n_fold" in message
 
 
+@pytest.mark.parametrize("run", ["..", ".", ".hidden"])
+def test_a_run_name_that_would_leave_results_is_refused(params: dict, run: str) -> None:
+    params["run"] = run
+    assert f"run: '{run}' is not a folder name under results/" in _error(params)
+
+
+@pytest.mark.parametrize("run", ["../elsewhere", "a/b", ""])
+def test_a_run_name_with_a_path_separator_is_refused_by_the_schema(params: dict, run: str) -> None:
+    params["run"] = run
+    assert "run:" in _error(params)
+
+
 def test_unknown_model_name_in_train_models(params: dict) -> None:
     params["train"]["models"].append("resnet5O")
     assert "train.models: unknown model 'resnet5O'" in _error(params)

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from busflow.errors import ParamsError
-
 from busflow.config import validate_params
 from busflow.data.preprocess import save_arrays
-from busflow.stages.ensemble import build_ensembles, member_weights
+from busflow.errors import ParamsError
 from busflow.predictions import PartOutputs, load_predictions, prediction_table, save_predictions
+from busflow.stages import ensemble
+from busflow.stages.ensemble import member_weights
+
 from conftest import TINY_PARAMS
 
 SIZE = 8
@@ -65,7 +66,8 @@ def _params(ensembles: dict) -> dict:
 
 def _build(run_dir: Path, ensembles: dict) -> Path:
     out = run_dir / "ensembles"
-    build_ensembles(_params(ensembles), run_dir / "arrays.npz", run_dir / "folds.csv", run_dir / "models", out, log=lambda _: None)
+    ensemble.run(_params(ensembles), arrays=run_dir / "arrays.npz", folds=run_dir / "folds.csv", models=run_dir / "models", out=out,
+                 log=lambda _: None)
     return out
 
 

@@ -3,24 +3,24 @@ better than the same network untrained, and the cascade classifier beats chance 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
-from busflow.data.rois import extract_rois
 from busflow.config import load_params, model_spec
 from busflow.data.folder import ingest_folder
 from busflow.data.preprocess import preprocess_index
+from busflow.data.rois import extract_rois
 from busflow.data.synthetic import generate_phantoms
 from busflow.models import build_model
 from busflow.split.groups import build_groups
 from busflow.split.protocols import make_split, role_indices
 from busflow.train.device import seed_everything
-from busflow.train.loop import ArrayData, fit, predict
-from conftest import TINY_PARAMS
+from busflow.train.loop import ArrayData, FitRun, fit, predict
+from busflow.train.spec import TrainSpec
 
-import torch
+from conftest import TINY_PARAMS
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def test_unet_dice_rises_well_above_untrained(phantoms) -> None:
     model = build_model("unet", in_channels=1, n_classes=3, options=spec["options"])
     device = torch.device("cpu")
     untrained = _dice(predict(model, data, rows["test"], device)["mask_probs"], data.masks[rows["test"]])
-    history = fit(model, frozenset({"seg"}), data, rows["train"], rows["val"], spec, n_classes=3, device=device, seed=0, log=lambda _: None)
+    history = fit(model, TrainSpec.of(spec), data, rows["train"], rows["val"], tasks=frozenset({"seg"}), n_classes=3,
+        run=FitRun(device=device, seed=0, log=lambda _: None))
     trained = _dice(predict(model, data, rows["test"], device)["mask_probs"], data.masks[rows["test"]])
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     assert trained > 0.45 and trained > untrained + 0.3, (untrained, trained)
@@ -60,7 +61,8 @@ def test_cascade_classifier_beats_chance_on_held_out_lesion_crops(phantoms) -> N
     crops, _ = extract_rois(data.images, data.masks > 0, margin=0.15, empty_fraction=0.5, size=32)
     crop_data = ArrayData(crops, np.zeros_like(crops), data.labels)
     model = build_model(spec["arch"], in_channels=1, n_classes=3, options=spec["options"])
-    fit(model, frozenset({"cls"}), crop_data, rows["train"], rows["val"], spec, n_classes=3, device=torch.device("cpu"), seed=0, log=lambda _: None)
+    fit(model, TrainSpec.of(spec), crop_data, rows["train"], rows["val"], tasks=frozenset({"cls"}), n_classes=3,
+        run=FitRun(device=torch.device("cpu"), seed=0, log=lambda _: None))
     probs = predict(model, crop_data, rows["test"], torch.device("cpu"))["class_probs"]
     auc = roc_auc_score(data.labels[rows["test"]], probs, multi_class="ovr")
     print(f"cascade crop AUC {auc:.3f}")

@@ -56,7 +56,8 @@ def test_oversampling_balances_classes_and_keeps_every_image() -> None:
 
 
 def test_step_schedule_lowers_the_lr_each_step() -> None:
-    from busflow.train.loop import ArrayData, fit
+    from busflow.train.loop import ArrayData, FitRun, fit
+    from busflow.train.spec import TrainSpec
 
     spec = dict(load_params(TINY_PARAMS)["models"]["resnet50"], epochs=3, patience=0, lr=1e-2,
                 lr_step={"epochs": 1, "gamma": 0.1}, betas=[0.9, 0.99], oversample=True, cls_loss="focal")
@@ -65,8 +66,8 @@ def test_step_schedule_lowers_the_lr_each_step() -> None:
                      np.array([0, 1, 1, 1, 2, 2] * 2))
     model = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 3))
     wrapped = _DictModel(model)
-    history = fit(wrapped, frozenset({"cls"}), data, np.arange(8), np.arange(8, 12), spec, n_classes=3,
-                  device=torch.device("cpu"), seed=0, log=lambda line: None)
+    history = fit(wrapped, TrainSpec.of(spec), data, np.arange(8), np.arange(8, 12), tasks=frozenset({"cls"}), n_classes=3,
+        run=FitRun(device=torch.device("cpu"), seed=0, log=lambda line: None))
     assert history["lr"].tolist() == pytest.approx([1e-2, 1e-3, 1e-4])
 
 
@@ -81,6 +82,7 @@ class _DictModel(nn.Module):
 
 def test_adam_betas_come_from_the_spec() -> None:
     from busflow.train.loop import _optimizer
+    from busflow.train.spec import TrainSpec
 
-    spec = dict(load_params(TINY_PARAMS)["models"]["resnet50"], betas=[0.9, 0.99])
+    spec = TrainSpec.of(dict(load_params(TINY_PARAMS)["models"]["resnet50"], betas=[0.9, 0.99]))
     assert _optimizer(nn.Linear(2, 2), spec).param_groups[0]["betas"] == (0.9, 0.99)

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from busflow.cli import main
-from busflow.errors import DatasetError, ModelFileError
 from busflow.data.synthetic import generate_phantoms
+from busflow.errors import DatasetError, ModelFileError
 from busflow.serve.predict import predict_images, shape_descriptors
+
 from conftest import MODEL_CLASSES, saved_model
 
 CLASSES = MODEL_CLASSES

@@ -12,7 +12,9 @@ from busflow.config import load_params
 from busflow.models import build_model
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.device import seed_everything
-from busflow.train.loop import BatchMemoryError, NonFiniteLossError, fit
+from busflow.train.loop import BatchMemoryError, FitRun, NonFiniteLossError, fit
+from busflow.train.spec import TrainSpec
+
 from conftest import TINY_PARAMS
 
 EPOCHS = 5
@@ -30,8 +32,8 @@ def _model() -> nn.Module:
 
 def _train(phantom_split, model: nn.Module, spec: dict, checkpoint: Path | None, on_epoch=lambda row: None, log=lambda line: None):
     arrays, train_rows, val_rows = phantom_split
-    return fit(model, frozenset({"seg"}), arrays, train_rows, val_rows, spec, n_classes=3, device=torch.device("cpu"), seed=7,
-               log=log, on_epoch=on_epoch, checkpoint=checkpoint)
+    return fit(model, TrainSpec.of(spec), arrays, train_rows, val_rows, tasks=frozenset({"seg"}), n_classes=3,
+        run=FitRun(device=torch.device("cpu"), seed=7, checkpoint=checkpoint, log=log, on_epoch=on_epoch))
 
 
 class _Crash(Exception):

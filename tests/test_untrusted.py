@@ -16,9 +16,10 @@ from PIL import Image
 
 from busflow.cli import main
 from busflow.errors import ModelFileError
-from busflow.serve.predictors import load_predictor, save_package
 from busflow.serve.predict import predict_images
+from busflow.serve.predictors import load_predictor, save_package
 from busflow.train.outputs import load_trained
+
 from conftest import MODEL_CLASSES, saved_model
 
 CLASSES = MODEL_CLASSES

@@ -58,7 +58,7 @@ def validate_schema(params: dict[str, Any], source: str = "params") -> None:
 
 def check_consistency(params: Mapping[str, Any], source: str = "params") -> None:
     """Cross-key rules the schema cannot express (model names, fold indices, cascade wiring)."""
-    problems: list[str] = []
+    problems: list[str] = _run_name_problems(params["run"])
     models = params["models"]
     for name in params["train"]["models"]:
         if name not in models:
@@ -80,6 +80,13 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
         problems.append(f"data.{dataset}: settings for dataset '{dataset}' are missing")
     if problems:
         raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def _run_name_problems(run: str) -> list[str]:
+    """``run`` names one folder under results/: '.', '..' or a hidden name would write elsewhere or out of sight."""
+    if run.startswith("."):
+        return [f"run: '{run}' is not a folder name under results/ (it must not start with a dot; use letters, digits, _ . -)"]
+    return []
 
 
 def _ablation_problems(params: Mapping[str, Any]) -> list[str]:

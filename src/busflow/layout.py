@@ -1,46 +1,37 @@
-"""File names of the stage contracts (DESIGN.md), shared by the CLI, the Snakefile and the tests.
+"""File names of the stage contracts (docs/architecture.md, "Data contracts"), shared by the CLI, the Snakefile and the tests.
 
 Importing this module is cheap (no torch), so the Snakefile can use it to declare outputs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 DVCLIVE_DIR = "dvclive"  # per-epoch curves logged with dvclive, beside history.csv
 TRAIN_OUTPUTS: tuple[str, ...] = ("weights.pt", "model.json", "history.csv", "predictions.csv", "predictions.npz")
 TRAIN_LIVE_METRICS = f"{DVCLIVE_DIR}/metrics.json"  # last epoch's values
 TRAIN_PLOTS = f"{DVCLIVE_DIR}/plots/metrics"  # a folder: one .tsv per logged metric
 EVALUATE_OUTPUTS: tuple[str, ...] = ("metrics.json", "per_image.csv")
-REPORT_FILES: tuple[str, ...] = (
-    "index.html",
-    "report.md",
-    "tables/leaderboard.csv",
-    "tables/classification.csv",
-    "tables/segmentation.csv",
-    "tables/per_class.csv",
-    "tables/dataset.csv",
-    "tables/split.csv",
-    "tables/groups.csv",
-    "tables/label_conflicts.csv",
-    "tables/leakage.csv",
-    "tables/external.csv",
-    "tables/ablation.csv",
-    "tables/reproduction.csv",
-    "tables/intervals.csv",
-    "tables/comparisons.csv",
-    "tables/calibration.csv",
-    "tables/failures.csv",
-    "tables/jobs.csv",
-    "figures/roc.png",
-    "figures/metrics_bar.png",
-    "figures/overlays.png",
-    "figures/training_curves.png",
-    "figures/confusion.png",
-    "figures/leakage.png",
-    "figures/calibration.png",
-    "figures/pr.png",
-    "figures/failures.png",
-    "figures/ablation.png",
-)
+# The report's tables and figures, in the order of REPORT_FILES (each computed or drawn by busflow.report.registry).
+REPORT_TABLES: tuple[str, ...] = ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split",
+                                  "groups", "label_conflicts", "leakage", "external", "ablation", "reproduction",
+                                  "intervals", "comparisons", "calibration", "failures", "jobs")
+REPORT_FIGURES: tuple[str, ...] = ("roc", "metrics_bar", "overlays", "training_curves", "confusion", "leakage",
+                                   "calibration", "pr", "failures", "ablation")
+
+
+def report_table(name: str) -> str:
+    """The CSV file of one report table, relative to the report directory."""
+    return f"tables/{name}.csv"
+
+
+def report_figure(name: str) -> str:
+    """The PNG file of one report figure, relative to the report directory."""
+    return f"figures/{name}.png"
+
+
+REPORT_FILES: tuple[str, ...] = ("index.html", "report.md", *map(report_table, REPORT_TABLES),
+                                 *map(report_figure, REPORT_FIGURES))
 # Directories the report always creates (possibly empty): one contact sheet per duplicate cluster.
 REPORT_DIRS: tuple[str, ...] = ("clusters",)
 
@@ -76,3 +67,13 @@ def ablation_cell(lr: float | str, variant: str) -> str:
 def ablation_dir(run: str, model: str, lr: float | str, variant: str, fold: int | str) -> str:
     """Outputs of one ablation cell on one test fold, beside the model's own folds."""
     return f"{results_root(run)}/models/{model}/ablation/{ablation_cell(lr, variant)}/fold{fold}"
+
+
+def models_of_model_fold(fold_dir: Path) -> Path:
+    """``<run>/models`` of a model's fold folder ``<run>/models/<model>/fold<k>`` (where its segmenter or peers are)."""
+    return fold_dir.parent.parent
+
+
+def models_of_ensemble_fold(fold_dir: Path) -> Path:
+    """``<run>/models`` of an ensemble's fold folder ``<run>/ensembles/<name>/fold<k>`` (where its members are)."""
+    return fold_dir.parents[2] / "models"

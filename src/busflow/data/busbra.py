@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from busflow.data.folder import finalise_index, image_row
-
 from busflow.errors import DatasetError
 
 if TYPE_CHECKING:

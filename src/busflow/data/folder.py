@@ -2,7 +2,7 @@
 
 An optional ``<root>/patients.csv`` (columns image_id, patient_id) maps images to patients; without it
 each image is its own patient and ``patient_known`` is false, so the split groups images by near-duplicate
-detection instead. The result is the index contract of DESIGN.md (data/index.csv) plus ``patient_known`` and
+detection instead. The result is the index contract of docs/architecture.md (data/index.csv) plus ``patient_known`` and
 ``colour_overlay`` (RGB images whose channels differ: Doppler or annotation overlays).
 """
 
@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from busflow import CLASSES

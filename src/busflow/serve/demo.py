@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from busflow.errors import DatasetError
-from busflow.data.preprocess import load_grayscale, normalise
 from busflow.data.folder import IMAGE_SUFFIXES
+from busflow.data.preprocess import load_grayscale, normalise
+from busflow.errors import DatasetError
+from busflow.model_card import NetworkCard, read_card
 from busflow.serve.predict import ImageOutputs, image_outputs, overlay_image, shape_descriptors
 
 MAX_PIXELS = 40_000_000  # larger than any ultrasound frame; a decompression bomb is refused before decoding
@@ -55,8 +56,8 @@ class TrainedModel:
 
 
 def _headline(model_dir: Path) -> str:
-    from busflow.stages.evaluate import headline
     from busflow.io import read_json
+    from busflow.stages.evaluate import headline
 
     metrics_path = model_dir / "metrics.json"
     return headline(read_json(metrics_path)) if metrics_path.is_file() else ""
@@ -65,15 +66,14 @@ def _headline(model_dir: Path) -> str:
 def discover_models(results: Path) -> list[TrainedModel]:
     """Every trained fold of every run under ``results`` (models and ensembles; ablation cells and the leaky
     split's models left out), with its test metrics."""
-    from busflow.io import read_json
-
     found = []
-    for description_path in sorted([*results.glob("*/models/*/fold*/model.json"), *results.glob("*/ensembles/*/fold*/model.json")]):
-        model_dir = description_path.parent
+    for card_path in sorted([*results.glob("*/models/*/fold*/model.json"), *results.glob("*/ensembles/*/fold*/model.json")]):
+        model_dir = card_path.parent
         run, model = model_dir.parents[2].name, model_dir.parent.name
         key = f"{run}/{model}/{model_dir.name}" if model_dir.parents[1].name == "models" else f"{run}/ensembles/{model}/{model_dir.name}"
-        description = read_json(description_path)
-        tasks = tuple(sorted({*description.get("tasks", []), *(["seg"] if description.get("cascade") else [])}))  # a cascade also segments
+        card = read_card(model_dir)
+        cascade = isinstance(card, NetworkCard) and card.cascade is not None
+        tasks = tuple(sorted({*card.tasks, *(["seg"] if cascade else [])}))  # a cascade also segments
         found.append(TrainedModel(key, model_dir, _headline(model_dir), tasks))
     return found
 

@@ -25,12 +25,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from busflow.data.folder import IMAGE_SUFFIXES
-
-from busflow.errors import DatasetError
 from busflow.data.preprocess import load_grayscale, normalise
-from busflow.serve.predictors import load_predictor
-from busflow.io import atomic_path, write_csv
 from busflow.data.rois import largest_component
+from busflow.errors import DatasetError
+from busflow.io import atomic_path, write_csv
+from busflow.serve.predictors import load_predictor
 from busflow.train.device import resolve_device
 
 OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)

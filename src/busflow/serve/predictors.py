@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from busflow import layout
+from busflow.data.preprocess import model_input
 from busflow.data.rois import extract_rois
 from busflow.errors import ModelFileError
-from busflow.data.preprocess import model_input
-from busflow.predictions import TASK_OF_OUTPUT, combine
 from busflow.evaluate.metrics import lesion_mask
 from busflow.io import atomic_path
+from busflow.model_card import CARD_FILE, CascadeLink, EnsembleCard, NetworkCard, card_from_dict, read_card
+from busflow.predictions import TASK_OF_OUTPUT, combine
 from busflow.train.loop import ArrayData, predict
-from busflow.train.outputs import build_described, load_state, load_trained, read_model_description
+from busflow.train.outputs import build_described, load_state, load_trained
 
 PACKAGE_SUFFIX = ".safetensors"
 PACKAGE_METADATA_KEY = "busflow"
@@ -36,7 +39,6 @@ Tensors = dict[str, torch.Tensor]
 class Predictor(Protocol):
     classes: list[str]
     tasks: frozenset[str]
-    description: dict[str, Any]
 
     def to(self, device: torch.device) -> Predictor: ...
 
@@ -48,11 +50,11 @@ class Predictor(Protocol):
 class NetworkPredictor:
     """One trained network with the input pipeline it was trained with."""
 
-    def __init__(self, model: torch.nn.Module, description: Mapping[str, Any], source: Path) -> None:
-        if description.get("preprocess") is None:
+    def __init__(self, model: torch.nn.Module, card: NetworkCard, source: Path) -> None:
+        if card.preprocess is None:
             raise ModelFileError(f"{source}: no preprocessing recorded in model.json (trained by an older busflow); retrain it")
-        self.model, self.description, self.device = model.eval(), dict(description), torch.device("cpu")
-        self.classes, self.tasks = list(description["classes"]), frozenset(description["tasks"])
+        self.model, self.card, self.device = model.eval(), card, torch.device("cpu")
+        self.classes, self.tasks = list(card.classes), frozenset(card.tasks)
 
     def to(self, device: torch.device) -> NetworkPredictor:
         self.model.to(device)
@@ -61,7 +63,7 @@ class NetworkPredictor:
 
     def inputs(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """The images as the network sees them (uint8, N×S×S), through the training preprocessing."""
-        return np.stack([model_input(gray, self.description["preprocess"]) for gray in grays])
+        return np.stack([model_input(gray, self.card.preprocess) for gray in grays])
 
     def predict_inputs(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         blank = np.zeros(len(inputs), dtype=np.int64)
@@ -72,16 +74,15 @@ class NetworkPredictor:
 
     def pack(self, prefix: str) -> tuple[dict[str, Any], Tensors]:
         tensors = {f"{prefix}{name}": value.detach().cpu().contiguous() for name, value in self.model.state_dict().items()}
-        return {"kind": "network", "prefix": prefix, "description": self.description}, tensors
+        return {"kind": "network", "prefix": prefix, "description": self.card.to_dict()}, tensors
 
 
 class CascadePredictor:
     """Segmenter → crop around the largest predicted lesion → crop classifier, as the cascade was tested."""
 
-    def __init__(self, segmenter: NetworkPredictor, classifier: NetworkPredictor, settings: Mapping[str, Any]) -> None:
-        self.segmenter, self.classifier, self.settings = segmenter, classifier, dict(settings)
+    def __init__(self, segmenter: NetworkPredictor, classifier: NetworkPredictor, link: CascadeLink) -> None:
+        self.segmenter, self.classifier, self.link = segmenter, classifier, link
         self.classes, self.tasks = classifier.classes, frozenset({"seg", "cls"})
-        self.description = {**classifier.description, "tasks": ["cls", "seg"], "segmenter": segmenter.description}
 
     def to(self, device: torch.device) -> CascadePredictor:
         self.segmenter.to(device)
@@ -91,25 +92,26 @@ class CascadePredictor:
     def predict(self, grays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         inputs = self.segmenter.inputs(grays)
         mask_probs = self.segmenter.predict_inputs(inputs)["mask_probs"]
-        crops, boxes = extract_rois(inputs, lesion_mask(mask_probs, self.settings["threshold"]), margin=self.settings["margin"],
-                                    empty_fraction=self.settings["empty_roi_fraction"], size=self.classifier.description["image_size"])
+        crops, boxes = extract_rois(inputs, lesion_mask(mask_probs, self.link.threshold), margin=self.link.margin,
+                                    empty_fraction=self.link.empty_roi_fraction, size=self.classifier.card.image_size)
         class_probs = self.classifier.predict_inputs(crops)["class_probs"]
         return {"mask_probs": mask_probs, "class_probs": class_probs, "roi_boxes": boxes}
 
     def pack(self, prefix: str) -> tuple[dict[str, Any], Tensors]:
         segmenter, seg_tensors = self.segmenter.pack(f"{prefix}segmenter.")
         classifier, cls_tensors = self.classifier.pack(f"{prefix}classifier.")
-        return {"kind": "cascade", "settings": self.settings, "segmenter": segmenter, "classifier": classifier}, {**seg_tensors, **cls_tensors}
+        spec = {"kind": "cascade", "settings": asdict(self.link), "segmenter": segmenter, "classifier": classifier}
+        return spec, {**seg_tensors, **cls_tensors}
 
 
 class EnsemblePredictor:
     """Weighted mean of the members' probabilities, with the weights the ensemble stage chose on validation."""
 
-    def __init__(self, members: Mapping[str, Predictor], weights: Mapping[str, Mapping[str, float]], description: Mapping[str, Any]) -> None:
-        self.members, self.description = dict(members), dict(description)
+    def __init__(self, members: Mapping[str, Predictor], card: EnsembleCard) -> None:
+        self.members, self.card = dict(members), card
         output_of_task = {task: key for key, task in TASK_OF_OUTPUT.items()}
-        self.weights = {output_of_task[task]: np.array([by_member[m] for m in self.members]) for task, by_member in weights.items()}
-        self.classes, self.tasks = list(description["classes"]), frozenset(weights)
+        self.weights = {output_of_task[task]: np.array([by_member[m] for m in self.members]) for task, by_member in card.weights.items()}
+        self.classes, self.tasks = list(card.classes), frozenset(card.weights)
 
     def to(self, device: torch.device) -> EnsemblePredictor:
         for member in self.members.values():
@@ -124,18 +126,18 @@ class EnsemblePredictor:
         for name, member in self.members.items():
             members[name], member_tensors = member.pack(f"{prefix}{name}.")
             tensors.update(member_tensors)
-        return {"kind": "ensemble", "description": self.description, "members": members}, tensors
+        return {"kind": "ensemble", "description": self.card.to_dict(), "members": members}, tensors
 
 
 def _network(model_dir: Path) -> NetworkPredictor:
-    model, description = load_trained(model_dir)
-    return NetworkPredictor(model, description, model_dir)
+    model, card = load_trained(model_dir)
+    return NetworkPredictor(model, card, model_dir)
 
 
 def _sibling(model_dir: Path, model: str, models_root: Path) -> Path:
     """The same fold of another model of the run (e.g. a cascade's segmenter, an ensemble's member)."""
     path = models_root / model / model_dir.name
-    if not (path / "model.json").is_file():
+    if not (path / CARD_FILE).is_file():
         raise ModelFileError(f"{model_dir}: needs the trained model {model} of the same fold at {path}, which is missing")
     return path
 
@@ -143,31 +145,28 @@ def _sibling(model_dir: Path, model: str, models_root: Path) -> Path:
 def load_model_dir(model_dir: Path) -> Predictor:
     """The predictor of a trained fold folder: a network, a cascade (``models/<cascade>/fold<k>``, with its
     segmenter beside it) or an ensemble (``ensembles/<name>/fold<k>``, members under ``models/``)."""
-    description = read_model_description(model_dir)
-    if description.get("arch") == "ensemble":
-        models_root = model_dir.parents[2] / "models"
-        members = {m: load_model_dir(_sibling(model_dir, m, models_root)) for m in description["members"]}
-        return EnsemblePredictor(members, description["weights"], description)
-    settings = description.get("cascade")
-    if settings:
-        if "threshold" not in settings:
-            raise ModelFileError(f"{model_dir / 'model.json'}: the cascade's segmenter threshold is not recorded (older busflow); retrain it")
-        segmenter = _network(_sibling(model_dir, settings["segmenter"], model_dir.parent.parent))
-        return CascadePredictor(segmenter, _network(model_dir), settings)
+    card = read_card(model_dir)
+    if isinstance(card, EnsembleCard):
+        models_root = layout.models_of_ensemble_fold(model_dir)
+        return EnsemblePredictor({m: load_model_dir(_sibling(model_dir, m, models_root)) for m in card.members}, card)
+    if card.cascade is not None:
+        segmenter = _network(_sibling(model_dir, card.cascade.segmenter, layout.models_of_model_fold(model_dir)))
+        return CascadePredictor(segmenter, _network(model_dir), card.cascade)
     return _network(model_dir)
 
 
 def _unpack(spec: Mapping[str, Any], tensors: Tensors, source: Path) -> Predictor:
     kind = spec.get("kind")
     if kind == "network":
-        description, prefix = spec["description"], spec["prefix"]
+        card, prefix = card_from_dict(spec["description"], source), spec["prefix"]
         state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
-        return NetworkPredictor(load_state(build_described(description, source), state, source), description, source)
+        return NetworkPredictor(load_state(build_described(card, source), state, source), card, source)
     if kind == "cascade":
-        return CascadePredictor(_unpack(spec["segmenter"], tensors, source), _unpack(spec["classifier"], tensors, source), spec["settings"])
+        return CascadePredictor(_unpack(spec["segmenter"], tensors, source), _unpack(spec["classifier"], tensors, source),
+                                CascadeLink(**spec["settings"]))
     if kind == "ensemble":
         members = {name: _unpack(member, tensors, source) for name, member in spec["members"].items()}
-        return EnsemblePredictor(members, spec["description"]["weights"], spec["description"])
+        return EnsemblePredictor(members, card_from_dict(spec["description"], source))
     raise ModelFileError(f"{source}: unknown predictor kind {kind!r} in its metadata")
 
 
@@ -194,7 +193,7 @@ def load_package(path: Path) -> Predictor:
         raise ModelFileError(f"{path}: a safetensors file without busflow metadata (make packages with `busflow package`)")
     try:
         return _unpack(json.loads(metadata[PACKAGE_METADATA_KEY]), tensors, path)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:  # also a card of the wrong shape
         raise ModelFileError(f"{path}: inconsistent busflow metadata ({type(error).__name__}: {error})") from None
 
 
@@ -205,3 +204,11 @@ def load_predictor(path: Path) -> Predictor:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model folder or package")
     return load_model_dir(path)
+
+
+def package_model(model_dir: Path, target: Path) -> int:
+    """Pack the trained fold folder ``model_dir`` into the safetensors file ``target``; return its size in bytes."""
+    if target.suffix != PACKAGE_SUFFIX:
+        raise ModelFileError(f"--out {target}: a model package is a {PACKAGE_SUFFIX} file")
+    save_package(load_model_dir(model_dir), target)
+    return target.stat().st_size

@@ -1,4 +1,4 @@
-"""The ``ensemble`` stage: combine the predictions of trained members on one fold (after P001).
+"""The ``ensemble`` stage: combine the predictions of trained members on every fold (after P001).
 
 An ensemble is a model like any other for evaluation and the report, but it has no weights of its own: it
 averages the probabilities of its members, per pixel for lesion masks and per class for classification.
@@ -19,11 +19,20 @@ from sklearn.metrics import balanced_accuracy_score
 
 from busflow.data.preprocess import load_arrays
 from busflow.evaluate.metrics import per_image_overlap
-from busflow.stages.evaluate import evaluate_model, headline
-from busflow.io import atomic_dir, read_table, write_json
-from busflow.predictions import OUTPUT_KEYS, TASK_OF_OUTPUT, PartOutputs, combine, load_predictions, prediction_table, rows_of, save_predictions
+from busflow.io import atomic_dir, read_table
+from busflow.model_card import EnsembleCard, write_card
+from busflow.predictions import (
+    OUTPUT_KEYS,
+    TASK_OF_OUTPUT,
+    PartOutputs,
+    combine,
+    load_predictions,
+    prediction_table,
+    rows_of,
+    save_predictions,
+)
 from busflow.split.protocols import group_ids_of
-
+from busflow.stages.evaluate import evaluate_model, headline
 
 
 def _validation_score(key: str, outputs: np.ndarray, truth: np.ndarray, threshold: float) -> float:
@@ -58,9 +67,10 @@ def _member_parts(members: Sequence[str], models_dir: Path, fold: int, part: str
     return {m: p.aligned_to(reference, models_dir / m / f"fold{fold}" / "predictions.npz") for m, p in parts.items()}
 
 
-def build_ensemble(params: Mapping[str, Any], name: str, fold: int, arrays_path: Path, folds_path: Path, models_dir: Path, out_dir: Path) -> dict[str, Any]:
+def build_ensemble(params: Mapping[str, Any], name: str, fold: int, arrays_path: Path, folds_path: Path, models_dir: Path,
+                   out_dir: Path) -> EnsembleCard:
     """Write predictions.npz, predictions.csv and model.json of ensemble ``name`` on test fold ``fold``
-    into ``out_dir``; return the model description (members and their weights per task)."""
+    into ``out_dir``; return its card (members and their weights per task)."""
     spec = params["ensembles"][name]
     members, threshold = list(spec["members"]), params["evaluate"]["threshold"]
     test, validation = _member_parts(members, models_dir, fold, "test"), _member_parts(members, models_dir, fold, "val")
@@ -79,24 +89,23 @@ def build_ensemble(params: Mapping[str, Any], name: str, fold: int, arrays_path:
     table = prediction_table(test_ids, group_ids_of(read_table(folds_path), test_ids), arrays["labels"][test_rows], classes, outputs, threshold)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_predictions(out_dir, table, outputs, validation=(validation[members[0]].image_ids, combine([p.outputs for p in validation.values()], weights)))
-    description = {"arch": "ensemble", "members": members, "weights_rule": spec["weights"],
-                   "weights": {TASK_OF_OUTPUT[k]: dict(zip(members, map(float, w))) for k, w in weights.items()},
-                   "tasks": sorted(TASK_OF_OUTPUT[k] for k in keys), "classes": classes, "image_size": int(arrays["images"].shape[-1])}
-    write_json(out_dir / "model.json", description)
-    return description
+    card = EnsembleCard(members=members, weights_rule=spec["weights"],
+                        weights={TASK_OF_OUTPUT[k]: dict(zip(members, map(float, w))) for k, w in weights.items()},
+                        tasks=sorted(TASK_OF_OUTPUT[k] for k in keys), classes=classes, image_size=int(arrays["images"].shape[-1]))
+    write_card(out_dir, card)
+    return card
 
 
-def build_ensembles(params: Mapping[str, Any], arrays_path: Path, folds_path: Path, models_dir: Path, out_root: Path,
-                    log: Callable[[str], None] = print) -> None:
-    """Every ensemble of params on every fold of ``train.folds``, evaluated, in ``out_root/<name>/fold<k>/``.
+def run(params: Mapping[str, Any], *, arrays: Path, folds: Path, models: Path, out: Path, log: Callable[[str], None] = print) -> None:
+    """Every ensemble of params on every fold of ``train.folds``, evaluated, in ``out/<name>/fold<k>/``.
 
-    ``out_root`` is replaced as a whole only when all of them succeeded.
+    ``out`` is replaced as a whole only when all of them succeeded.
     """
-    with atomic_dir(out_root) as staging:
+    with atomic_dir(out) as staging:
         for name in params["ensembles"]:
             for fold in params["train"]["folds"]:
                 out_dir = staging / name / f"fold{fold}"
-                description = build_ensemble(params, name, fold, arrays_path, folds_path, models_dir, out_dir)
-                metrics = evaluate_model(params, name, fold, arrays_path, out_dir / "predictions.npz", out_dir)
-                weights = "; ".join(f"{task}: " + ", ".join(f"{m} {w:.2f}" for m, w in ws.items()) for task, ws in description["weights"].items())
+                card = build_ensemble(params, name, fold, arrays, folds, models, out_dir)
+                metrics = evaluate_model(params, name, fold, arrays, out_dir / "predictions.npz", out_dir)
+                weights = "; ".join(f"{task}: " + ", ".join(f"{m} {w:.2f}" for m, w in ws.items()) for task, ws in card.weights.items())
                 log(f"[{name} fold{fold}] weights {weights} | {headline(metrics)}")

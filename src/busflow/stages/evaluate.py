@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,14 @@ def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_image.csv", per_image)
+    return metrics
+
+
+def run(params: Mapping[str, Any], *, model: str, fold: int, arrays: Path, predictions: Path, out: Path,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """metrics.json and per_image.csv of ``model``'s test predictions on fold ``fold``, written into ``out``."""
+    metrics = evaluate_model(params, model, fold, arrays, predictions, out)
+    log(f"[{model} fold{fold}] {headline(metrics)}")
     return metrics
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from busflow.data.folder import patients_known
-from busflow.data.bad_samples import BadSamples
-from busflow.data.preprocess import preprocess_raw, save_arrays
 from busflow.data.sources import fetch_dataset
-from busflow.stages.evaluate import evaluate_model, headline
-from busflow.io import atomic_dir, write_csv
+from busflow.errors import ModelFileError
+from busflow.io import atomic_dir
 from busflow.predictions import load_predictions, prediction_table, save_predictions
+from busflow.stages import preprocess
+from busflow.stages.evaluate import evaluate_model, headline
 from busflow.train.device import configure_threads, resolve_device
 from busflow.train.loop import ArrayData, predict
 from busflow.train.outputs import load_trained
@@ -30,11 +30,11 @@ from busflow.train.outputs import load_trained
 
 def predict_external(model_dir: Path, arrays: Mapping[str, np.ndarray], groups: list[str], device: Any, out_dir: Path) -> None:
     """predictions.npz/.csv of one fold model on every image of an external dataset."""
-    model, description = load_trained(model_dir)
+    model, card = load_trained(model_dir)
     classes = arrays["classes"].tolist()
-    if description["classes"] != classes or description["image_size"] != arrays["images"].shape[-1]:
-        raise ValueError(f"{model_dir / 'model.json'}: trained on classes {description['classes']} at "
-                         f"{description['image_size']} px, but the external data has {classes} at {arrays['images'].shape[-1]} px")
+    if card.classes != classes or card.image_size != arrays["images"].shape[-1]:
+        raise ModelFileError(f"{model_dir / 'model.json'}: trained on classes {card.classes} at {card.image_size} px, "
+                             f"but the external data has {classes} at {arrays['images'].shape[-1]} px")
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])
     rows = np.arange(len(arrays["image_ids"]))
     outputs = predict(model.to(device), data, rows, device)
@@ -44,27 +44,22 @@ def predict_external(model_dir: Path, arrays: Mapping[str, np.ndarray], groups: 
     save_predictions(out_dir, table, outputs, validation=(validation.image_ids, validation.outputs))
 
 
-def run_external(params: Mapping[str, Any], arrays_path: Path, models_dir: Path, out_root: Path,
-                 log: Callable[[str], None] = print) -> None:
-    """Every external dataset × model × fold, written into ``out_root`` (replaced only when all succeed)."""
+def run(params: Mapping[str, Any], *, arrays: Path, models: Path, out: Path, log: Callable[[str], None] = print) -> None:
+    """Every external dataset × model × fold, written into ``out`` (replaced only when all succeed)."""
     configure_threads()
     settings, device = params["external"], resolve_device(params["device"])
-    with atomic_dir(out_root) as staging:
+    with atomic_dir(out) as staging:
         for dataset in settings["datasets"]:
+            prefixed = lambda line, dataset=dataset: log(f"[{dataset}] {line}")  # noqa: E731
             fetch_dataset(params, staging / dataset / "raw", dataset=dataset)
-            bad = BadSamples(params["data"]["on_bad_sample"])
-            index, arrays, left_out = preprocess_raw(staging / dataset / "raw", params["preprocess"], bad)
-            external_arrays = staging / dataset / "data" / "arrays.npz"
-            save_arrays(external_arrays, arrays)
-            write_csv(staging / dataset / "data" / "index.csv", index)
-            write_csv(staging / dataset / "data" / "skipped.csv", bad.table())
-            log(f"[{dataset}] {bad.summary(staging / dataset / 'data' / 'skipped.csv')}")
-            groups = index["patient_id"].astype(str).tolist() if patients_known(index) else index["image_id"].astype(str).tolist()
-            log(f"[{dataset}] {len(index)} images preprocessed like the run ({left_out} of other classes left out)")
+            data_dir = staging / dataset / "data"
+            index, external_arrays = preprocess.run(params, raw=staging / dataset / "raw", index=data_dir / "index.csv",
+                                                    arrays=data_dir / "arrays.npz", skipped=data_dir / "skipped.csv", log=prefixed)
+            groups = index["patient_id" if patients_known(index) else "image_id"].astype(str).tolist()
             for model in settings["models"]:
                 for fold in params["train"]["folds"]:
                     out_dir = staging / dataset / model / f"fold{fold}"
-                    predict_external(models_dir / model / f"fold{fold}", arrays, groups, device, out_dir)
-                    metrics = evaluate_model(params, model, fold, external_arrays, out_dir / "predictions.npz", out_dir,
-                                             validation_arrays_path=arrays_path)
-                    log(f"[{dataset}] {model} fold{fold}: {headline(metrics)}")
+                    predict_external(models / model / f"fold{fold}", external_arrays, groups, device, out_dir)
+                    metrics = evaluate_model(params, model, fold, data_dir / "arrays.npz", out_dir / "predictions.npz", out_dir,
+                                             validation_arrays_path=arrays)
+                    prefixed(f"{model} fold{fold}: {headline(metrics)}")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch._dynamo.exc import TorchDynamoException
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,15 @@ def compile_model(model: nn.Module, device: torch.device, setup: Acceleration, i
 
     A copy first runs one forward and backward pass compiled: some networks hit compiler bugs (e.g. the
     backward of replication padding in MONAI's U-Net up-sampling), and then training runs uncompiled with a
-    message instead of failing. ``nn.Module.compile`` keeps the parameter names, so checkpoints and saved
-    weights are unchanged.
+    message instead of failing. Only the compiler's own errors are caught: running out of device memory or a
+    device-side assert is the job's problem, not the compiler's, and ends the job as it would uncompiled.
+    ``nn.Module.compile`` keeps the parameter names, so checkpoints and saved weights are unchanged.
     """
     if not setup.compile:
         return setup
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        log("torch.compile skipped: the network has no trainable parameters, so there is no training step to speed up")
+        return replace(setup, compile=False)
     probe = prepare_model(copy.deepcopy(model), device, setup).train()
     probe.compile()
     example = torch.rand(2, 1, image_size, image_size, device=device).contiguous(
@@ -75,12 +80,28 @@ def compile_model(model: nn.Module, device: torch.device, setup: Acceleration, i
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outputs = probe(example)
         sum(output.float().mean() for output in outputs.values()).backward()
-    except Exception as error:  # noqa: BLE001 - any compiler failure means: train eagerly
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log(f"torch.compile failed for this network ({type(error).__name__}: {reason[:200]}); training runs uncompiled")
+    except TorchDynamoException as error:
+        cause = getattr(error, "inner_exception", None) or error.__cause__ or error
+        if _is_device_failure(cause):
+            raise cause from None
+        log(f"torch.compile failed for this network ({_summary(error)}); training runs uncompiled")
         return replace(setup, compile=False)
     model.compile()
     return setup
+
+
+def _is_device_failure(error: BaseException) -> bool:
+    """Out of memory or a failed device (e.g. a device-side assert): not a compiler bug."""
+    return isinstance(error, (torch.OutOfMemoryError, torch.AcceleratorError, MemoryError))
+
+
+def _summary(error: BaseException) -> str:
+    """``Type: first line`` of an error, and of the error it wraps (the compiler wraps the real one)."""
+    inner = getattr(error, "inner_exception", None)
+    text = str(inner if inner is not None else error).strip()
+    reason = text.splitlines()[0][:200] if text else ""
+    kind = f"{type(error).__name__}: {type(inner).__name__}" if inner is not None else type(error).__name__
+    return f"{kind}: {reason}" if reason else kind
 
 
 class DeviceArrays:

@@ -7,23 +7,23 @@ filled by reflection, i.e. context extrapolation rather than black wedges.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
 from monai.transforms import Compose, RandAffined, RandFlipd
 
+from busflow.train.spec import AugmentSpec
 
-def build_augmentation(settings: Mapping[str, Any], size: int, seed: int) -> Compose | None:
+
+def build_augmentation(settings: AugmentSpec, size: int, seed: int) -> Compose | None:
     """Compose flips and a random affine (rotation, zoom, shift); None when everything is switched off."""
     transforms = []
-    if settings.get("flip", True):
+    if settings.flip:
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))
-    if settings.get("vertical_flip", False):  # P004; anatomically odd for ultrasound (skin line at the top)
+    if settings.vertical_flip:  # P004; anatomically odd for ultrasound (skin line at the top)
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=0))
-    rotate, zoom, shift = settings.get("rotate_deg", 0), settings.get("zoom", 0), settings.get("shift", 0)
-    if rotate or zoom or shift:
+    rotate, zoom, shift = settings.rotate_deg, settings.zoom, settings.shift
+    if settings.has_affine:
         transforms.append(
             RandAffined(
                 keys=["image", "mask"],
@@ -64,22 +64,15 @@ class BatchAugmentation:
     differ from MONAI's, the distribution is the same. Nothing here waits for the device.
     """
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.flip = bool(settings.get("flip", True))
-        self.vertical_flip = bool(settings.get("vertical_flip", False))
-        self.rotate = math.radians(settings.get("rotate_deg", 0))
-        self.zoom = float(settings.get("zoom", 0))
-        self.shift = float(settings.get("shift", 0))
+    def __init__(self, settings: AugmentSpec) -> None:
+        self.flip, self.vertical_flip, self.has_affine = settings.flip, settings.vertical_flip, settings.has_affine
+        self.rotate = math.radians(settings.rotate_deg)
+        self.zoom, self.shift = float(settings.zoom), float(settings.shift)
 
     @classmethod
-    def build(cls, settings: Mapping[str, Any]) -> BatchAugmentation | None:
+    def build(cls, settings: AugmentSpec) -> BatchAugmentation | None:
         """None when everything is switched off (as :func:`build_augmentation`)."""
-        augmentation = cls(settings)
-        return augmentation if augmentation.flip or augmentation.vertical_flip or augmentation.has_affine else None
-
-    @property
-    def has_affine(self) -> bool:
-        return bool(self.rotate or self.zoom or self.shift)
+        return cls(settings) if settings.active else None
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``images`` and ``masks`` (B, 1, H, W) float; returns both transformed by one draw per sample."""

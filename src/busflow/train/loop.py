@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,7 @@ from busflow.train.augment import BatchAugmentation, augment_batch, build_augmen
 from busflow.train.checkpoint import TrainingState, fingerprint, restore_checkpoint, save_checkpoint
 from busflow.train.device import autocast
 from busflow.train.losses import TaskLoss, inverse_frequency_weights, oversampled
+from busflow.train.spec import AugmentSpec, TrainSpec
 
 
 @dataclass
@@ -67,18 +67,18 @@ def _epoch_random_state(seed: int, epoch: int, batches: BatchSource) -> np.rando
     return np.random.default_rng(sequence)
 
 
-def _optimizer(model: nn.Module, spec: Mapping[str, Any], fused: bool = False) -> torch.optim.Optimizer:
-    kind, lr, decay = spec["optimizer"], spec["lr"], spec["weight_decay"]
+def _optimizer(model: nn.Module, spec: TrainSpec, fused: bool = False) -> torch.optim.Optimizer:
+    kind, lr, decay = spec.optimizer, spec.lr, spec.weight_decay
     implementation = {"fused": True} if fused else {}
     if kind == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay, nesterov=True, **implementation)
     optimizer_class = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    return optimizer_class(model.parameters(), lr=lr, weight_decay=decay, betas=tuple(spec["betas"]), **implementation)
+    return optimizer_class(model.parameters(), lr=lr, weight_decay=decay, betas=spec.betas, **implementation)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any]) -> torch.optim.lr_scheduler.LRScheduler | None:
-    step = spec["lr_step"]
-    return torch.optim.lr_scheduler.StepLR(optimizer, step["epochs"], step["gamma"]) if step["epochs"] else None
+def _scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler | None:
+    step = spec.lr_step
+    return torch.optim.lr_scheduler.StepLR(optimizer, step.epochs, step.gamma) if step.epochs else None
 
 
 def _to_device(device: torch.device, *arrays: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
@@ -138,7 +138,7 @@ BatchSource = HostBatches | DeviceBatches
 
 
 def batch_source(data: ArrayData, device: torch.device, setup: Acceleration = REFERENCE,
-                 augment: Mapping[str, Any] | None = None, seed: int = 0) -> BatchSource:
+                 augment: AugmentSpec | None = None, seed: int = 0) -> BatchSource:
     """Where ``fit`` and ``predict`` take their batches from; ``augment`` settings for training batches."""
     if setup.fast_path:
         arrays = DeviceArrays(data.images, data.masks, data.labels, device, channels_last=setup.channels_last)
@@ -209,45 +209,48 @@ def _validation_loss(model: nn.Module, criterion: TaskLoss, source: BatchSource,
     return _weighted_mean(_read_back(losses), sizes)
 
 
-def fit(
-    model: nn.Module,
-    tasks: frozenset[str],
-    data: ArrayData,
-    train_rows: np.ndarray,
-    val_rows: np.ndarray,
-    spec: Mapping[str, Any],
-    *,
-    n_classes: int,
-    device: torch.device,
-    seed: int,
-    log: Callable[[str], None] = print,
-    on_epoch: Callable[[Mapping[str, float]], None] = lambda row: None,
-    checkpoint: Path | None = None,
-    setup: Acceleration = REFERENCE,
-) -> pd.DataFrame:
+def _ignore_epoch(row: Mapping[str, float]) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class FitRun:
+    """Where and how one fit runs, as opposed to what it learns (the :class:`TrainSpec`)."""
+
+    device: torch.device
+    seed: int
+    setup: Acceleration = REFERENCE  # the reference path, or the accelerator's fast path
+    checkpoint: Path | None = None  # resume from / save to this file after every epoch
+    log: Callable[[str], None] = print
+    on_epoch: Callable[[Mapping[str, float]], None] = _ignore_epoch
+
+
+def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarray, val_rows: np.ndarray, *,
+        tasks: frozenset[str], n_classes: int, run: FitRun) -> pd.DataFrame:
     """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history.
 
-    ``on_epoch`` receives each history row as soon as its epoch ends (e.g. for dvclive; a resumed run
-    replays the restored epochs first). With ``checkpoint``, the state after every epoch is saved there and
-    a matching checkpoint found at the start is resumed (:mod:`busflow.train.checkpoint`). ``setup`` picks the
-    reference path or the accelerator's fast path (:mod:`busflow.train.accelerate`; a network to be compiled goes
-    through its ``compile_model`` first). A model without
-    trainable parameters (e.g. the classical segmenter) is evaluated once on ``val_rows``.
+    ``run.on_epoch`` receives each history row as soon as its epoch ends (e.g. for dvclive; a resumed run
+    replays the restored epochs first). With ``run.checkpoint``, the state after every epoch is saved there and
+    a matching checkpoint found at the start is resumed (:mod:`busflow.train.checkpoint`). ``run.setup`` picks
+    the reference path or the accelerator's fast path (:mod:`busflow.train.accelerate`; a network to be compiled
+    goes through its ``compile_model`` first). ``tasks`` selects the loss terms. A model without trainable
+    parameters (e.g. the classical segmenter) is evaluated once on ``val_rows``.
     """
+    device, seed, setup, checkpoint, log, on_epoch = run.device, run.seed, run.setup, run.checkpoint, run.log, run.on_epoch
     if not any(p.requires_grad for p in model.parameters()):
         model.to(device)
         history = _evaluate_untrainable(model, tasks, data, val_rows, device, log)
         on_epoch(history.iloc[0].to_dict())
         return history
-    class_weights = inverse_frequency_weights(data.labels[train_rows], n_classes) if spec["class_weights"] else None
-    criterion = TaskLoss(tasks, class_weights, spec["seg_loss_weight"], cls_loss=spec["cls_loss"],
-                         seg_loss=spec["seg_loss"], focal_gamma=spec["focal_gamma"]).to(device)
+    class_weights = inverse_frequency_weights(data.labels[train_rows], n_classes) if spec.class_weights else None
+    criterion = TaskLoss(tasks, class_weights, spec.seg_loss_weight, cls_loss=spec.cls_loss,
+                         seg_loss=spec.seg_loss, focal_gamma=spec.focal_gamma).to(device)
     prepare_model(model, device, setup)
     optimizer = _optimizer(model, spec, fused=setup.fused_optimizer)
     scheduler = _scheduler(optimizer, spec)
-    batches = batch_source(data, device, setup, augment=spec["augment"], seed=seed)
+    batches = batch_source(data, device, setup, augment=spec.augment, seed=seed)
     # The fast path draws its augmentation differently: its checkpoints never resume a reference-path job.
-    job_settings = {**spec, "fast_path": True} if setup.fast_path else spec
+    job_settings = {**spec.as_dict(), "fast_path": True} if setup.fast_path else spec.as_dict()
     key = fingerprint(job_settings, seed, (data.images, data.masks, data.labels, train_rows, val_rows)) if checkpoint else ""
     state = TrainingState(0, float("inf"), copy.deepcopy(model.state_dict()), 0, [])
     restored = restore_checkpoint(checkpoint, key, model, optimizer, scheduler) if checkpoint else None
@@ -256,19 +259,19 @@ def fit(
         log(f"resuming after epoch {state.epoch} from {checkpoint}")
         for row in state.history:
             on_epoch(row)
-    stopped_early = lambda: bool(spec["patience"]) and state.stale >= spec["patience"]  # noqa: E731
-    for epoch in range(state.epoch + 1, spec["epochs"] + 1):
+    stopped_early = lambda: bool(spec.patience) and state.stale >= spec.patience  # noqa: E731
+    for epoch in range(state.epoch + 1, spec.epochs + 1):
         if stopped_early():
             break
         started = time.perf_counter()
         rng = _epoch_random_state(seed, epoch, batches)
-        epoch_rows = oversampled(train_rows, data.labels, rng) if spec["oversample"] else rng.permutation(train_rows)
+        epoch_rows = oversampled(train_rows, data.labels, rng) if spec.oversample else rng.permutation(train_rows)
         try:
             train_loss = _train_epoch(model, criterion, optimizer, batches, epoch_rows, spec, device, epoch)
         except TrainingError as error:
             kept = f"the checkpoint after epoch {state.epoch} is kept at {checkpoint}" if checkpoint and state.epoch else "no epoch completed"
             raise type(error)(f"{error}; {kept}") from None
-        val_loss = _validation_loss(model, criterion, batches, val_rows, device, spec["batch_size"])
+        val_loss = _validation_loss(model, criterion, batches, val_rows, device, spec.batch_size)
         val_score = _validation_score(tasks, data, val_rows, predict(model, batches, val_rows, device))
         seconds = time.perf_counter() - started
         state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
@@ -284,7 +287,7 @@ def fit(
         state.epoch = epoch
         if checkpoint:
             save_checkpoint(checkpoint, key, state, model, optimizer, scheduler)
-        log(f"epoch {epoch:>3}/{spec['epochs']}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+        log(f"epoch {epoch:>3}/{spec.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
             f"val_score {val_score:.3f}  {seconds:5.1f}s{'  *' if improved else ''}")
         if stopped_early():
             log(f"early stop: no validation improvement for {state.stale} epochs")
@@ -308,7 +311,7 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     batches: BatchSource,
     rows: np.ndarray,
-    spec: Mapping[str, Any],
+    spec: TrainSpec,
     device: torch.device,
     epoch: int,
 ) -> float:
@@ -320,7 +323,7 @@ def _train_epoch(
     model.train()
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
-    for step, chunk in enumerate(_batches(batches.index(rows), spec["batch_size"], drop_single=True), start=1):
+    for step, chunk in enumerate(_batches(batches.index(rows), spec.batch_size, drop_single=True), start=1):
         inputs, mask_targets, targets = batches.batch(chunk, augment=True)
         optimizer.zero_grad(set_to_none=True)
         try:
@@ -333,7 +336,7 @@ def _train_epoch(
             side = inputs.shape[-1]
             raise BatchMemoryError(f"out of memory on {device} at epoch {epoch}, batch {step} ({len(chunk)} images of "
                                    f"{side}×{side} px): lower this model's batch_size (now "
-                                   f"{spec['batch_size']}) or preprocess.size, or train on a device with more memory") from None
+                                   f"{spec.batch_size}) or preprocess.size, or train on a device with more memory") from None
         optimizer.step()
         losses.append(loss.detach())
         sizes.append(len(chunk))

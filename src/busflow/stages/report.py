@@ -1,0 +1,22 @@
+"""The ``report`` stage: tables, figures, report.md and index.html of a run (no torch import)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from busflow import __version__
+from busflow.config import params_sha256
+from busflow.evaluate.metrics import EMPTY_MASK_CONVENTIONS
+
+
+def run(params: Mapping[str, Any], *, results: Path, out: Path, log: Callable[[str], None] = print) -> None:
+    """Report every model, the cascade and every ensemble of ``params`` found under ``results`` into ``out``."""
+    from busflow.report.build import build_report
+
+    models = [*params["train"]["models"], params["cascade"]["name"], *params["ensembles"]]
+    run_info = {"dataset": params["dataset"], "params_sha256": params_sha256(params), "busflow_version": __version__,
+                "empty_mask_convention": EMPTY_MASK_CONVENTIONS[params["evaluate"]["empty_mask"]], "params": params}
+    build_report(results_dir=results, out_dir=out, models=models, folds=params["train"]["folds"], run_info=run_info)
+    log(f"report written to {out / 'index.html'}")

@@ -1,0 +1,109 @@
+"""One training job: a network fitted on the training part of one fold, saved with its model card, and its
+predictions on the fold's test and validation parts written beside it.
+
+The ``train`` stage runs a job on the preprocessed images; the ``cascade`` stage runs the same job on lesion
+crops. Both write the files of the train contract (``layout.TRAIN_OUTPUTS``) and resume from the job's
+checkpoint after an interruption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from busflow.data.preprocess import load_arrays
+from busflow.io import read_table
+from busflow.model_card import CascadeLink, NetworkCard, TrainedOn
+from busflow.models import build_model, model_tasks
+from busflow.predictions import prediction_table, save_predictions
+from busflow.split.protocols import group_ids_of, role_indices
+from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, compile_model
+from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
+from busflow.train.device import configure_threads, device_name, is_deterministic, resolve_device, seed_everything
+from busflow.train.loop import ArrayData, FitRun, batch_source, fit, predict
+from busflow.train.outputs import epoch_logger, save_run
+from busflow.train.spec import TrainSpec
+
+
+def job_seed(seed: int, model: str, fold: int) -> int:
+    """A distinct, reproducible seed per (model, fold) job, independent of job order."""
+    return (seed * 1_000_003 + sum(map(ord, model)) * 101 + fold) % 2**31
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """What one job learns from and predicts: one row per image of the run, and the rows of each role."""
+
+    data: ArrayData  # the network's inputs (images or lesion crops), masks and labels
+    image_ids: np.ndarray
+    roles: Mapping[str, np.ndarray]  # train / val / test row numbers
+    folds: pd.DataFrame  # the split table (group of every image)
+    classes: list[str]
+
+    @classmethod
+    def load(cls, arrays_path: Path, folds_path: Path, fold: int, stage: str = "fold") -> FoldData:
+        """The preprocessed arrays and the roles of test fold ``fold`` (``stage="cascade"``: the ROI classifier's column)."""
+        arrays = load_arrays(arrays_path)
+        folds = read_table(folds_path)
+        return cls(ArrayData(arrays["images"], arrays["masks"], arrays["labels"]), arrays["image_ids"],
+                   role_indices(folds, arrays["image_ids"], fold, stage=stage), folds, arrays["classes"].tolist())
+
+    def describe(self) -> str:
+        return " / ".join(f"{len(self.roles[role])} {role}" for role in ("train", "val", "test")) + " images"
+
+
+def network_card(arch: str, options: Mapping[str, Any], *, classes: list[str], image_size: int, device: torch.device,
+                 preprocess: Mapping[str, Any], setup: Acceleration = REFERENCE, cascade: CascadeLink | None = None) -> NetworkCard:
+    """Everything needed to rebuild the network and its input pipeline without params.yaml, and where it was trained."""
+    return NetworkCard(
+        arch=arch, options=dict(options), in_channels=1, n_classes=len(classes), classes=list(classes),
+        tasks=sorted(model_tasks(arch)), image_size=image_size,
+        preprocess={key: preprocess[key] for key in ("size", "enhance", "enhance_options", "classes")},
+        trained_on=TrainedOn(device=str(device), device_name=device_name(device), torch=torch.__version__,
+                             threads=torch.get_num_threads(), deterministic=is_deterministic(device),
+                             fast_path=setup.fast_path, compiled=setup.compile),
+        cascade=cascade)
+
+
+def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: TrainSpec, inputs: FoldData, out_dir: Path, *,
+                     tasks: frozenset[str] | None = None, cascade: CascadeLink | None = None, detail: str = "",
+                     test_extras: Mapping[str, np.ndarray] | None = None) -> None:
+    """Seed, build, (compile), fit with checkpoints, save weights + card + history, predict test and validation.
+
+    ``name`` seeds the job and prefixes its log lines; ``tasks`` restricts the losses (default: the network's
+    outputs); ``test_extras`` are test-part arrays stored with the predictions (e.g. the cascade's crops).
+    """
+    configure_threads()
+    seed = job_seed(params["seed"], name, fold)
+    seed_everything(seed)
+    device = resolve_device(params["device"])
+    model = build_model(spec.arch, in_channels=1, n_classes=len(inputs.classes), options=spec.options)
+    prefix = f"[{name} fold{fold}]"
+    log = lambda line: print(f"{prefix} {line}", flush=True)  # noqa: E731
+    log(f"{spec.arch}{detail} on {device}: {inputs.describe()}")
+    image_size = inputs.data.images.shape[-1]
+    setup = compile_model(model, device, acceleration(params["accelerator"], device), image_size, log)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint_path(out_dir)
+    roles = inputs.roles
+    with epoch_logger(out_dir) as on_epoch:
+        run = FitRun(device=device, seed=seed, setup=setup, checkpoint=checkpoint, log=log, on_epoch=on_epoch)
+        history = fit(model, spec, inputs.data, roles["train"], roles["val"], tasks=tasks or model_tasks(spec.arch),
+                      n_classes=len(inputs.classes), run=run)
+    card = network_card(spec.arch, spec.options, classes=inputs.classes, image_size=image_size, device=device, preprocess=params["preprocess"],
+                        setup=setup, cascade=cascade)
+    save_run(out_dir, model, card, history)
+    source = batch_source(inputs.data, device, setup)
+    test, val = roles["test"], roles["val"]
+    outputs = predict(model, source, test, device)
+    test_ids = inputs.image_ids[test]
+    table = prediction_table(test_ids, group_ids_of(inputs.folds, test_ids), inputs.data.labels[test], inputs.classes, outputs)
+    save_predictions(out_dir, table, outputs, extra=test_extras,
+                     validation=(inputs.image_ids[val], predict(model, source, val, device)))
+    discard_checkpoint(checkpoint)
