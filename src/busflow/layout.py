@@ -41,6 +41,7 @@ def results_root(run: str) -> str:
     return f"results/{run}"
 
 
+DATA_FILES: dict[str, str] = {"index": "data/index.csv", "arrays": "data/arrays.npz", "skipped": "data/skipped.csv"}
 LEAKY_SPLIT = "random_image"  # the image-level split of the leakage study
 SPLIT_FILES: dict[str, str] = {
     "groups": "split/groups.csv",
@@ -67,6 +68,16 @@ def ablation_cell(lr: float | str, variant: str) -> str:
 def ablation_dir(run: str, model: str, lr: float | str, variant: str, fold: int | str) -> str:
     """Outputs of one ablation cell on one test fold, beside the model's own folds."""
     return f"{results_root(run)}/models/{model}/ablation/{ablation_cell(lr, variant)}/fold{fold}"
+
+
+def run_dir_of(path: str | Path, contract_file: str) -> str:
+    """``results/<run>`` from the path of one of its contract files, e.g. ``run_dir_of(".../split/folds.csv",
+    SPLIT_FILES["folds"])``. Rules derive folders from their inputs rather than from the run name, so a storage
+    prefix Snakemake puts before the inputs carries over (``snakemake --lint`` asks for this)."""
+    text = Path(path).as_posix()
+    if not text.endswith(f"/{contract_file}"):
+        raise ValueError(f"{path}: not a run's {contract_file}")
+    return text[: -len(contract_file) - 1]
 
 
 def models_of_model_fold(fold_dir: Path) -> Path:

@@ -6,7 +6,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from busflow.config import validate_params
-from busflow.layout import EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, ablation_dir, fold_dir, results_root
+from busflow.layout import DATA_FILES, EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, ablation_dir, fold_dir, results_root, run_dir_of
 
 
 def _params_file():

@@ -13,8 +13,7 @@ rule ensembles:
         # Declared so that editing an ensemble or the evaluation settings reruns this job.
         ensembles=ENSEMBLES,
         evaluate=config["evaluate"],
-        # results/<run>/models, from the split/folds.csv input.
-        models=lambda wildcards, input: str(Path(input.folds).parent.parent / "models"),
+        models=lambda wildcards, input: f"{run_dir_of(input.folds, SPLIT_FILES['folds'])}/models",
     conda:
         "../envs/busflow.yaml"
     log:

@@ -15,8 +15,7 @@ rule external:
         preprocess=config["preprocess"],
         evaluate=config["evaluate"],
         device=config["device"],
-        # results/<run>/models, from the data/arrays.npz input.
-        models=lambda wildcards, input: str(Path(input.arrays).parent.parent / "models"),
+        models=lambda wildcards, input: f"{run_dir_of(input.arrays, DATA_FILES['arrays'])}/models",
     threads: 1
     resources:
         gpu=GPU_JOB,

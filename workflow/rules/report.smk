@@ -15,8 +15,7 @@ rule report:
         bootstrap=config["evaluate"]["bootstrap"],
         reference=config["evaluate"]["reference_model"],
         seed=config["seed"],
-        # results/<dataset>/ from its data/index.csv input; the report folder from index.html.
-        results=lambda wildcards, input: str(Path(input[0]).parent.parent),
+        results=lambda wildcards, input: run_dir_of(input[0], DATA_FILES["index"]),  # input[0] is data/index.csv
         out=lambda wildcards, output: str(Path(output[0]).parent),
     conda:
         "../envs/busflow.yaml"
