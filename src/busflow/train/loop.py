@@ -249,16 +249,8 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
     optimizer = _optimizer(model, spec, fused=setup.fused_optimizer)
     scheduler = _scheduler(optimizer, spec)
     batches = batch_source(data, device, setup, augment=spec.augment, seed=seed)
-    # The fast path draws its augmentation differently: its checkpoints never resume a reference-path job.
-    job_settings = {**spec.as_dict(), "fast_path": True} if setup.fast_path else spec.as_dict()
-    key = fingerprint(job_settings, seed, (data.images, data.masks, data.labels, train_rows, val_rows)) if checkpoint else ""
-    state = TrainingState(0, float("inf"), copy.deepcopy(model.state_dict()), 0, [])
-    restored = restore_checkpoint(checkpoint, key, model, optimizer, scheduler) if checkpoint else None
-    if restored:
-        state = restored
-        log(f"resuming after epoch {state.epoch} from {checkpoint}")
-        for row in state.history:
-            on_epoch(row)
+    key = _checkpoint_key(spec, run, (data.images, data.masks, data.labels, train_rows, val_rows)) if checkpoint else ""
+    state = _start_state(model, optimizer, scheduler, key, run)
     stopped_early = lambda: bool(spec.patience) and state.stale >= spec.patience  # noqa: E731
     for epoch in range(state.epoch + 1, spec.epochs + 1):
         if stopped_early():
@@ -279,11 +271,7 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
         on_epoch(state.history[-1])
         if scheduler is not None:
             scheduler.step()
-        improved = val_loss < state.best_loss
-        if improved:
-            state.best_loss, state.best_state, state.stale = val_loss, copy.deepcopy(model.state_dict()), 0
-        else:
-            state.stale += 1
+        improved = _keep_if_best(state, model, val_loss)
         state.epoch = epoch
         if checkpoint:
             save_checkpoint(checkpoint, key, state, model, optimizer, scheduler)
@@ -293,6 +281,34 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
             log(f"early stop: no validation improvement for {state.stale} epochs")
     model.load_state_dict(state.best_state)
     return pd.DataFrame(state.history)
+
+
+def _checkpoint_key(spec: TrainSpec, run: FitRun, arrays: tuple[np.ndarray, ...]) -> str:
+    # The fast path draws its augmentation differently: its checkpoints never resume a reference-path job.
+    settings = {**spec.as_dict(), "fast_path": True} if run.setup.fast_path else spec.as_dict()
+    return fingerprint(settings, run.seed, arrays)
+
+
+def _start_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+                 key: str, run: FitRun) -> TrainingState:
+    """A fresh state, or that of the job's matching checkpoint (its epochs replayed to ``run.on_epoch``)."""
+    fresh = TrainingState(0, float("inf"), copy.deepcopy(model.state_dict()), 0, [])
+    restored = restore_checkpoint(run.checkpoint, key, model, optimizer, scheduler) if run.checkpoint else None
+    if not restored:
+        return fresh
+    run.log(f"resuming after epoch {restored.epoch} from {run.checkpoint}")
+    for row in restored.history:
+        run.on_epoch(row)
+    return restored
+
+
+def _keep_if_best(state: TrainingState, model: nn.Module, val_loss: float) -> bool:
+    """Keep the weights when the validation loss improved (early stopping counts the epochs since); say whether it did."""
+    if val_loss < state.best_loss:
+        state.best_loss, state.best_state, state.stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        return True
+    state.stale += 1
+    return False
 
 
 def _evaluate_untrainable(model: nn.Module, tasks: frozenset[str], data: ArrayData, val_rows: np.ndarray,
