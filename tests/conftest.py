@@ -53,10 +53,11 @@ def copy_project(project: Path, destination: Path) -> Path:
     return destination
 
 
-def _fingerprint(project: Path) -> dict[str, tuple[int, int]]:
-    """Size and mtime of every file a test could change by mistake (results and params, not Snakemake's logs)."""
-    files = [project / "params.yaml", *(p for p in (project / "results").rglob("*") if p.is_file())]
-    return {str(p.relative_to(project)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+def _fingerprint(project: Path) -> dict[str, object]:
+    """The params and the size and mtime of every result: what a test could change by mistake."""
+    results = (p for p in (project / "results").rglob("*") if p.is_file())
+    return {"params.yaml": (project / "params.yaml").read_text(),
+            **{str(p.relative_to(project)): (p.stat().st_size, p.stat().st_mtime_ns) for p in results}}
 
 
 @pytest.fixture(scope="session")

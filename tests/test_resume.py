@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -129,7 +131,7 @@ def test_checkpoints_live_outside_the_declared_outputs(tmp_path: Path) -> None:
 
 TARGET = "results/synthetic/models/unet/fold0/metrics.json"
 CHECKPOINT = "results/synthetic/checkpoints/unet/fold0/checkpoint.pt"
-LONG_EPOCHS = 40  # long enough to be killed mid-way (a 32 px epoch takes a fraction of a second)
+LONG_EPOCHS = 16  # long enough to be killed mid-way (after epoch 3; a 32 px epoch takes a fraction of a second)
 
 
 def _project(root: Path) -> Path:
@@ -175,6 +177,30 @@ def _kill_mid_training(command: list[str], project: Path) -> int:
     raise AssertionError(f"`{' '.join(command)}` ended (rc {process.returncode}) before a checkpoint of epoch 3 was written")
 
 
+@contextlib.contextmanager
+def _in_background(command: list[str], project: Path) -> Iterator[Callable[[], None]]:
+    """Start ``command`` (one torch thread, like the runs it is compared with); yield a function that waits for
+    it and checks it succeeded. A run still going when the block ends is killed."""
+    import os
+    import signal
+    import subprocess
+
+    log = project.parent / f"{project.name}.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=project, env=_single_thread_env(), start_new_session=True, stdout=output,
+                                   stderr=subprocess.STDOUT)
+
+    def finished() -> None:
+        assert process.wait(timeout=900) == 0, f"{command} failed:\n{log.read_text()[-3000:]}"
+
+    try:
+        yield finished
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def _run(command: list[str], project: Path) -> str:
     import subprocess
 
@@ -200,18 +226,19 @@ def _assert_same_model(project: Path, reference: Path) -> None:
 @pytest.mark.slow
 def test_kill_9_then_rerun_resumes_to_identical_outputs_under_snakemake_and_dvc(tmp_path: Path) -> None:
     reference = _project(tmp_path / "reference")
-    _run(["snakemake", "--cores", "1", TARGET], reference)
-
-    # Snakemake: the killed job's outputs are incomplete; the rerun (rerun-incomplete in the default profile)
-    # deletes them and the training job resumes from the checkpoint that survived outside them.
-    crashed = _project(tmp_path / "snakemake")
-    killed_after = _kill_mid_training(["snakemake", "--cores", "1", TARGET], crashed)
-    assert not (crashed / "results/synthetic/models/unet/fold0/metrics.json").exists()
-    _run(["snakemake", "--unlock"], crashed)  # a killed Snakemake leaves its lock: the documented recovery
-    _run(["snakemake", "--cores", "1", TARGET], crashed)
-    log = (crashed / "results/synthetic/logs/train/unet_fold0.log").read_text()
-    assert "resuming after epoch" in log and f"epoch {LONG_EPOCHS:>3}/{LONG_EPOCHS}" in log
-    assert int(log.split("resuming after epoch ")[1].split()[0]) >= killed_after
+    # The uninterrupted run goes on alongside the Snakemake crash and rerun (every job has one torch thread).
+    with _in_background(["snakemake", "--cores", "1", TARGET], reference) as reference_finished:
+        # Snakemake: the killed job's outputs are incomplete; the rerun (rerun-incomplete in the default profile)
+        # deletes them and the training job resumes from the checkpoint that survived outside them.
+        crashed = _project(tmp_path / "snakemake")
+        killed_after = _kill_mid_training(["snakemake", "--cores", "1", TARGET], crashed)
+        assert not (crashed / "results/synthetic/models/unet/fold0/metrics.json").exists()
+        _run(["snakemake", "--unlock"], crashed)  # a killed Snakemake leaves its lock: the documented recovery
+        _run(["snakemake", "--cores", "1", TARGET], crashed)
+        log = (crashed / "results/synthetic/logs/train/unet_fold0.log").read_text()
+        assert "resuming after epoch" in log and f"epoch {LONG_EPOCHS:>3}/{LONG_EPOCHS}" in log
+        assert int(log.split("resuming after epoch ")[1].split()[0]) >= killed_after
+        reference_finished()
     _assert_same_model(crashed, reference)
     assert "Nothing to be done" in _run(["snakemake", "--cores", "1", "--dry-run", TARGET], crashed)
 
