@@ -13,16 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"
-WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "config", ".dvcignore")
+WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "config", ".dvcignore", "src")  # src: code the DVC stages depend on
 
 
 def workflow_copy(destination: Path, params: Path) -> Path:
-    """Copy the Snakefile, workflow/, dvc.yaml and config/ next to ``params`` (as params.yaml) in ``destination``."""
+    """Copy the Snakefile, workflow/, dvc.yaml, config/ and src/ next to ``params`` (as params.yaml) in ``destination``."""
     destination.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, destination / name)
+            shutil.copytree(source, destination / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(source, destination / name)
     shutil.copy2(params, destination / "params.yaml")

@@ -299,6 +299,14 @@ def test_a_compiled_network_trains_and_saves_plain_weights(phantom_split, tmp_pa
         torch.testing.assert_close(plain(images)["logits"], model(images)["logits"], rtol=1e-4, atol=1e-5)
 
 
+def _compiler_raising(error: Exception):
+    def compile_that_fails_when_run(function, *args, **kwargs):
+        def compiled(*call_args, **call_kwargs):
+            raise BackendCompilerFailed("inductor", error, None)
+        return compiled
+    return compile_that_fails_when_run
+
+
 @pytest.mark.skipif(not _has_c_compiler(), reason="torch.compile on the CPU needs a C compiler (none found)")
 def test_a_network_that_does_not_compile_trains_uncompiled_with_a_message(phantom_split, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "compile", _compiler_raising(RuntimeError("unsupported operator")))  # as a compiler bug surfaces
@@ -313,14 +321,6 @@ def test_a_network_that_does_not_compile_trains_uncompiled_with_a_message(phanto
     history = fit(model, TrainSpec.of(spec), data, train_rows, val_rows, tasks=frozenset({"seg"}), n_classes=3,
         run=FitRun(device=CPU, seed=3, setup=setup, log=lambda line: None))  # the model itself was never compiled
     assert np.isfinite(history["train_loss"]).all()
-
-
-def _compiler_raising(error: Exception):
-    def compile_that_fails_when_run(function, *args, **kwargs):
-        def compiled(*call_args, **call_kwargs):
-            raise BackendCompilerFailed("inductor", error, None)
-        return compiled
-    return compile_that_fails_when_run
 
 
 def test_running_out_of_memory_while_compiling_is_not_called_a_compiler_failure(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -385,17 +385,14 @@ def _scheduled_rules(project: Path) -> set[str]:
     return set(re.findall(r"^(?:local)?rule (\w+):", text, re.MULTILINE))
 
 
-def test_fast_path_settings_rerun_training_and_gpu_sharing_reruns_nothing(tiny_project: Path) -> None:
-    params_file = tiny_project / "params.yaml"
+def test_fast_path_settings_rerun_training_and_gpu_sharing_reruns_nothing(tiny_project_copy: Path) -> None:
+    params_file = tiny_project_copy / "params.yaml"
     original = params_file.read_text()
-    try:
-        assert _scheduled_rules(tiny_project) == set()
-        params_file.write_text(original.replace("jobs_per_gpu: 1", "jobs_per_gpu: 4"))
-        assert _scheduled_rules(tiny_project) == set()
-        params_file.write_text(original.replace("fast_path: auto", "fast_path: true"))
-        assert {"train", "train_leaky", "cascade"} <= _scheduled_rules(tiny_project)
-    finally:
-        params_file.write_text(original)
+    assert _scheduled_rules(tiny_project_copy) == set()
+    params_file.write_text(original.replace("jobs_per_gpu: 1", "jobs_per_gpu: 4"))
+    assert _scheduled_rules(tiny_project_copy) == set()
+    params_file.write_text(original.replace("fast_path: auto", "fast_path: true"))
+    assert {"train", "train_leaky", "cascade"} <= _scheduled_rules(tiny_project_copy)
 
 
 def test_the_train_stage_on_the_fast_path_records_it(tiny_project: Path, tmp_path: Path) -> None:

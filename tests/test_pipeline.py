@@ -215,6 +215,13 @@ def test_a_second_checkout_pulls_the_trained_models_from_the_team_remote(tiny_pr
     assert "up to date" in run_tool(["dvc", "status"], second).stdout
     assert "Running stage" not in run_tool(["dvc", "repro"], second).stdout  # nothing is retrained
 
+    # The code a stage runs is among its dependencies: editing the training loop makes exactly the stages that
+    # train or run trained networks stale, and nothing upstream or downstream of them by itself.
+    loop = second / "src" / "busflow" / "train" / "loop.py"
+    loop.write_text(loop.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    stale = json.loads(run_tool(["dvc", "status", "--json"], second).stdout)
+    assert {name.split("@")[0] for name in stale} == {"train", "train_leaky", "train_ablation", "cascade", "external"}, stale
+
 
 def _track_with_dvc(project: Path) -> None:
     """git + DVC in the finished project: DVC records the outputs Snakemake made, and finds them up to date."""
