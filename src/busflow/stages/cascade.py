@@ -38,7 +38,7 @@ def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, segm
                        empty_roi_fraction=settings["empty_roi_fraction"], threshold=params["evaluate"]["threshold"])
     inputs = FoldData.load(arrays, folds, fold, stage="cascade")
     test = inputs.roles["test"]
-    masks = inputs.data.masks.astype(bool).copy()
+    masks = inputs.data.masks.astype(bool)  # a new array: the test part is replaced below
     masks[test] = predicted_masks(segmenter, inputs.image_ids[test], link.threshold)
     crops, boxes = extract_rois(inputs.data.images, masks, margin=link.margin, empty_fraction=link.empty_roi_fraction,
                                 size=settings["crop_size"])
