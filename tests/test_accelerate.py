@@ -403,7 +403,8 @@ def test_the_train_stage_on_the_fast_path_records_it(tiny_project: Path, tmp_pat
     data = tiny_project / "results" / params["run"]
     run_tool(["busflow", "train", "--params", str(tmp_path / "params.yaml"), "--model", "unet", "--fold", "0",
               "--arrays", str(data / "data" / "arrays.npz"), "--folds", str(data / "split" / "folds.csv"),
-              "--out", str(tmp_path / "unet"), "--log", str(tmp_path / "train.log")], tiny_project)
+              "--init", str(data / "models" / "unet" / "init"), "--out", str(tmp_path / "unet"), "--log", str(tmp_path / "train.log")],
+             tiny_project)
     trained_on = json.loads((tmp_path / "unet" / "model.json").read_text())["trained_on"]
     assert trained_on["fast_path"] is True and trained_on["compiled"] is False and trained_on["device"] == "cpu"
     predictions = pd.read_csv(tmp_path / "unet" / "predictions.csv")

@@ -141,7 +141,7 @@ def test_retraining_on_cpu_reproduces_the_metrics_bit_for_bit(project: Path, tmp
     again = tmp_path / "unet_fold0"
     common = ["--params", "params.yaml", "--model", "unet", "--fold", "0", "--arrays", str(results / "data/arrays.npz")]
     one_thread = dict(tool_env(), OMP_NUM_THREADS="1")  # as Snakemake runs it (threads: 1): the same reduction order
-    for command in (["busflow", "train", *common, "--folds", str(results / "split/folds.csv"), "--out", str(again)],
+    for command in (["busflow", "train", *common, "--folds", str(results / "split/folds.csv"), "--init", str(results / "models/unet/init"), "--out", str(again)],
                     ["busflow", "evaluate", *common, "--predictions", str(again / "predictions.npz"), "--out", str(again)]):
         subprocess.run(command, cwd=project, env=one_thread, check=True, capture_output=True)
     for name in ("predictions.npz", "predictions.csv", "metrics.json", "per_image.csv"):
@@ -173,16 +173,32 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(tiny_project_copy
     assert _planned_jobs(project) == []
 
     # DVC on the same outputs: record them (metrics files go to git, as DVC expects; `dvc commit` rewrites the
-    # outputs, so after the Snakemake checks), then change another model and reproduce for real.
+    # outputs, so after the Snakemake checks), then start another model from a pretrained file and reproduce for real.
     _track_with_dvc(project)
-    _scale_lr(project, "resnet50", 2)
-    assert _planned_jobs(project) == sorted(["all:1", "evaluate:2", "external:1", "report:1", "train:2"])
+    weights = _pretrained_file(project.parent / "resnet50_imagenet_layout.pth", seed=0)
+    _start_from(project, "resnet50", weights)
+    assert _planned_jobs(project) == sorted(["all:1", "evaluate:2", "external:1", "init_weights:1", "report:1", "train:2"])
     reproduced = run_tool(["dvc", "repro"], project).stdout
     ran = sorted(re.findall(r"Running stage '([^']+)'", reproduced))
     # DVC's ensembles stage depends on the whole models folder (members cannot be listed), so it reruns too.
-    assert ran == sorted(["train@resnet50-0", "train@resnet50-1", "evaluate@resnet50-0", "evaluate@resnet50-1", "ensembles",
-                          "external", "report"])
+    assert ran == sorted(["init_weights@resnet50", "train@resnet50-0", "train@resnet50-1", "evaluate@resnet50-0",
+                          "evaluate@resnet50-1", "ensembles", "external", "report"])
     assert "up to date" in run_tool(["dvc", "status"], project).stdout
+    card = json.loads((project / "results/synthetic/models/resnet50/fold0/model.json").read_text())
+    assert card["init"]["matched_fraction"] == 1.0 and card["input_normalization"] == {"mean": 0.449, "std": 0.226}
+
+    # Replacing the weight file reruns exactly the models that start from it: DVC sees it through the init
+    # folder's link, Snakemake through the init rule's input (by modification time: DVC, not Snakemake, ran the
+    # jobs above, so Snakemake's record of their params is older).
+    _pretrained_file(weights, seed=1)
+    changed = [line.rstrip(":") for line in run_tool(["dvc", "status"], project).stdout.splitlines() if line.endswith(":") and not line.startswith("\t")]
+    # Of the training stages only resnet50's; the stages that read the whole models folder follow, as above.
+    assert sorted(changed) == sorted(["init_weights@resnet50", "train@resnet50-0", "train@resnet50-1", "ensembles", "external",
+                                      "report"]), changed
+    planned = run_tool(["snakemake", "--dry-run", "--cores", "2", "--rerun-triggers", "mtime"], project).stdout
+    assert re.search(r"^init_weights\s+1$", planned, re.MULTILINE) and re.search(r"^train\s+2$", planned, re.MULTILINE)
+    assert "model=resnet50" in planned and "model=unet" not in planned and "model=mtl_resnet50" not in planned
+    _pretrained_file(weights, seed=0)  # back to the recorded file
 
     # `dvc metrics diff` against the commit shows the retrained model's metrics, and only those.
     diff = json.loads(run_tool(["dvc", "metrics", "diff", "--json"], project).stdout)
@@ -221,6 +237,24 @@ def test_a_second_checkout_pulls_the_trained_models_from_the_team_remote(tiny_pr
     loop.write_text(loop.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
     stale = json.loads(run_tool(["dvc", "status", "--json"], second).stdout)
     assert {name.split("@")[0] for name in stale} == {"train", "train_leaky", "train_ablation", "cascade", "external"}, stale
+
+
+def _pretrained_file(path: Path, seed: int) -> Path:
+    """A resnet50 encoder (widen 0.125, as in the tiny params) in torchvision's layout, with RGB stem."""
+    from busflow.models import build_model
+    from busflow.models.pretrained import encoder_layout
+
+    torch.manual_seed(seed)
+    state = build_model("resnet50", in_channels=3, n_classes=1000, options={"widen_factor": 0.125}).state_dict()
+    names = encoder_layout("resnet50").canonical_names(state)
+    torch.save({name: state[key] for key, name in names.items()}, path)
+    return path
+
+
+def _start_from(project: Path, model: str, weights: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"][model]["init"] = {"weights": str(weights), "format": "torchvision"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def _track_with_dvc(project: Path) -> None:

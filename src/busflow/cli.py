@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_stage_commands(commands)
     _add_serving_commands(commands)
+    _add_weights_commands(commands)
     return parser
 
 
@@ -116,12 +117,15 @@ def _add_stage_commands(commands: Commands) -> None:
             "grouped, stratified split of the configured protocol (and its leaky image-level twin)")
     command("audit", Stage("audit", ("index", "arrays", "folds", "leaky", "out", "counts"), reads_params=False),
             "fail if any group, patient or identical image crosses a split boundary; count roles")
-    sub = command("train", Stage("train", ("arrays", "folds", "out"), ("model", "fold", "lr", "variant")),
+    sub = command("init-weights", Stage("init_weights", ("out",), ("model",), check_registry=False),
+                  "record where one model's encoder starts (scratch, or a verified weight file, fetched if a catalogue name)")
+    sub.add_argument("--model", required=True, help="a model of models:, or the cascade's name")
+    sub = command("train", Stage("train", ("arrays", "folds", "init", "out"), ("model", "fold", "lr", "variant")),
                   "train one model on one fold; predict its test part")
     model_and_fold(sub)
     sub.add_argument("--lr", type=float, help="ablation cell: this learning rate (with --variant)")
     sub.add_argument("--variant", help="ablation cell: this option set of ablation.options (with --lr)")
-    sub = command("cascade", Stage("cascade", ("arrays", "folds", "segmenter", "out"), ("fold",)),
+    sub = command("cascade", Stage("cascade", ("arrays", "folds", "segmenter", "init", "out"), ("fold",)),
                   "crop predicted lesions and train/test the cascade classifier on one fold")
     model_and_fold(sub, model=False)
     command("ensemble", Stage("ensemble", ("arrays", "folds", "models", "out"), check_registry=False),
@@ -165,6 +169,37 @@ def _add_serving_commands(commands: Commands) -> None:
     sub.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted")
     sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
     sub.set_defaults(handler=cmd_demo)
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> None:
+    from busflow.stages import weights
+
+    print(weights.fetch(args.name, None if args.dest is None else Path(args.dest), sha256=args.sha256))
+
+
+def cmd_weights_list(args: argparse.Namespace) -> None:
+    from busflow.stages import weights
+
+    print("\n".join(weights.listing(None if args.dest is None else Path(args.dest))))
+
+
+def _add_weights_commands(commands: Commands) -> None:
+    """weights fetch and weights list: the pretrained ImageNet checkpoints, outside the DAG."""
+    group = commands.add_parser("weights", help="fetch or list the pretrained ImageNet checkpoints (sha256-verified)",
+                                description="Pretrained ImageNet checkpoints of torchvision and timm, cached in --dest, "
+                                            "else $BUSFLOW_WEIGHTS_DIR, else $TORCH_HOME/hub/checkpoints, else "
+                                            "~/.cache/busflow/weights. $BUSFLOW_WEIGHTS_URL_BASE fetches <base>/<file> "
+                                            "from a mirror instead of the official URL.")
+    actions = group.add_subparsers(dest="action", required=True)
+    sub = actions.add_parser("fetch", help="download (or reuse) one checkpoint, verify it, print its path")
+    sub.add_argument("name", help="a catalogue name, e.g. torchvision_resnet50 (see `busflow weights list`)")
+    sub.add_argument("--sha256", metavar="HEX", help="the file's sha256; required for a checkpoint without a pin")
+    sub.set_defaults(handler=cmd_weights_fetch)
+    sub = actions.add_parser("list", help="one line per checkpoint: family, library, sha256 pin, file, presence")
+    sub.set_defaults(handler=cmd_weights_list)
+    for sub in actions.choices.values():
+        sub.add_argument("--dest", metavar="DIR", help="the cache folder")
+        sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -151,6 +151,30 @@ def _split_problems(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _init_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
+    """A pretrained start needs an architecture with an encoder layout and a checkpoint of its family."""
+    from busflow.models.registry import available_architectures, get_entry
+    from busflow.weights import CHECKPOINTS
+
+    init, encoder = spec["init"], get_entry(spec["arch"]).encoder
+    tunes = spec["freeze_encoder_epochs"] > 0 or spec["encoder_lr_factor"] != 1.0
+    if tunes and init == "scratch":
+        return [f"{key}: freeze_encoder_epochs and encoder_lr_factor fine-tune a pretrained encoder, but init is scratch"]
+    if init == "scratch":
+        return []
+    if encoder is None:
+        pretrainable = [a for a in available_architectures() if get_entry(a).encoder is not None]
+        return [f"{key}.init: {spec['arch']} has no pretrained encoder (architectures with one: {', '.join(pretrainable)})"]
+    name = init["weights"]
+    if "format" in init:
+        return []
+    if name not in CHECKPOINTS:
+        return [f"{key}.init.weights: {name!r} is not a checkpoint of `busflow weights list` (give a file of your own with its format)"]
+    if CHECKPOINTS[name].family != encoder.family:
+        return [f"{key}.init.weights: {name} is a {CHECKPOINTS[name].family} checkpoint, {spec['arch']} has a {encoder.family} encoder"]
+    return []
+
+
 def check_architectures(params: Mapping[str, Any], source: str = "params") -> None:
     """Every configured network must be registered and provide what its role needs (imports torch)."""
     from busflow.models import model_options, model_tasks
@@ -166,6 +190,7 @@ def check_architectures(params: Mapping[str, Any], source: str = "params") -> No
             continue
         problems += [f"{key}.options.{name}: not an option of {spec['arch']} (options: {', '.join(sorted(allowed)) or 'none'})"
                      for name in sorted(set(spec.get("options") or {}) - set(allowed))]
+        problems += _init_problems(key, spec)
     segmenter = params["cascade"]["segmenter"]
     if segmenter in params["models"] and "seg" not in model_tasks(params["models"][segmenter]["arch"]):
         problems.append(f"cascade.segmenter: model '{segmenter}' has no segmentation output")

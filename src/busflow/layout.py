@@ -54,6 +54,14 @@ SPLIT_FILES: dict[str, str] = {
 }
 
 
+INIT_DIR = "init"  # where a model's encoder starts: init.json (+ a link to the weight file), the init-weights stage
+
+
+def init_dir(run: str, model: str) -> str:
+    """The init folder of one model, shared by its folds, its leaky-split runs and its ablation cells."""
+    return f"{results_root(run)}/models/{model}/{INIT_DIR}"
+
+
 def fold_dir(run: str, model: str, fold: int | str, split: str = "main") -> str:
     """Outputs of one model on one test fold; runs on the leaky split live beside them under ``random_image/``."""
     leaky = f"{LEAKY_SPLIT}/" if split == LEAKY_SPLIT else ""

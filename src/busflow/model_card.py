@@ -65,10 +65,14 @@ class NetworkCard:
     preprocess: Mapping[str, Any] | None = None  # the run's preprocess settings; None in cards of older versions
     trained_on: TrainedOn | None = None
     cascade: CascadeLink | None = None
+    # (x - mean) / std after the uint8 scaling, as the pretrained encoder expects; None: the scaled image as is
+    input_normalization: Mapping[str, float] | None = None
+    init: Mapping[str, Any] | None = None  # where the encoder started and what the load matched; None: scratch
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
-        return {key: value for key, value in values.items() if not (key == "cascade" and value is None)}
+        optional = ("cascade", "input_normalization", "init")  # absent rather than null: cards of scratch models stay as they were
+        return {key: value for key, value in values.items() if not (key in optional and value is None)}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ rule train_ablation:
         arrays=rules.preprocess.output.arrays,
         folds=rules.split.output.folds,
         audit=rules.audit.output.audit,
+        init=f"{RESULTS}/models/{{model}}/{INIT_DIR}",
     output:
         multiext(f"{ABLATION_CELL}/", *TRAIN_OUTPUTS),
         f"{ABLATION_CELL}/{TRAIN_LIVE_METRICS}",
@@ -31,7 +32,7 @@ rule train_ablation:
         f"{RESULTS}/logs/train/{{model}}_ablation_lr{{lr}}_{{variant}}_fold{{fold}}.log",
     shell:
         "busflow train --params {params.params_yaml} --model {wildcards.model} --fold {wildcards.fold} "
-        "--lr {wildcards.lr} --variant {wildcards.variant} --arrays {input.arrays} --folds {input.folds} "
+        "--lr {wildcards.lr} --variant {wildcards.variant} --arrays {input.arrays} --folds {input.folds} --init {input.init} "
         "--out {params.out} --log {log}"
 
 

@@ -4,6 +4,7 @@ rule cascade:
         folds=rules.split.output.folds,
         audit=rules.audit.output.audit,
         segmenter=f"{RESULTS}/models/{SEGMENTER}/fold{{fold}}/predictions.npz",
+        init=f"{RESULTS}/models/{CASCADE}/{INIT_DIR}",
     output:
         multiext(f"{RESULTS}/models/{CASCADE}/fold{{fold}}/", *TRAIN_OUTPUTS),
         f"{RESULTS}/models/{CASCADE}/fold{{fold}}/{TRAIN_LIVE_METRICS}",
@@ -26,4 +27,4 @@ rule cascade:
         f"{RESULTS}/logs/cascade/fold{{fold}}.log",
     shell:
         "busflow cascade --params {params.params_yaml} --fold {wildcards.fold} --arrays {input.arrays} "
-        "--folds {input.folds} --segmenter {input.segmenter} --out {params.out} --log {log}"
+        "--folds {input.folds} --segmenter {input.segmenter} --init {input.init} --out {params.out} --log {log}"

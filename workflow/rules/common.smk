@@ -5,8 +5,9 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from busflow.config import validate_params
-from busflow.layout import DATA_FILES, EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, ablation_dir, fold_dir, results_root, run_dir_of
+from busflow.config import model_spec, validate_params
+from busflow.layout import INIT_DIR, DATA_FILES, EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, ablation_dir, fold_dir, results_root, run_dir_of
+from busflow.weights import init_source
 
 
 def _params_file():
@@ -59,6 +60,19 @@ def model_files(model, fold, names, split="main"):
 
 def model_params(wildcards):
     return config["models"][wildcards.model]
+
+
+def init_weight_file(wildcards):
+    """The weight file a model starts from, as an input of its init-weights job: a file of the user's, or a
+    catalogue checkpoint once it is in the weights folder (until then the job fetches it)."""
+    source = init_source(model_spec(config, wildcards.model)["init"], config["weights"])
+    if source.scratch or (source.checkpoint is not None and not source.path.exists()):
+        return []
+    return [str(source.path)]
+
+
+def init_params(wildcards):
+    return {"init": model_spec(config, wildcards.model)["init"], "weights": config["weights"]}
 
 
 ABLATION_CELL = f"{RESULTS}/models/{{model}}/ablation/lr{{lr}}_{{variant}}/fold{{fold}}"

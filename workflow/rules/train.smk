@@ -1,8 +1,33 @@
+# Where each model's encoder starts: scratch, or a verified weight file (recorded with its sha256, and linked).
+rule init_weights:
+    input:
+        init_weight_file,
+    output:
+        directory(f"{RESULTS}/models/{{model}}/{INIT_DIR}"),
+    wildcard_constraints:
+        model="|".join(MODELS),
+    params:
+        params_yaml=PARAMS_FILE,
+        init=init_params,
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/init/{{model}}.log",
+    shell:
+        "busflow init-weights --params {params.params_yaml} --model {wildcards.model} --out {output} --log {log}"
+
+
+use rule init_weights as init_weights_cascade with:
+    wildcard_constraints:
+        model=CASCADE,
+
+
 rule train:
     input:
         arrays=rules.preprocess.output.arrays,
         folds=rules.split.output.folds,
         audit=rules.audit.output.audit,  # no model trains on a split that failed its leakage audit
+        init=f"{RESULTS}/models/{{model}}/{INIT_DIR}",
     output:
         multiext(f"{RESULTS}/models/{{model}}/fold{{fold}}/", *TRAIN_OUTPUTS),
         f"{RESULTS}/models/{{model}}/fold{{fold}}/{TRAIN_LIVE_METRICS}",
@@ -27,7 +52,7 @@ rule train:
         f"{RESULTS}/logs/train/{{model}}_fold{{fold}}.log",
     shell:
         "busflow train --params {params.params_yaml} --model {wildcards.model} --fold {wildcards.fold} "
-        "--arrays {input.arrays} --folds {input.folds} --out {params.out} --log {log}"
+        "--arrays {input.arrays} --folds {input.folds} --init {input.init} --out {params.out} --log {log}"
 
 
 # The leakage study: the same model and settings on the image-level split (deliberately leaky).
@@ -36,6 +61,7 @@ use rule train as train_leaky with:
         arrays=rules.preprocess.output.arrays,
         folds=rules.split.output.leaky,
         audit=rules.audit.output.audit,
+        init=f"{RESULTS}/models/{{model}}/{INIT_DIR}",
     output:
         multiext(f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/", *TRAIN_OUTPUTS),
         f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/{TRAIN_LIVE_METRICS}",

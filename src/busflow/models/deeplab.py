@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from busflow.models.blocks import check_input, conv_bn_act, scaled
+from busflow.models.layouts import resnet_encoder_layout
 from busflow.models.registry import register
 from busflow.models.resnet import ResNetEncoder, make_resnet
 
@@ -124,7 +125,8 @@ class DeepLabV3(nn.Module):
         return {"seg": F.interpolate(y, size=size, mode="bilinear", align_corners=False)}
 
 
-@register("deeplabv3", tasks={"seg"}, description="P001 DeepLabV3: ASPP (6/12/18 + pooling) on a dilated ResNet-101 (OS 16)")
+@register("deeplabv3", tasks={"seg"}, description="P001 DeepLabV3: ASPP (6/12/18 + pooling) on a dilated ResNet-101 (OS 16)",
+          encoder=resnet_encoder_layout("encoder"))
 def build_deeplabv3(
     *,
     in_channels: int,
@@ -137,7 +139,8 @@ def build_deeplabv3(
     return DeepLabV3(in_channels, plus=False, backbone_depth=backbone_depth, width_factor=width_factor, output_stride=output_stride)
 
 
-@register("deeplabv3plus", tasks={"seg"}, description="DeepLabV3+: DeepLabV3 ResNet-101 + stride-4 low-level-feature decoder")
+@register("deeplabv3plus", tasks={"seg"}, description="DeepLabV3+: DeepLabV3 ResNet-101 + stride-4 low-level-feature decoder",
+          encoder=resnet_encoder_layout("encoder"))
 def build_deeplabv3plus(
     *,
     in_channels: int,

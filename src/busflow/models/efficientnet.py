@@ -10,12 +10,14 @@ from monai.networks.nets.efficientnet import MBConvBlock
 from torch import nn
 
 from busflow.models.blocks import LogitsClassifier, check_dropout
+from busflow.models.layouts import EFFICIENTNET
 from busflow.models.registry import register
 
 EFFICIENTNET_VARIANTS = tuple(f"efficientnet-b{i}" for i in range(8))
 
 
-@register("efficientnet_b0", tasks={"cls"}, description="EfficientNet-B0 classifier (MONAI EfficientNetBN, no pretraining)")
+@register("efficientnet_b0", tasks={"cls"}, description="EfficientNet-B0 classifier (MONAI EfficientNetBN)",
+          encoder=EFFICIENTNET)
 def build_efficientnet_b0(
     *,
     in_channels: int,

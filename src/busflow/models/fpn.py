@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from busflow.models.blocks import check_input, conv_bn_act
+from busflow.models.layouts import resnet_encoder_layout
 from busflow.models.registry import register
 from busflow.models.resnet import ResNetEncoder, make_resnet50
 
@@ -65,7 +66,8 @@ class FPNSegmenter(nn.Module):
         return {"seg": F.interpolate(y, size=size, mode="bilinear", align_corners=False)}
 
 
-@register("fpn", tasks={"seg"}, description="P004 comparator: FPN decoder (top-down + 3x3 smoothing, merged at 1/4) on ResNet-50")
+@register("fpn", tasks={"seg"}, description="P004 comparator: FPN decoder (top-down + 3x3 smoothing, merged at 1/4) on ResNet-50",
+          encoder=resnet_encoder_layout("encoder"))
 def build_fpn(
     *,
     in_channels: int,

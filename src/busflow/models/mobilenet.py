@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from busflow.models.blocks import check_dropout
+from busflow.models.layouts import MOBILENET_V2
 from busflow.models.registry import register
 
 
@@ -83,7 +84,8 @@ class MobileNetV2(nn.Module):
         return {"logits": self.classifier(self.features(x).mean(dim=(2, 3)))}
 
 
-@register("mobilenet_v2", tasks={"cls"}, description="P004 comparator MobileNetV2 classifier (inverted residuals)")
+@register("mobilenet_v2", tasks={"cls"}, description="P004 comparator MobileNetV2 classifier (inverted residuals)",
+          encoder=MOBILENET_V2)
 def build_mobilenet_v2(*, in_channels: int, n_classes: int, width_mult: float = 1.0, dropout: float = 0.2) -> nn.Module:
     """Build MobileNetV2 (Sandler et al., 2018) for P004's comparison; ``width_mult`` scales channel counts
     (rounded to multiples of 8), ``dropout`` precedes the linear head."""

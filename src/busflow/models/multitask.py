@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from busflow.models.blocks import check_input, conv_bn_act, positive_ints
+from busflow.models.layouts import resnet_encoder_layout
 from busflow.models.registry import register
 from busflow.models.resnet import ResNetEncoder, UNetDecoder, make_resnet50
 from busflow.models.swin import swin_unetr
@@ -56,6 +57,7 @@ class MultiTaskResNetUNet(nn.Module):
     "mtl_resnet50",
     tasks={"cls", "seg"},
     description="Multi-task ResNet-50 encoder + U-Net decoder (seg) + pooled linear head (cls)",
+    encoder=resnet_encoder_layout("encoder"),
 )
 def build_mtl_resnet50(
     *,

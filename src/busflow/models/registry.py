@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from torch import nn
 
+from busflow.models.layouts import EncoderLayout
+
 Task = Literal["cls", "seg"]
 TASKS: frozenset[str] = frozenset({"cls", "seg"})
 # Arguments every builder receives from `build_model`; everything else is an option.
@@ -29,12 +31,14 @@ class ModelEntry:
         tasks: Output keys of the network's forward dict: ``"cls"`` -> ``"logits"``, ``"seg"`` -> ``"seg"``.
         builder: Keyword-only function returning the ``nn.Module``.
         description: One-line human description.
+        encoder: Where a pretrained checkpoint's tensors go (None: the network always starts from scratch).
     """
 
     name: str
     tasks: frozenset[str]
     builder: Callable[..., nn.Module]
     description: str
+    encoder: EncoderLayout | None = None
 
     def option_defaults(self) -> dict[str, Any]:
         """Options accepted by the builder, mapped to their defaults."""
@@ -64,13 +68,14 @@ def _check_builder_signature(name: str, builder: Callable[..., nn.Module]) -> No
             raise TypeError(f"builder for {name!r}: option {p.name!r} needs a default")
 
 
-def register(name: str, tasks: Iterable[str], description: str) -> Callable:
+def register(name: str, tasks: Iterable[str], description: str, encoder: EncoderLayout | None = None) -> Callable:
     """Decorator registering a builder function under ``name``.
 
     Args:
         name: Unique architecture name.
         tasks: Non-empty subset of ``{"cls", "seg"}``.
         description: One-line description.
+        encoder: The layout of its pretrained encoder, if it has one (:mod:`busflow.models.layouts`).
 
     Returns:
         A decorator that registers and returns the builder unchanged.
@@ -87,7 +92,7 @@ def register(name: str, tasks: Iterable[str], description: str) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"architecture {name!r} is already registered")
         _check_builder_signature(name, builder)
-        _REGISTRY[name] = ModelEntry(name=name, tasks=task_set, builder=builder, description=description)
+        _REGISTRY[name] = ModelEntry(name=name, tasks=task_set, builder=builder, description=description, encoder=encoder)
         return builder
 
     return decorator

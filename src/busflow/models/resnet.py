@@ -18,6 +18,7 @@ from monai.networks.nets.basic_unet import UpCat
 from torch import nn
 
 from busflow.models.blocks import check_factor, check_input
+from busflow.models.layouts import resnet_encoder_layout, resnet_layout
 from busflow.models.registry import register
 
 # --------------------------------------------------------------------------- backbones
@@ -135,7 +136,8 @@ class ResNet50Classifier(nn.Module):
         return {"logits": self.net(x)}
 
 
-@register("resnet50", tasks={"cls"}, description="ResNet-50 classifier (MONAI ResNet, Bottleneck [3,4,6,3])")
+@register("resnet50", tasks={"cls"}, description="ResNet-50 classifier (MONAI ResNet, Bottleneck [3,4,6,3])",
+          encoder=resnet_layout("net"))
 def build_resnet50(
     *, in_channels: int, n_classes: int, widen_factor: float = 1.0, dropout: float = 0.0, no_max_pool: bool = False
 ) -> nn.Module:
@@ -164,7 +166,8 @@ class ResNet50UNet(nn.Module):
         return {"seg": self.decoder(self.encoder(x))}
 
 
-@register("unet_resnet50", tasks={"seg"}, description="P003 U-Net with a ResNet-50 encoder (mtl_resnet50 without the class head)")
+@register("unet_resnet50", tasks={"seg"}, description="P003 U-Net with a ResNet-50 encoder (mtl_resnet50 without the class head)",
+          encoder=resnet_encoder_layout("encoder"))
 def build_unet_resnet50(
     *,
     in_channels: int,

@@ -16,6 +16,7 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from busflow.models.blocks import check_dropout, check_input, positive_ints
+from busflow.models.layouts import SWIN
 from busflow.models.registry import register
 
 # --------------------------------------------------------------------------- P003: Swin-Tiny classifier
@@ -83,7 +84,8 @@ class SwinClassifier(nn.Module):
         return {"logits": self.head(feats.mean(dim=1))}
 
 
-@register("swin_tiny", tasks={"cls"}, description="P003 Swin-Tiny classifier (MONAI SwinTransformer + LN/GAP/linear)")
+@register("swin_tiny", tasks={"cls"}, description="P003 Swin-Tiny classifier (MONAI SwinTransformer + LN/GAP/linear)",
+          encoder=SWIN)
 def build_swin_tiny(
     *,
     in_channels: int,

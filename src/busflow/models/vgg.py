@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from busflow.models.blocks import check_dropout, check_factor, check_input, conv_bn_act, scaled
+from busflow.models.layouts import VGG19_ENCODER, VGG_CLASSIFIER
 from busflow.models.registry import register
 
 # --------------------------------------------------------------------------- VGG classifiers
@@ -104,8 +105,8 @@ def _vgg_builder(config: str) -> Callable[..., nn.Module]:
     return build
 
 
-register("vgg16", tasks={"cls"}, description="VGG-16 (config D) classifier, optional batch norm")(_vgg_builder("D"))
-register("vgg19", tasks={"cls"}, description="VGG-19 (config E) classifier, optional batch norm")(_vgg_builder("E"))
+register("vgg16", tasks={"cls"}, description="VGG-16 (config D) classifier, optional batch norm", encoder=VGG_CLASSIFIER)(_vgg_builder("D"))
+register("vgg19", tasks={"cls"}, description="VGG-19 (config E) classifier, optional batch norm", encoder=VGG_CLASSIFIER)(_vgg_builder("E"))
 
 
 # --------------------------------------------------------------------------- P001: VGG-19 U-Net
@@ -184,7 +185,8 @@ class UNetVGG19(nn.Module):
         return {"seg": self.head(x)}
 
 
-@register("unet_vgg19", tasks={"seg"}, description="P001 modified U-Net: VGG-19 encoder, transposed-conv + LeakyReLU decoder")
+@register("unet_vgg19", tasks={"seg"}, description="P001 modified U-Net: VGG-19 encoder, transposed-conv + LeakyReLU decoder",
+          encoder=VGG19_ENCODER)
 def build_unet_vgg19(
     *,
     in_channels: int,

@@ -10,6 +10,7 @@ from monai.networks.nets import ViT
 from torch import nn
 
 from busflow.models.blocks import check_dropout
+from busflow.models.layouts import VIT
 from busflow.models.registry import register
 
 
@@ -72,7 +73,7 @@ class ViTClassifier(nn.Module):
         return {"logits": logits}
 
 
-@register("vit", tasks={"cls"}, description="Vision Transformer classifier, patch 16, ViT-Base defaults (MONAI ViT)")
+@register("vit", tasks={"cls"}, description="Vision Transformer classifier, patch 16, ViT-Base defaults (MONAI ViT)", encoder=VIT)
 def build_vit(
     *,
     in_channels: int,

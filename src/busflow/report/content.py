@@ -127,6 +127,17 @@ def _ensemble_note(spec: Mapping[str, Any] | None) -> str:
     return f", ensemble of {', '.join(spec['members'])} ({weights} weights)"
 
 
+def _init_note(run: RunResults, model: str) -> str:
+    """Where the model's encoder started, from its model.json (networks only; ensembles have none)."""
+    cards = [r.description for r in run.results if r.model == model and r.description.get("arch") not in (None, "ensemble")]
+    if not cards:
+        return ""
+    init = cards[0].get("init")
+    if not init:
+        return ", from scratch"
+    return f", encoder from {init['source']} ({init['loaded']}/{init['encoder_tensors']} tensors loaded)"
+
+
 def _training_devices(run: RunResults) -> str:
     devices = {f"{d['device']} ({d['device_name']}), torch {d['torch']}"
                for r in run.results if (d := r.description.get("trained_on"))}
@@ -183,7 +194,7 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
         ("pipeline wall time", _wall_time(tables["jobs"])),
     ]
     ensembles = (run_info.get("params") or {}).get("ensembles") or {}
-    models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds){_ensemble_note(ensembles.get(row.model))}"
+    models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds){_init_note(run, row.model)}{_ensemble_note(ensembles.get(row.model))}"
                    for row in tables["leaderboard"].itertuples())
     return [Heading("Run summary"), KeyValues(tuple(pairs)), Para("Models:"),
             Bullets(models or ("no models in this run",))]

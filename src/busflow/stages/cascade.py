@@ -20,6 +20,7 @@ from busflow.data.rois import extract_rois
 from busflow.evaluate.metrics import lesion_mask
 from busflow.model_card import CascadeLink
 from busflow.predictions import load_predictions
+from busflow.stages.init_weights import read_init_record
 from busflow.train.job import FoldData, run_training_job
 from busflow.train.loop import ArrayData
 from busflow.train.spec import TrainSpec
@@ -31,7 +32,7 @@ def predicted_masks(segmenter_predictions: Path, image_ids: np.ndarray, threshol
     return lesion_mask(test.outputs["mask_probs"], threshold)
 
 
-def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, segmenter: Path, out: Path) -> None:
+def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, segmenter: Path, init: Path, out: Path) -> None:
     """Train the cascade's crop classifier on fold ``fold`` and test it on crops of ``segmenter``'s predicted masks."""
     settings = params["cascade"]
     link = CascadeLink(segmenter=settings["segmenter"], margin=settings["margin"],
@@ -45,4 +46,4 @@ def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, segm
     on_crops = replace(inputs, data=ArrayData(crops, np.zeros_like(crops), inputs.data.labels))
     run_training_job(params, settings["name"], fold, TrainSpec.of(settings["classifier"]), on_crops, out,
                      tasks=frozenset({"cls"}), cascade=link, detail=f" on {settings['crop_size']} px crops of {link.segmenter} masks",
-                     test_extras={"boxes": boxes[test], "crops": crops[test]})
+                     test_extras={"boxes": boxes[test], "crops": crops[test]}, init=read_init_record(init))

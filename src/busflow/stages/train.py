@@ -8,6 +8,7 @@ from typing import Any
 
 from busflow.config import model_spec
 from busflow.errors import ParamsError
+from busflow.stages.init_weights import read_init_record
 from busflow.train.job import FoldData, run_training_job
 from busflow.train.spec import TrainSpec
 
@@ -27,8 +28,9 @@ def training_spec(params: Mapping[str, Any], model: str, lr: float | None = None
     return spec.with_cell(lr, ablation["options"][variant])
 
 
-def run(params: Mapping[str, Any], *, model: str, fold: int, arrays: Path, folds: Path, out: Path,
+def run(params: Mapping[str, Any], *, model: str, fold: int, arrays: Path, folds: Path, init: Path, out: Path,
         lr: float | None = None, variant: str | None = None) -> None:
-    """Train ``model`` on test fold ``fold`` into ``out`` (weights, model.json, history, predictions)."""
+    """Train ``model`` on test fold ``fold`` into ``out`` (weights, model.json, history, predictions), its encoder
+    started as the init record ``init`` says."""
     spec = training_spec(params, model, lr, variant)
-    run_training_job(params, model, fold, spec, FoldData.load(arrays, folds, fold), out)
+    run_training_job(params, model, fold, spec, FoldData.load(arrays, folds, fold), out, init=read_init_record(init))

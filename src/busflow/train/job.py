@@ -8,7 +8,7 @@ checkpoint after an interruption.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from busflow.data.download import sha256_of
 from busflow.data.preprocess import load_arrays
+from busflow.errors import ModelFileError
 from busflow.io import read_table
 from busflow.model_card import CascadeLink, NetworkCard, TrainedOn
 from busflow.models import build_model, model_tasks
+from busflow.models.pretrained import NORMALIZATIONS, attach_input_normalization, load_pretrained
 from busflow.predictions import prediction_table, save_predictions
 from busflow.split.protocols import group_ids_of, role_indices
 from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, compile_model
@@ -58,8 +61,43 @@ class FoldData:
         return " / ".join(f"{len(self.roles[role])} {role}" for role in ("train", "val", "test")) + " images"
 
 
+@dataclass(frozen=True)
+class EncoderStart:
+    """What a pretrained start did to a network: the card's ``init`` entry and its input normalisation."""
+
+    init: Mapping[str, Any] | None = None
+    input_normalization: Mapping[str, float] | None = None
+
+
+SCRATCH = EncoderStart()
+
+
+def start_encoder(model: torch.nn.Module, arch: str, record: Mapping[str, Any] | None, log: Callable[[str], None]) -> EncoderStart:
+    """Load the pretrained encoder that an init-weights record names (nothing for ``scratch``).
+
+    The file must still hash to the record's sha256: a file replaced after the init-weights stage ran is refused
+    rather than silently trained from.
+    """
+    if record is None or record["init"] == "scratch":
+        return SCRATCH
+    path = Path(record["file"])
+    if not path.is_file() or sha256_of(path) != record["sha256"]:
+        raise ModelFileError(f"{path}: the weight file changed (or is gone) since its init record was written; "
+                             "rerun the workflow so that the init-weights stage records it again")
+    report = load_pretrained(model, arch, path, record["format"])
+    log(report.summary())
+    for line in report.adapted[:3]:
+        log(f"  adapted {line}")
+    normalization = NORMALIZATIONS[record["normalization"]]
+    normalized = normalization.as_dict() if normalization else None
+    attach_input_normalization(model, normalized)
+    init = {"source": record.get("checkpoint") or str(path), "sha256": record["sha256"], **report.as_dict()}
+    return EncoderStart(init=init, input_normalization=normalized)
+
+
 def network_card(arch: str, options: Mapping[str, Any], *, classes: list[str], image_size: int, device: torch.device,
-                 preprocess: Mapping[str, Any], setup: Acceleration = REFERENCE, cascade: CascadeLink | None = None) -> NetworkCard:
+                 preprocess: Mapping[str, Any], setup: Acceleration = REFERENCE, cascade: CascadeLink | None = None,
+                 start: EncoderStart = SCRATCH) -> NetworkCard:
     """Everything needed to rebuild the network and its input pipeline without params.yaml, and where it was trained."""
     return NetworkCard(
         arch=arch, options=dict(options), in_channels=1, n_classes=len(classes), classes=list(classes),
@@ -68,16 +106,18 @@ def network_card(arch: str, options: Mapping[str, Any], *, classes: list[str], i
         trained_on=TrainedOn(device=str(device), device_name=device_name(device), torch=torch.__version__,
                              threads=torch.get_num_threads(), deterministic=is_deterministic(device),
                              fast_path=setup.fast_path, compiled=setup.compile),
-        cascade=cascade)
+        cascade=cascade, input_normalization=start.input_normalization, init=start.init)
 
 
 def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: TrainSpec, inputs: FoldData, out_dir: Path, *,
                      tasks: frozenset[str] | None = None, cascade: CascadeLink | None = None, detail: str = "",
-                     test_extras: Mapping[str, np.ndarray] | None = None) -> None:
-    """Seed, build, (compile), fit with checkpoints, save weights + card + history, predict test and validation.
+                     test_extras: Mapping[str, np.ndarray] | None = None, init: Mapping[str, Any] | None = None) -> None:
+    """Seed, build, start the encoder, (compile), fit with checkpoints, save weights + card + history, predict
+    test and validation.
 
     ``name`` seeds the job and prefixes its log lines; ``tasks`` restricts the losses (default: the network's
-    outputs); ``test_extras`` are test-part arrays stored with the predictions (e.g. the cascade's crops).
+    outputs); ``test_extras`` are test-part arrays stored with the predictions (e.g. the cascade's crops);
+    ``init`` is the model's init-weights record (None or scratch: random initialisation).
     """
     configure_threads()
     seed = job_seed(params["seed"], name, fold)
@@ -87,6 +127,7 @@ def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: Trai
     prefix = f"[{name} fold{fold}]"
     log = lambda line: print(f"{prefix} {line}", flush=True)  # noqa: E731
     log(f"{spec.arch}{detail} on {device}: {inputs.describe()}")
+    start = start_encoder(model, spec.arch, init, log)
     image_size = inputs.data.images.shape[-1]
     setup = compile_model(model, device, acceleration(params["accelerator"], device), image_size, log)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +138,7 @@ def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: Trai
         history = fit(model, spec, inputs.data, roles["train"], roles["val"], tasks=tasks or model_tasks(spec.arch),
                       n_classes=len(inputs.classes), run=run)
     card = network_card(spec.arch, spec.options, classes=inputs.classes, image_size=image_size, device=device, preprocess=params["preprocess"],
-                        setup=setup, cascade=cascade)
+                        setup=setup, cascade=cascade, start=start)
     save_run(out_dir, model, card, history)
     source = batch_source(inputs.data, device, setup)
     test, val = roles["test"], roles["val"]

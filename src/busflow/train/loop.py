@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,7 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from busflow.errors import TrainingError
+from busflow.models.pretrained import encoder_parameter_names, set_encoder_frozen
 from busflow.train.accelerate import REFERENCE, Acceleration, DeviceArrays, prepare_model
 from busflow.train.augment import BatchAugmentation, augment_batch, build_augmentation
 from busflow.train.checkpoint import TrainingState, fingerprint, restore_checkpoint, save_checkpoint
@@ -67,13 +70,23 @@ def _epoch_random_state(seed: int, epoch: int, batches: BatchSource) -> np.rando
     return np.random.default_rng(sequence)
 
 
-def _optimizer(model: nn.Module, spec: TrainSpec, fused: bool = False) -> torch.optim.Optimizer:
+def _parameter_groups(model: nn.Module, spec: TrainSpec, encoder: AbstractSet[str]) -> list[dict[str, Any]]:
+    """One group; or, with an encoder learning-rate factor, the new layers at lr and the encoder at lr x factor."""
+    if spec.encoder_lr_factor == 1.0:
+        return [{"params": list(model.parameters())}]
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if n not in encoder]},
+            {"params": [p for n, p in named if n in encoder], "lr": spec.lr * spec.encoder_lr_factor}]
+
+
+def _optimizer(model: nn.Module, spec: TrainSpec, fused: bool = False, encoder: AbstractSet[str] = frozenset()) -> torch.optim.Optimizer:
     kind, lr, decay = spec.optimizer, spec.lr, spec.weight_decay
     implementation = {"fused": True} if fused else {}
+    groups = _parameter_groups(model, spec, encoder)
     if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay, nesterov=True, **implementation)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=decay, nesterov=True, **implementation)
     optimizer_class = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    return optimizer_class(model.parameters(), lr=lr, weight_decay=decay, betas=spec.betas, **implementation)
+    return optimizer_class(groups, lr=lr, weight_decay=decay, betas=spec.betas, **implementation)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -246,7 +259,8 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
     criterion = TaskLoss(tasks, class_weights, spec.seg_loss_weight, cls_loss=spec.cls_loss,
                          seg_loss=spec.seg_loss, focal_gamma=spec.focal_gamma).to(device)
     prepare_model(model, device, setup)
-    optimizer = _optimizer(model, spec, fused=setup.fused_optimizer)
+    encoder = encoder_parameter_names(model, spec.arch) if spec.tunes_encoder else set()
+    optimizer = _optimizer(model, spec, fused=setup.fused_optimizer, encoder=encoder)
     scheduler = _scheduler(optimizer, spec)
     batches = batch_source(data, device, setup, augment=spec.augment, seed=seed)
     key = _checkpoint_key(spec, run, (data.images, data.masks, data.labels, train_rows, val_rows)) if checkpoint else ""
@@ -258,6 +272,8 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
         started = time.perf_counter()
         rng = _epoch_random_state(seed, epoch, batches)
         epoch_rows = oversampled(train_rows, data.labels, rng) if spec.oversample else rng.permutation(train_rows)
+        model.train()
+        set_encoder_frozen(model, encoder, frozen=epoch <= spec.freeze_encoder_epochs)
         try:
             train_loss = _train_epoch(model, criterion, optimizer, batches, epoch_rows, spec, device, epoch)
         except TrainingError as error:
@@ -279,6 +295,7 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
             f"val_score {val_score:.3f}  {seconds:5.1f}s{'  *' if improved else ''}")
         if stopped_early():
             log(f"early stop: no validation improvement for {state.stale} epochs")
+    set_encoder_frozen(model, encoder, frozen=False)
     model.load_state_dict(state.best_state)
     return pd.DataFrame(state.history)
 
@@ -331,12 +348,11 @@ def _train_epoch(
     device: torch.device,
     epoch: int,
 ) -> float:
-    """One pass over ``rows`` in mini-batches; returns the mean training loss.
+    """One pass over ``rows`` in mini-batches (the model already in training mode); returns the mean training loss.
 
     Nothing in the loop reads a value back from the device: the losses are checked for NaN/inf once the
     epoch ends, which then names the first bad batch (the weights of that epoch are discarded anyway).
     """
-    model.train()
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
     for step, chunk in enumerate(_batches(batches.index(rows), spec.batch_size, drop_single=True), start=1):

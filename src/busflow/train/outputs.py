@@ -53,13 +53,16 @@ def load_weights(path: Path, model: nn.Module) -> nn.Module:
 
 
 def build_described(card: NetworkCard, source: Path) -> nn.Module:
-    """The (untrained) network a model card names; an unknown architecture is an error naming ``source``."""
+    """The (untrained) network a model card names, normalising its inputs as recorded; an unknown architecture is an
+    error naming ``source``."""
     from busflow.models import UnknownArchitectureError, build_model
+    from busflow.models.pretrained import attach_input_normalization
 
     try:
-        return build_model(card.arch, in_channels=card.in_channels, n_classes=card.n_classes, options=card.options)
+        model = build_model(card.arch, in_channels=card.in_channels, n_classes=card.n_classes, options=card.options)
     except UnknownArchitectureError as error:
         raise ModelFileError(f"{source}: {error}") from None
+    return attach_input_normalization(model, card.input_normalization)
 
 
 def load_trained(model_dir: Path) -> tuple[nn.Module, NetworkCard]:

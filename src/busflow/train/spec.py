@@ -67,6 +67,14 @@ class TrainSpec:
     seg_loss_weight: float = 1.0  # multi-task loss = cls_loss + seg_loss_weight × seg_loss
     oversample: bool = False
     augment: AugmentSpec = AugmentSpec()
+    init: str | Mapping[str, str] = "scratch"  # where the encoder starts (resolved by the init-weights stage)
+    freeze_encoder_epochs: int = 0  # epochs that train only the layers around a frozen pretrained encoder
+    encoder_lr_factor: float = 1.0  # the encoder's learning rate relative to lr
+
+    @property
+    def tunes_encoder(self) -> bool:
+        """Whether the encoder is trained differently from the rest (frozen first, or at another rate)."""
+        return self.freeze_encoder_epochs > 0 or self.encoder_lr_factor != 1.0
 
     @classmethod
     def of(cls, entry: Mapping[str, Any]) -> TrainSpec:
