@@ -24,4 +24,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         report_outputs(),
+        pretrain_outputs(),
     default_target: True

@@ -117,7 +117,10 @@ def _add_stage_commands(commands: Commands) -> None:
             "grouped, stratified split of the configured protocol (and its leaky image-level twin)")
     command("audit", Stage("audit", ("index", "arrays", "folds", "leaky", "out", "counts"), reads_params=False),
             "fail if any group, patient or identical image crosses a split boundary; count roles")
-    sub = command("init-weights", Stage("init_weights", ("out",), ("model",), check_registry=False),
+    sub = command("pretrain", Stage("pretrain", ("arrays", "folds", "out"), ("fold",)),
+                  "pretrain every encoder of the pretrain section on one fold's training images (self-supervised, no labels)")
+    model_and_fold(sub, model=False)
+    sub = command("init-weights", Stage("init_weights", ("pretrained", "out"), ("model",), check_registry=False),
                   "record where one model's encoder starts (scratch, or a verified weight file, fetched if a catalogue name)")
     sub.add_argument("--model", required=True, help="a model of models:, or the cascade's name")
     sub = command("train", Stage("train", ("arrays", "folds", "init", "out"), ("model", "fold", "lr", "variant")),

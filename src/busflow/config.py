@@ -151,8 +151,9 @@ def _split_problems(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _init_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
-    """A pretrained start needs an architecture with an encoder layout and a checkpoint of its family."""
+def _init_problems(key: str, spec: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
+    """A pretrained start needs an architecture with an encoder layout and a checkpoint (or a self-supervised
+    encoder) of its family."""
     from busflow.models.registry import available_architectures, get_entry
     from busflow.weights import CHECKPOINTS
 
@@ -165,6 +166,8 @@ def _init_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
     if encoder is None:
         pretrainable = [a for a in available_architectures() if get_entry(a).encoder is not None]
         return [f"{key}.init: {spec['arch']} has no pretrained encoder (architectures with one: {', '.join(pretrainable)})"]
+    if "pretrain" in init:
+        return _pretrain_init_problems(key, init["pretrain"], encoder.family, params)
     name = init["weights"]
     if "format" in init:
         return []
@@ -173,6 +176,47 @@ def _init_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
     if CHECKPOINTS[name].family != encoder.family:
         return [f"{key}.init.weights: {name} is a {CHECKPOINTS[name].family} checkpoint, {spec['arch']} has a {encoder.family} encoder"]
     return []
+
+
+def _pretrain_init_problems(key: str, name: str, family: str, params: Mapping[str, Any]) -> list[str]:
+    from busflow.models.registry import get_entry
+
+    encoders = params["pretrain"]
+    if name not in encoders:
+        return [f"{key}.init.pretrain: no encoder {name!r} in the pretrain section (defined: {sorted(encoders)})"]
+    source = get_entry(encoders[name]["arch"]).encoder if encoders[name]["arch"] in _registered() else None
+    if source is not None and source.family != family:
+        return [f"{key}.init.pretrain: {name} pretrains a {source.family} encoder, this network has a {family} encoder"]
+    model = key.removeprefix("models.")
+    if model in params["leakage"]["models"]:
+        problem = (f"{key}.init.pretrain: {model} is a leakage.models model, whose image-level folds test on images the "
+                   f"per-fold encoder {name} was pretrained on; start it from scratch or a weight file")
+        return [problem]
+    return []
+
+
+def _registered() -> set[str]:
+    from busflow.models.registry import available_architectures
+
+    return set(available_architectures())
+
+
+def _pretrain_section_problems(params: Mapping[str, Any]) -> list[str]:
+    """Each encoder of the pretrain section is a registered classifier with a pretrained-encoder layout."""
+    from busflow.models.registry import get_entry
+
+    problems = []
+    for name, settings in params["pretrain"].items():
+        key, arch = f"pretrain.{name}", settings["arch"]
+        if arch not in _registered():
+            problems.append(f"{key}.arch: unknown architecture {arch!r}")
+            continue
+        entry = get_entry(arch)
+        if "cls" not in entry.tasks or entry.encoder is None:
+            problems.append(f"{key}.arch: {arch} is not a classifier with a pretrained-encoder layout")
+        allowed = entry.option_defaults()
+        problems += [f"{key}.options.{option}: not an option of {arch}" for option in sorted(set(settings["options"]) - set(allowed))]
+    return problems
 
 
 def check_architectures(params: Mapping[str, Any], source: str = "params") -> None:
@@ -190,7 +234,8 @@ def check_architectures(params: Mapping[str, Any], source: str = "params") -> No
             continue
         problems += [f"{key}.options.{name}: not an option of {spec['arch']} (options: {', '.join(sorted(allowed)) or 'none'})"
                      for name in sorted(set(spec.get("options") or {}) - set(allowed))]
-        problems += _init_problems(key, spec)
+        problems += _init_problems(key, spec, params)
+    problems += _pretrain_section_problems(params)
     segmenter = params["cascade"]["segmenter"]
     if segmenter in params["models"] and "seg" not in model_tasks(params["models"][segmenter]["arch"]):
         problems.append(f"cascade.segmenter: model '{segmenter}' has no segmentation output")

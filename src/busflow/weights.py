@@ -293,28 +293,27 @@ class InitSource:
         format: How its tensors are named: ``torchvision``, ``timm`` or ``busflow``.
         normalization: The input statistics it expects (``imagenet``, ``half`` or ``none``).
         checkpoint: The catalogue name when the file is a catalogue checkpoint (fetched and verified by name).
+        pretrain: The name of a self-supervised encoder of the ``pretrain`` section (one file per test fold).
     """
 
     path: Path | None = None
     format: str | None = None
     normalization: str = "none"
     checkpoint: str | None = None
+    pretrain: str | None = None
 
     @property
     def scratch(self) -> bool:
-        return self.path is None
-
-    def describe(self) -> str:
-        if self.scratch:
-            return "scratch"
-        return f"{self.checkpoint or self.path} ({self.format}, {self.normalization} input statistics)"
+        return self.path is None and self.pretrain is None
 
 
 def init_source(init: str | Mapping[str, str], weights_settings: Mapping[str, str | None]) -> InitSource:
     """Resolve a validated ``init`` setting: ``scratch``, ``{weights: NAME}`` (a catalogue checkpoint in the
-    weights folder) or ``{weights: PATH, format: FORMAT}``."""
+    weights folder), ``{weights: PATH, format: FORMAT}`` or ``{pretrain: NAME}``."""
     if init == "scratch":
         return InitSource()
+    if "pretrain" in init:
+        return InitSource(format="busflow", pretrain=str(init["pretrain"]))
     name, fmt = str(init["weights"]), init.get("format")
     if fmt is None:
         if name not in CHECKPOINTS:

@@ -62,10 +62,20 @@ def model_params(wildcards):
     return config["models"][wildcards.model]
 
 
+PRETRAINED = f"{RESULTS}/pretrain"
+
+
+def pretrain_outputs():
+    """Every fold's pretraining folder: in the DAG even when no model starts from it, as in dvc.yaml."""
+    return [f"{PRETRAINED}/fold{fold}" for fold in FOLDS]
+
+
 def init_weight_file(wildcards):
-    """The weight file a model starts from, as an input of its init-weights job: a file of the user's, or a
-    catalogue checkpoint once it is in the weights folder (until then the job fetches it)."""
+    """What a model starts from, as inputs of its init-weights job: a file of the user's, a catalogue checkpoint
+    once it is in the weights folder (until then the job fetches it), or the folds' pretraining folders."""
     source = init_source(model_spec(config, wildcards.model)["init"], config["weights"])
+    if source.pretrain is not None:
+        return pretrain_outputs()
     if source.scratch or (source.checkpoint is not None and not source.path.exists()):
         return []
     return [str(source.path)]

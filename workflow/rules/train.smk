@@ -1,4 +1,37 @@
 # Where each model's encoder starts: scratch, or a verified weight file (recorded with its sha256, and linked).
+# Local rules: a hash and, for a missing catalogue checkpoint, a download, which a cluster's login node can
+# make and its compute nodes often cannot.
+localrules:
+    init_weights,
+    init_weights_cascade,
+
+
+# Self-supervised encoders of the pretrain section, on each fold's training and validation images.
+rule pretrain:
+    input:
+        arrays=rules.preprocess.output.arrays,
+        folds=rules.split.output.folds,
+        audit=rules.audit.output.audit,
+    output:
+        directory(f"{PRETRAINED}/fold{{fold}}"),
+    params:
+        params_yaml=PARAMS_FILE,
+        pretrain=config["pretrain"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 1
+    resources:
+        gpu=GPU_JOB,
+        gpu_percent=GPU_PERCENT,
+    conda:
+        "../envs/busflow.yaml"
+    log:
+        f"{RESULTS}/logs/pretrain/fold{{fold}}.log",
+    shell:
+        "busflow pretrain --params {params.params_yaml} --fold {wildcards.fold} --arrays {input.arrays} "
+        "--folds {input.folds} --out {output} --log {log}"
+
+
 rule init_weights:
     input:
         init_weight_file,
@@ -9,12 +42,14 @@ rule init_weights:
     params:
         params_yaml=PARAMS_FILE,
         init=init_params,
+        pretrained=PRETRAINED,
     conda:
         "../envs/busflow.yaml"
     log:
         f"{RESULTS}/logs/init/{{model}}.log",
     shell:
-        "busflow init-weights --params {params.params_yaml} --model {wildcards.model} --out {output} --log {log}"
+        "busflow init-weights --params {params.params_yaml} --model {wildcards.model} --pretrained {params.pretrained} "
+        "--out {output} --log {log}"
 
 
 use rule init_weights as init_weights_cascade with:

@@ -19,7 +19,7 @@ import torch
 
 from busflow.data.download import sha256_of
 from busflow.data.preprocess import load_arrays
-from busflow.errors import ModelFileError
+from busflow.errors import DatasetError, ModelFileError
 from busflow.io import read_table
 from busflow.model_card import CascadeLink, NetworkCard, TrainedOn
 from busflow.models import build_model, model_tasks
@@ -72,18 +72,40 @@ class EncoderStart:
 SCRATCH = EncoderStart()
 
 
-def start_encoder(model: torch.nn.Module, arch: str, record: Mapping[str, Any] | None, log: Callable[[str], None]) -> EncoderStart:
-    """Load the pretrained encoder that an init-weights record names (nothing for ``scratch``).
+def _verified(path: Path, sha256: str) -> Path:
+    if not path.is_file() or sha256_of(path) != sha256:
+        raise ModelFileError(f"{path}: the weight file changed (or is gone) since its init record was written; "
+                             "rerun the workflow so that the init-weights stage records it again")
+    return path
 
-    The file must still hash to the record's sha256: a file replaced after the init-weights stage ran is refused
-    rather than silently trained from.
+
+def _pretrained_encoder(record: Mapping[str, Any], fold: int, test_ids: np.ndarray) -> Path:
+    """The fold's self-supervised encoder, after checking that its pretraining pool holds none of the job's test images."""
+    from busflow.stages.pretrain import pool_image_ids
+
+    encoder = record["folds"].get(str(fold))
+    if encoder is None:
+        raise ModelFileError(f"the init record of {record['model']} has no {record['pretrain']} encoder for fold {fold}")
+    seen = pool_image_ids(Path(encoder["pool"]).parent) & {str(i) for i in test_ids}
+    if seen:
+        raise DatasetError(f"{encoder['file']}: pretrained on {len(seen)} image(s) that fold {fold} of this job tests on "
+                           f"(e.g. {min(seen)}); a pretrained encoder may only have seen the fold's training images")
+    return _verified(Path(encoder["file"]), encoder["sha256"])
+
+
+def start_encoder(model: torch.nn.Module, arch: str, record: Mapping[str, Any] | None, fold: int, test_ids: np.ndarray,
+                  log: Callable[[str], None]) -> EncoderStart:
+    """Load the pretrained encoder that an init-weights record names for test fold ``fold`` (nothing for scratch).
+
+    A weight file must still hash to the record's sha256: a file replaced after the init-weights stage ran is
+    refused rather than silently trained from. A self-supervised encoder must not have seen ``test_ids``.
     """
     if record is None or record["init"] == "scratch":
         return SCRATCH
-    path = Path(record["file"])
-    if not path.is_file() or sha256_of(path) != record["sha256"]:
-        raise ModelFileError(f"{path}: the weight file changed (or is gone) since its init record was written; "
-                             "rerun the workflow so that the init-weights stage records it again")
+    if record["init"] == "pretrain":
+        path, source = _pretrained_encoder(record, fold, test_ids), f"self-supervised {record['pretrain']}, this fold's"
+    else:
+        path, source = _verified(Path(record["file"]), record["sha256"]), record.get("checkpoint") or record["file"]
     report = load_pretrained(model, arch, path, record["format"])
     log(report.summary())
     for line in report.adapted[:3]:
@@ -91,7 +113,7 @@ def start_encoder(model: torch.nn.Module, arch: str, record: Mapping[str, Any] |
     normalization = NORMALIZATIONS[record["normalization"]]
     normalized = normalization.as_dict() if normalization else None
     attach_input_normalization(model, normalized)
-    init = {"source": record.get("checkpoint") or str(path), "sha256": record["sha256"], **report.as_dict()}
+    init = {"source": source, "sha256": sha256_of(path), **report.as_dict()}
     return EncoderStart(init=init, input_normalization=normalized)
 
 
@@ -127,7 +149,7 @@ def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: Trai
     prefix = f"[{name} fold{fold}]"
     log = lambda line: print(f"{prefix} {line}", flush=True)  # noqa: E731
     log(f"{spec.arch}{detail} on {device}: {inputs.describe()}")
-    start = start_encoder(model, spec.arch, init, log)
+    start = start_encoder(model, spec.arch, init, fold, inputs.image_ids[inputs.roles["test"]], log)
     image_size = inputs.data.images.shape[-1]
     setup = compile_model(model, device, acceleration(params["accelerator"], device), image_size, log)
     out_dir.mkdir(parents=True, exist_ok=True)
