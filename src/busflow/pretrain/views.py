@@ -14,18 +14,19 @@ draw from the caller's ``torch.Generator`` (same generator state, same views). I
 5. with probability 1/2, a Gaussian blur (a coarser probe resolution).
 
 No colour transform: the images have one channel. The output stays in [0, 1].
+
+Written here rather than composed from MONAI: its random intensity transforms draw and run sample by sample
+on the host, and it has no multiplicative speckle noise.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from busflow.pretrain.contrastive import PretrainSpec
+from busflow.pretrain.spec import PretrainSpec
 
 ASPECT_RANGE = (3 / 4, 4 / 3)
 FLIP_PROBABILITY = 0.5
