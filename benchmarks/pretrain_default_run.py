@@ -51,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, settings in variants.items():
             root = Path(tmp) / name
-            root.mkdir()
+            (root / "project").mkdir(parents=True)
             (root / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
             project = scratch_project(root / "params.yaml", root / "project")
             seconds, _ = run(["snakemake", "--cores", "2"], project)
