@@ -54,6 +54,8 @@ SPLIT_FILES: dict[str, str] = {
 }
 
 
+# The pretrain stage's folder of one fold: the pool it may use, and per encoder its weight file, record, history.
+PRETRAIN_POOL, PRETRAIN_ENCODER, PRETRAIN_RECORD, PRETRAIN_HISTORY = "images.csv", "encoder.safetensors", "pretrain.json", "history.csv"
 INIT_DIR = "init"  # where a model's encoder starts: init.json (+ a link to the weight file), the init-weights stage
 
 

@@ -19,7 +19,8 @@ from busflow.config import model_spec
 from busflow.data.download import sha256_of
 from busflow.errors import ModelFileError
 from busflow.io import atomic_dir, read_json, write_json
-from busflow.stages.pretrain import ENCODER, POOL
+from busflow.layout import PRETRAIN_ENCODER as ENCODER
+from busflow.layout import PRETRAIN_POOL as POOL
 from busflow.weights import InitSource, fetch_weights, init_source
 
 

@@ -20,9 +20,10 @@ import pandas as pd
 from busflow.data.preprocess import load_arrays
 from busflow.errors import DatasetError
 from busflow.io import atomic_dir, read_table, write_csv, write_json
+from busflow.layout import PRETRAIN_ENCODER, PRETRAIN_HISTORY, PRETRAIN_POOL, PRETRAIN_RECORD
 from busflow.split.protocols import role_indices
 
-POOL, ENCODER, RECORD, HISTORY = "images.csv", "encoder.safetensors", "pretrain.json", "history.csv"
+POOL, ENCODER, RECORD, HISTORY = PRETRAIN_POOL, PRETRAIN_ENCODER, PRETRAIN_RECORD, PRETRAIN_HISTORY
 METHOD = "SimCLR (NT-Xent on two augmented views per image), busflow.pretrain"
 POOL_ROLES = ("train", "val")  # never "test"
 
@@ -82,8 +83,3 @@ def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, out:
             log(f"pretraining {name} ({settings['arch']}) on fold {fold}: {len(pool)} training and validation images, no labels")
             pretrain_one(name, settings, data["images"][pool], job_seed(params["seed"], name, fold), params["device"], folder / name, log)
     log(f"fold {fold}: pretraining pool of {len(pool)} images, {len(encoders)} encoder(s)")
-
-
-def pool_image_ids(folder: Path) -> set[str]:
-    """The image ids a pretraining fold folder may have seen."""
-    return set(pd.read_csv(folder / POOL, dtype=str)["image_id"])

@@ -81,12 +81,10 @@ def _verified(path: Path, sha256: str) -> Path:
 
 def _pretrained_encoder(record: Mapping[str, Any], fold: int, test_ids: np.ndarray) -> Path:
     """The fold's self-supervised encoder, after checking that its pretraining pool holds none of the job's test images."""
-    from busflow.stages.pretrain import pool_image_ids
-
     encoder = record["folds"].get(str(fold))
     if encoder is None:
         raise ModelFileError(f"the init record of {record['model']} has no {record['pretrain']} encoder for fold {fold}")
-    seen = pool_image_ids(Path(encoder["pool"]).parent) & {str(i) for i in test_ids}
+    seen = set(pd.read_csv(encoder["pool"], dtype=str)["image_id"]) & {str(i) for i in test_ids}
     if seen:
         raise DatasetError(f"{encoder['file']}: pretrained on {len(seen)} image(s) that fold {fold} of this job tests on "
                            f"(e.g. {min(seen)}); a pretrained encoder may only have seen the fold's training images")
@@ -147,7 +145,7 @@ def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: Trai
     device = resolve_device(params["device"])
     model = build_model(spec.arch, in_channels=1, n_classes=len(inputs.classes), options=spec.options)
     prefix = f"[{name} fold{fold}]"
-    log = lambda line: print(f"{prefix} {line}", flush=True)  # noqa: E731
+    log = lambda line: print(f"{prefix} {line}", flush=True)
     log(f"{spec.arch}{detail} on {device}: {inputs.describe()}")
     start = start_encoder(model, spec.arch, init, fold, inputs.image_ids[inputs.roles["test"]], log)
     image_size = inputs.data.images.shape[-1]
