@@ -231,13 +231,13 @@ def _adapted(name: str, tensor: torch.Tensor, target: torch.Size, source: Mappin
     return None, ""
 
 
-def _absorb_conv_biases(source: Mapping[str, torch.Tensor], wanted: set[str], state: dict[str, torch.Tensor],
+def _absorb_conv_biases(source: Mapping[str, torch.Tensor], state: dict[str, torch.Tensor],
                         canonical_to_model: Mapping[str, str], report: InitReport) -> set[str]:
     """Fold ``<seq>.<i>.bias`` of a conv the network builds without bias into the BatchNorm at ``<seq>.<i+1>``."""
     used = set()
     for name, bias in source.items():
         match = re.fullmatch(r"(.+)\.(\d+)\.bias", name)
-        if match is None or name in wanted or source.get(f"{match[1]}.{match[2]}.weight", bias).ndim != 4:
+        if match is None or name in canonical_to_model or source.get(f"{match[1]}.{match[2]}.weight", bias).ndim != 4:
             continue
         running_mean = f"{match[1]}.{int(match[2]) + 1}.running_mean"
         model_key = canonical_to_model.get(running_mean)
@@ -278,7 +278,7 @@ def load_pretrained(model: nn.Module, arch: str, path: Path, fmt: str, *, min_fr
         report.loaded += 1
         if note:
             report.adapted.append(f"{key}: {note}")
-    absorbed = _absorb_conv_biases(source, set(canonical_to_model), state, canonical_to_model, report)
+    absorbed = _absorb_conv_biases(source, state, canonical_to_model, report)
     report.unexpected = [name for name in source if name not in canonical_to_model and name not in absorbed
                          and not name.endswith(_COUNTER)]
     if report.matched_fraction < min_fraction:

@@ -79,8 +79,9 @@ def _verified(path: Path, sha256: str) -> Path:
     return path
 
 
-def _pretrained_encoder(record: Mapping[str, Any], fold: int, test_ids: np.ndarray) -> Path:
-    """The fold's self-supervised encoder, after checking that its pretraining pool holds none of the job's test images."""
+def _pretrained_encoder(record: Mapping[str, Any], fold: int, test_ids: np.ndarray) -> Mapping[str, str]:
+    """The fold's self-supervised encoder (file and sha256), after checking that its pretraining pool holds none of
+    the job's test images."""
     encoder = record["folds"].get(str(fold))
     if encoder is None:
         raise ModelFileError(f"the init record of {record['model']} has no {record['pretrain']} encoder for fold {fold}")
@@ -88,7 +89,7 @@ def _pretrained_encoder(record: Mapping[str, Any], fold: int, test_ids: np.ndarr
     if seen:
         raise DatasetError(f"{encoder['file']}: pretrained on {len(seen)} image(s) that fold {fold} of this job tests on "
                            f"(e.g. {min(seen)}); a pretrained encoder may only have seen the fold's training images")
-    return _verified(Path(encoder["file"]), encoder["sha256"])
+    return encoder
 
 
 def start_encoder(model: torch.nn.Module, arch: str, record: Mapping[str, Any] | None, fold: int, test_ids: np.ndarray,
@@ -101,9 +102,10 @@ def start_encoder(model: torch.nn.Module, arch: str, record: Mapping[str, Any] |
     if record is None or record["init"] == "scratch":
         return SCRATCH
     if record["init"] == "pretrain":
-        path, source = _pretrained_encoder(record, fold, test_ids), f"self-supervised {record['pretrain']}, this fold's"
+        weights, source = _pretrained_encoder(record, fold, test_ids), f"self-supervised {record['pretrain']}, this fold's"
     else:
-        path, source = _verified(Path(record["file"]), record["sha256"]), record.get("checkpoint") or record["file"]
+        weights, source = record, record.get("checkpoint") or record["file"]
+    path = _verified(Path(weights["file"]), weights["sha256"])
     report = load_pretrained(model, arch, path, record["format"])
     log(report.summary())
     for line in report.adapted[:3]:
@@ -111,7 +113,7 @@ def start_encoder(model: torch.nn.Module, arch: str, record: Mapping[str, Any] |
     normalization = NORMALIZATIONS[record["normalization"]]
     normalized = normalization.as_dict() if normalization else None
     attach_input_normalization(model, normalized)
-    init = {"source": source, "sha256": sha256_of(path), **report.as_dict()}
+    init = {"source": source, "sha256": weights["sha256"], **report.as_dict()}
     return EncoderStart(init=init, input_normalization=normalized)
 
 
