@@ -112,6 +112,23 @@ def test_views_flip_horizontally_but_never_vertically() -> None:
     assert not any(torch.allclose(v, images[0].flip(-2), atol=0.1) for v in views)
 
 
+def test_smaller_views_are_the_resampled_image_and_every_augmentation_works_at_their_size() -> None:
+    images = _depth_phantom(count=64)
+    half = dataclasses.replace(FLIP_ONLY, view_size=16)
+    views = random_view(images, half, torch.Generator().manual_seed(3))
+    assert views.shape == (64, 1, 16, 16)
+    downsampled = torch.nn.functional.interpolate(images[:1], size=(16, 16), mode="bilinear", align_corners=False)[0]
+    assert all(torch.allclose(v, downsampled, atol=1e-5) or torch.allclose(v, downsampled.flip(-1), atol=1e-5) for v in views)
+    augmented = random_view(images, dataclasses.replace(PretrainSpec(), view_size=48), torch.Generator().manual_seed(4))
+    assert augmented.shape == (64, 1, 48, 48) and augmented.min() >= 0 and augmented.max() <= 1
+
+
+@pytest.mark.parametrize("view_size", [8, 16.0, True])
+def test_a_view_size_below_16_or_not_an_integer_is_refused(view_size: object) -> None:
+    with pytest.raises(ValueError, match="view_size"):
+        PretrainSpec(view_size=view_size)
+
+
 def test_views_with_every_augmentation_keep_depth_top_to_bottom() -> None:
     views = random_view(_depth_phantom(count=64, marker=False), PretrainSpec(), torch.Generator().manual_seed(4))
     top, bottom = views[:, 0, :10].mean(dim=(1, 2)), views[:, 0, -10:].mean(dim=(1, 2))

@@ -216,7 +216,8 @@ def pretrain(model: nn.Module, images: np.ndarray, spec: PretrainSpec, *, device
     run = _Run(model, projector, width, optimizer, schedule, ContrastiveLoss(temperature=spec.temperature),
                torch.Generator(device=device), device)
     pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    log(f"pretraining on {len(images)} images of {images.shape[1]} px: {steps} batches of {batch_size} per epoch, "
+    view_side = spec.view_size or images.shape[1]
+    log(f"pretraining on {len(images)} images of {images.shape[1]} px (views of {view_side} px): {steps} batches of {batch_size} per epoch, "
         f"{width} features, {spec.epochs} epochs; loss at chance {math.log(2 * batch_size - 1):.3f}")
     history = []
     for epoch in range(1, spec.epochs + 1):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_BATCH = 2  # the loss needs at least one other image of the batch as a negative
+MIN_VIEW_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class PretrainSpec:
         gamma: Gamma jitter, an exponent in [1 / gamma, gamma] (>= 1; 1 switches it off).
         speckle: Largest standard deviation of the multiplicative speckle noise.
         blur_sigma: Largest Gaussian blur sigma as a fraction of the image side (0 switches it off).
+        view_size: Side in pixels of the views the encoder sees (``None``: the images' own side). A random
+            crop covers at least ``crop_scale`` of the image, so half-side views keep most of a crop's detail
+            and cost a CNN about a quarter of the compute; CNN features carry over to the full size the
+            classifier is then trained at (a transformer needs ``img_size`` equal to it in ``options``).
     """
 
     epochs: int = 150
@@ -42,6 +47,7 @@ class PretrainSpec:
     gamma: float = 1.4
     speckle: float = 0.2
     blur_sigma: float = 0.015
+    view_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "warmup_epochs", "projection_dim"):
@@ -66,3 +72,6 @@ class PretrainSpec:
         for name, valid, requirement in checks:
             if not valid:
                 raise ValueError(f"pretraining {name} must be {requirement}, got {getattr(self, name)!r}")
+        if self.view_size is not None and (not isinstance(self.view_size, (int, np.integer)) or isinstance(self.view_size, bool)
+                                           or self.view_size < MIN_VIEW_SIZE):
+            raise ValueError(f"pretraining view_size must be null or an integer >= {MIN_VIEW_SIZE}, got {self.view_size!r}")

@@ -5,7 +5,7 @@ draw from the caller's ``torch.Generator`` (same generator state, same views). I
 
 1. random resized crop: area fraction uniform in [``crop_scale``, 1], aspect ratio log-uniform in [3/4, 4/3]
    (narrowed where the area leaves no room for it, so the crop always lies inside the image), resampled
-   bilinearly to the input size;
+   bilinearly to ``view_size`` (the input size by default);
 2. horizontal flip with probability 1/2. Never a vertical one: depth runs from the skin line at the top
    down to the chest wall, and posterior enhancement or shadowing only ever falls below a lesion;
 3. with probability 0.8, gain (brightness) and contrast jitter, then a gamma curve (the scanner's gain and
@@ -47,11 +47,13 @@ def random_view(images: torch.Tensor, spec: PretrainSpec, generator: torch.Gener
         generator: Seeded generator on the images' device; every draw comes from it.
 
     Returns:
-        A (B, 1, H, W) tensor of the same dtype, in [0, 1].
+        A (B, 1, S, S) tensor of the same dtype, in [0, 1]: S is ``spec.view_size``, or (H, W) when it is None.
     """
-    draws = torch.rand(images.shape[0], _DRAWS, generator=generator, device=images.device, dtype=images.dtype)
-    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    view = _crop_and_flip(images, draws[:, 0:5], spec.crop_scale)
+    batch, channels, height, width = images.shape
+    view_shape = (batch, channels, spec.view_size, spec.view_size) if spec.view_size else (batch, channels, height, width)
+    draws = torch.rand(batch, _DRAWS, generator=generator, device=images.device, dtype=images.dtype)
+    noise = torch.randn(view_shape, generator=generator, device=images.device, dtype=images.dtype)
+    view = _crop_and_flip(images, draws[:, 0:5], spec.crop_scale, view_shape)
     view = _intensity(view, draws[:, 5:9], spec.brightness, spec.contrast, spec.gamma)
     view = _speckle(view, draws[:, 9:11], noise, spec.speckle)
     view = _blur(view, draws[:, 11:13], spec.blur_sigma)
@@ -63,8 +65,8 @@ def _gate(view: torch.Tensor, changed: torch.Tensor, draw: torch.Tensor, probabi
     return torch.where((draw < probability)[:, None, None, None], changed, view)
 
 
-def _crop_and_flip(images: torch.Tensor, draws: torch.Tensor, min_scale: float) -> torch.Tensor:
-    """Random resized crop and horizontal flip as one ``grid_sample`` (coordinates in [-1, 1])."""
+def _crop_and_flip(images: torch.Tensor, draws: torch.Tensor, min_scale: float, view_shape: tuple[int, ...]) -> torch.Tensor:
+    """Random resized crop and horizontal flip as one ``grid_sample`` (coordinates in [-1, 1]) onto ``view_shape``."""
     area = min_scale + (1.0 - min_scale) * draws[:, 0]
     # Only aspects with width and height <= 1 fit: r in [area, 1 / area].
     log_low = torch.clamp(torch.log(area), min=math.log(ASPECT_RANGE[0]))
@@ -77,7 +79,7 @@ def _crop_and_flip(images: torch.Tensor, draws: torch.Tensor, min_scale: float) 
     mirror = torch.where(draws[:, 4] < FLIP_PROBABILITY, -1.0, 1.0).to(width.dtype)
     zero = torch.zeros_like(width)
     theta = torch.stack([torch.stack([width * mirror, zero, centre_x], 1), torch.stack([zero, height, centre_y], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta, list(view_shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
