@@ -101,6 +101,11 @@ def _add_stage_commands(commands: Commands) -> None:
         sub.set_defaults(handler=handler)
         return sub
 
+    def granted_gpus(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--gpus", type=int, default=0, metavar="N",
+                         help="GPUs the scheduler granted this job (Snakemake passes its gpu resource); with 1 the job "
+                              "stops if it finds no GPU instead of computing on the CPU")
+
     def model_and_fold(sub: argparse.ArgumentParser, *, model: bool = True) -> None:
         if model:
             sub.add_argument("--model", required=True)
@@ -117,27 +122,31 @@ def _add_stage_commands(commands: Commands) -> None:
             "grouped, stratified split of the configured protocol (and its leaky image-level twin)")
     command("audit", Stage("audit", ("index", "arrays", "folds", "leaky", "out", "counts"), reads_params=False),
             "fail if any group, patient or identical image crosses a split boundary; count roles")
-    sub = command("pretrain", Stage("pretrain", ("arrays", "folds", "out"), ("fold",)),
+    sub = command("pretrain", Stage("pretrain", ("arrays", "folds", "out"), ("fold", "gpus")),
                   "pretrain every encoder of the pretrain section on one fold's training images (self-supervised, no labels)")
     model_and_fold(sub, model=False)
+    granted_gpus(sub)
     sub = command("init-weights", Stage("init_weights", ("pretrained", "out"), ("model",), check_registry=False),
                   "record where one model's encoder starts (scratch, or a verified weight file, fetched if a catalogue name)")
     sub.add_argument("--model", required=True, help="a model of models:, or the cascade's name")
-    sub = command("train", Stage("train", ("arrays", "folds", "init", "out"), ("model", "fold", "lr", "variant")),
+    sub = command("train", Stage("train", ("arrays", "folds", "init", "out"), ("model", "fold", "lr", "variant", "gpus")),
                   "train one model on one fold; predict its test part")
     model_and_fold(sub)
+    granted_gpus(sub)
     sub.add_argument("--lr", type=float, help="ablation cell: this learning rate (with --variant)")
     sub.add_argument("--variant", help="ablation cell: this option set of ablation.options (with --lr)")
-    sub = command("cascade", Stage("cascade", ("arrays", "folds", "segmenter", "init", "out"), ("fold",)),
+    sub = command("cascade", Stage("cascade", ("arrays", "folds", "segmenter", "init", "out"), ("fold", "gpus")),
                   "crop predicted lesions and train/test the cascade classifier on one fold")
     model_and_fold(sub, model=False)
+    granted_gpus(sub)
     command("ensemble", Stage("ensemble", ("arrays", "folds", "models", "out"), check_registry=False),
             "combine and evaluate the predictions of trained models: every ensemble, every fold")
     sub = command("queue-ablation", cmd_queue_ablation,
                   "queue the ablation grid as DVC experiments (dvc exp run --queue -S ...), one per cell")
     sub.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
-    command("external", Stage("external", ("arrays", "models", "out")),
-            "external validation: test the fold models on every image of other datasets")
+    sub = command("external", Stage("external", ("arrays", "models", "out"), ("gpus",)),
+                  "external validation: test the fold models on every image of other datasets")
+    granted_gpus(sub)
     sub = command("evaluate", Stage("evaluate", ("arrays", "predictions", "out"), ("model", "fold"), check_registry=False),
                   "metrics of one model on one test fold")
     model_and_fold(sub)

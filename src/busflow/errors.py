@@ -26,3 +26,7 @@ class ModelFileError(BusflowError, ValueError):
 
 class TrainingError(BusflowError, RuntimeError):
     """Training cannot go on; the message says where it stopped and what to change."""
+
+
+class DeviceError(BusflowError, RuntimeError):
+    """The compute device that params.yaml or the scheduler asked for is not on this machine."""

@@ -33,7 +33,7 @@ rule train_ablation:
     shell:
         "busflow train --params {params.params_yaml} --model {wildcards.model} --fold {wildcards.fold} "
         "--lr {wildcards.lr} --variant {wildcards.variant} --arrays {input.arrays} --folds {input.folds} --init {input.init} "
-        "--out {params.out} --log {log}"
+        "--out {params.out} --gpus {resources.gpu} --log {log}"
 
 
 rule evaluate_ablation:

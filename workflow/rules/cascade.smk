@@ -27,4 +27,4 @@ rule cascade:
         f"{RESULTS}/logs/cascade/fold{{fold}}.log",
     shell:
         "busflow cascade --params {params.params_yaml} --fold {wildcards.fold} --arrays {input.arrays} "
-        "--folds {input.folds} --segmenter {input.segmenter} --init {input.init} --out {params.out} --log {log}"
+        "--folds {input.folds} --segmenter {input.segmenter} --init {input.init} --out {params.out} --gpus {resources.gpu} --log {log}"

@@ -4,8 +4,11 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake_interface_executor_plugins.settings import ExecMode
 
 from busflow.config import model_spec, validate_params
+from busflow.gpus import GpuPlan, visible_gpu_count
 from busflow.layout import INIT_DIR, DATA_FILES, EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, ablation_dir, fold_dir, results_root, run_dir_of
 from busflow.weights import init_source
 
@@ -42,12 +45,20 @@ ENSEMBLES = config["ensembles"]
 EXTERNAL = config["external"]
 ABLATION = config["ablation"]
 # Settings that change what training computes (jobs_per_gpu only schedules, so it reruns nothing).
-ACCELERATOR = {key: config["accelerator"][key] for key in ("fast_path", "compile")}
-# GPU jobs ask for a whole GPU on a cluster (gpu=1 becomes --gpus=1); on one machine, jobs_per_gpu of them
-# share it through gpu_percent, which the default profile caps at 100 (one GPU).
-ON_GPU = config["device"].startswith("cuda")
-GPU_JOB = 1 if ON_GPU else 0
-GPU_PERCENT = 100 // config["accelerator"]["jobs_per_gpu"] if ON_GPU else 0
+ACCELERATOR = {key: config["accelerator"][key] for key in ("fast_path", "compile", "deterministic")}
+# GPU jobs (busflow.gpus.GpuPlan) ask for gpu=1 (a whole GPU on a cluster: --gpus=1) and gpu_percent =
+# 100 / jobs_per_gpu; on one machine the workflow offers what its detected GPUs hold, unless --resources
+# says otherwise, and each job takes a GPU slot of its own (busflow.train.device.job_device).
+GPU_PLAN = GpuPlan(device=config["device"], gpus=visible_gpu_count(), jobs_per_gpu=config["accelerator"]["jobs_per_gpu"],
+                   cluster=workflow.global_resources["_nodes"].value is not None)
+GPU_JOB = GPU_PLAN.job_resources()["gpu"]
+GPU_PERCENT = GPU_PLAN.job_resources()["gpu_percent"]
+for _resource, _capacity in GPU_PLAN.machine_resources().items():
+    if _resource not in workflow.global_resources:
+        workflow.register_resource(_resource, _capacity)
+if GPU_PLAN.on_gpu and workflow.exec_mode == ExecMode.DEFAULT:
+    logger.info(GPU_PLAN.describe({name: workflow.global_resources[name].value for name in ("gpu", "gpu_percent")
+                                   if name in workflow.global_resources}))
 
 
 wildcard_constraints:

@@ -26,4 +26,4 @@ rule external:
         f"{RESULTS}/logs/external.log",
     shell:
         "busflow external --params {params.params_yaml} --arrays {input.arrays} --models {params.models} "
-        "--out {output} --log {log}"
+        "--out {output} --gpus {resources.gpu} --log {log}"

@@ -19,6 +19,7 @@ rule pretrain:
         pretrain=config["pretrain"],
         seed=config["seed"],
         device=config["device"],
+        deterministic=config["accelerator"]["deterministic"],
     threads: 1
     resources:
         gpu=GPU_JOB,
@@ -29,7 +30,7 @@ rule pretrain:
         f"{RESULTS}/logs/pretrain/fold{{fold}}.log",
     shell:
         "busflow pretrain --params {params.params_yaml} --fold {wildcards.fold} --arrays {input.arrays} "
-        "--folds {input.folds} --out {output} --log {log}"
+        "--folds {input.folds} --out {output} --gpus {resources.gpu} --log {log}"
 
 
 rule init_weights:
@@ -87,7 +88,7 @@ rule train:
         f"{RESULTS}/logs/train/{{model}}_fold{{fold}}.log",
     shell:
         "busflow train --params {params.params_yaml} --model {wildcards.model} --fold {wildcards.fold} "
-        "--arrays {input.arrays} --folds {input.folds} --init {input.init} --out {params.out} --log {log}"
+        "--arrays {input.arrays} --folds {input.folds} --init {input.init} --out {params.out} --gpus {resources.gpu} --log {log}"
 
 
 # The leakage study: the same model and settings on the image-level split (deliberately leaky).

@@ -32,8 +32,10 @@ def predicted_masks(segmenter_predictions: Path, image_ids: np.ndarray, threshol
     return lesion_mask(test.outputs["mask_probs"], threshold)
 
 
-def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, segmenter: Path, init: Path, out: Path) -> None:
-    """Train the cascade's crop classifier on fold ``fold`` and test it on crops of ``segmenter``'s predicted masks."""
+def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, segmenter: Path, init: Path, out: Path,
+        gpus: int = 0) -> None:
+    """Train the cascade's crop classifier on fold ``fold`` and test it on crops of ``segmenter``'s predicted masks
+    (``gpus``: what the scheduler granted the job)."""
     settings = params["cascade"]
     link = CascadeLink(segmenter=settings["segmenter"], margin=settings["margin"],
                        empty_roi_fraction=settings["empty_roi_fraction"], threshold=params["evaluate"]["threshold"])
@@ -46,4 +48,4 @@ def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, segm
     on_crops = replace(inputs, data=ArrayData(crops, np.zeros_like(crops), inputs.data.labels))
     run_training_job(params, settings["name"], fold, TrainSpec.of(settings["classifier"]), on_crops, out,
                      tasks=frozenset({"cls"}), cascade=link, detail=f" on {settings['crop_size']} px crops of {link.segmenter} masks",
-                     test_extras={"boxes": boxes[test], "crops": crops[test]}, init=read_init_record(init))
+                     test_extras={"boxes": boxes[test], "crops": crops[test]}, init=read_init_record(init), gpus=gpus)

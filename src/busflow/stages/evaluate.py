@@ -58,7 +58,7 @@ def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path
         predicted = lesion_mask(test.outputs["mask_probs"], params["evaluate"]["threshold"])
         segmentation, per_image_seg = segmentation_metrics(predicted, arrays["masks"][rows] > 0, params["evaluate"]["empty_mask"])
         per_image = per_image.assign(**per_image_seg)
-    metrics = {"model": model, "fold": fold, "tasks": tasks, "n_test_images": int(len(rows)),
+    metrics = {"model": model, "fold": fold, "tasks": tasks, "n_test_images": len(rows),
                "classification": classification, "segmentation": segmentation}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)

@@ -23,7 +23,7 @@ from busflow.io import atomic_dir
 from busflow.predictions import load_predictions, prediction_table, save_predictions
 from busflow.stages import preprocess
 from busflow.stages.evaluate import evaluate_model, headline
-from busflow.train.device import configure_threads, resolve_device
+from busflow.train.device import configure_threads, job_device
 from busflow.train.loop import ArrayData, predict
 from busflow.train.outputs import load_trained
 
@@ -44,13 +44,16 @@ def predict_external(model_dir: Path, arrays: Mapping[str, np.ndarray], groups: 
     save_predictions(out_dir, table, outputs, validation=(validation.image_ids, validation.outputs))
 
 
-def run(params: Mapping[str, Any], *, arrays: Path, models: Path, out: Path, log: Callable[[str], None] = print) -> None:
-    """Every external dataset × model × fold, written into ``out`` (replaced only when all succeed)."""
+def run(params: Mapping[str, Any], *, arrays: Path, models: Path, out: Path, gpus: int = 0,
+        log: Callable[[str], None] = print) -> None:
+    """Every external dataset × model × fold, written into ``out`` (replaced only when all succeed), on the
+    device :func:`busflow.train.device.job_device` gives a job granted ``gpus`` GPUs."""
     configure_threads()
-    settings, device = params["external"], resolve_device(params["device"])
-    with atomic_dir(out) as staging:
+    settings = params["external"]
+    device_held = job_device(params["device"], jobs_per_gpu=params["accelerator"]["jobs_per_gpu"], gpus_granted=gpus, log=log)
+    with device_held as device, atomic_dir(out) as staging:
         for dataset in settings["datasets"]:
-            prefixed = lambda line, dataset=dataset: log(f"[{dataset}] {line}")  # noqa: E731
+            prefixed = lambda line, dataset=dataset: log(f"[{dataset}] {line}")
             fetch_dataset(params, staging / dataset / "raw", dataset=dataset)
             data_dir = staging / dataset / "data"
             index, external_arrays = preprocess.run(params, raw=staging / dataset / "raw", index=data_dir / "index.csv",

@@ -9,10 +9,11 @@ torch), so both orchestrators keep one DAG.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from busflow.errors import DatasetError
 from busflow.io import atomic_dir, read_table, write_csv, write_json
 from busflow.layout import PRETRAIN_ENCODER, PRETRAIN_HISTORY, PRETRAIN_POOL, PRETRAIN_RECORD
 from busflow.split.protocols import role_indices
+
+if TYPE_CHECKING:
+    import torch
 
 POOL, ENCODER, RECORD, HISTORY = PRETRAIN_POOL, PRETRAIN_ENCODER, PRETRAIN_RECORD, PRETRAIN_HISTORY
 METHOD = "SimCLR (NT-Xent on two augmented views per image), busflow.pretrain"
@@ -37,19 +41,18 @@ def pretraining_pool(folds: pd.DataFrame, image_ids: np.ndarray, fold: int) -> n
     return pool
 
 
-def pretrain_one(name: str, settings: Mapping[str, Any], images: np.ndarray, seed: int, device_name: str, out: Path,
-                 log: Callable[[str], None]) -> dict[str, Any]:
+def pretrain_one(name: str, settings: Mapping[str, Any], images: np.ndarray, seed: int, device: torch.device,
+                 deterministic: Any, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Pretrain encoder ``name`` on ``images`` and write it with its history into ``out``; return its record."""
     import torch
 
     from busflow.models import build_model
     from busflow.models.pretrained import save_encoder
     from busflow.pretrain import PretrainSpec, pretrain
-    from busflow.train.device import configure_threads, resolve_device, seed_everything
+    from busflow.train.device import apply_determinism, resolve_deterministic, seed_everything
 
-    configure_threads()
     seed_everything(seed)
-    device = resolve_device(device_name)
+    apply_determinism(resolve_deterministic(deterministic, device), device)
     spec = PretrainSpec(**{k: v for k, v in settings.items() if k not in ("arch", "options")})
     model = build_model(settings["arch"], in_channels=1, n_classes=2, options=settings["options"])
     started = time.perf_counter()
@@ -65,8 +68,10 @@ def pretrain_one(name: str, settings: Mapping[str, Any], images: np.ndarray, see
     return record
 
 
-def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, out: Path, log: Callable[[str], None] = print) -> None:
-    """Write ``out``: the pretraining pool of fold ``fold`` and one folder per configured encoder."""
+def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, out: Path, gpus: int = 0,
+        log: Callable[[str], None] = print) -> None:
+    """Write ``out``: the pretraining pool of fold ``fold`` and one folder per configured encoder (on the
+    device :func:`busflow.train.device.job_device` gives a job granted ``gpus`` GPUs)."""
     encoders = params["pretrain"]
     table = read_table(folds)
     if encoders:
@@ -79,7 +84,17 @@ def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, out:
     pool = pretraining_pool(table, image_ids, fold)
     with atomic_dir(out) as folder:
         write_csv(folder / POOL, pd.DataFrame({"image_id": image_ids[pool]}))
-        for name, settings in encoders.items():
-            log(f"pretraining {name} ({settings['arch']}) on fold {fold}: {len(pool)} training and validation images, no labels")
-            pretrain_one(name, settings, data["images"][pool], job_seed(params["seed"], name, fold), params["device"], folder / name, log)
+        if encoders:
+            with _job_device(params, gpus, log) as device:
+                for name, settings in encoders.items():
+                    log(f"pretraining {name} ({settings['arch']}) on fold {fold}: {len(pool)} training and validation images, no labels")
+                    pretrain_one(name, settings, data["images"][pool], job_seed(params["seed"], name, fold), device,
+                                 params["accelerator"]["deterministic"], folder / name, log)
     log(f"fold {fold}: pretraining pool of {len(pool)} images, {len(encoders)} encoder(s)")
+
+
+def _job_device(params: Mapping[str, Any], gpus: int, log: Callable[[str], None]) -> contextlib.AbstractContextManager[torch.device]:
+    from busflow.train.device import configure_threads, job_device
+
+    configure_threads()
+    return job_device(params["device"], jobs_per_gpu=params["accelerator"]["jobs_per_gpu"], gpus_granted=gpus, log=log)

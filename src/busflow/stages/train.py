@@ -29,8 +29,8 @@ def training_spec(params: Mapping[str, Any], model: str, lr: float | None = None
 
 
 def run(params: Mapping[str, Any], *, model: str, fold: int, arrays: Path, folds: Path, init: Path, out: Path,
-        lr: float | None = None, variant: str | None = None) -> None:
+        lr: float | None = None, variant: str | None = None, gpus: int = 0) -> None:
     """Train ``model`` on test fold ``fold`` into ``out`` (weights, model.json, history, predictions), its encoder
-    started as the init record ``init`` says."""
+    started as the init record ``init`` says (``gpus``: what the scheduler granted the job)."""
     spec = training_spec(params, model, lr, variant)
-    run_training_job(params, model, fold, spec, FoldData.load(arrays, folds, fold), out, init=read_init_record(init))
+    run_training_job(params, model, fold, spec, FoldData.load(arrays, folds, fold), out, init=read_init_record(init), gpus=gpus)

@@ -51,7 +51,7 @@ def prepare_model(model: nn.Module, device: torch.device, setup: Acceleration) -
     model.to(device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
-    if device.type == "cuda" and setup.fast_path:
+    if device.type == "cuda" and setup.fast_path and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: autotune each convolution once
     return model
 

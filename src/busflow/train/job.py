@@ -28,7 +28,15 @@ from busflow.predictions import prediction_table, save_predictions
 from busflow.split.protocols import group_ids_of, role_indices
 from busflow.train.accelerate import REFERENCE, Acceleration, acceleration, compile_model
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
-from busflow.train.device import configure_threads, device_name, is_deterministic, resolve_device, seed_everything
+from busflow.train.device import (
+    apply_determinism,
+    configure_threads,
+    device_name,
+    is_deterministic,
+    job_device,
+    resolve_deterministic,
+    seed_everything,
+)
 from busflow.train.loop import ArrayData, FitRun, batch_source, fit, predict
 from busflow.train.outputs import epoch_logger, save_run
 from busflow.train.spec import TrainSpec
@@ -133,40 +141,44 @@ def network_card(arch: str, options: Mapping[str, Any], *, classes: list[str], i
 
 def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: TrainSpec, inputs: FoldData, out_dir: Path, *,
                      tasks: frozenset[str] | None = None, cascade: CascadeLink | None = None, detail: str = "",
-                     test_extras: Mapping[str, np.ndarray] | None = None, init: Mapping[str, Any] | None = None) -> None:
+                     test_extras: Mapping[str, np.ndarray] | None = None, init: Mapping[str, Any] | None = None,
+                     gpus: int = 0) -> None:
     """Seed, build, start the encoder, (compile), fit with checkpoints, save weights + card + history, predict
     test and validation.
 
     ``name`` seeds the job and prefixes its log lines; ``tasks`` restricts the losses (default: the network's
     outputs); ``test_extras`` are test-part arrays stored with the predictions (e.g. the cascade's crops);
-    ``init`` is the model's init-weights record (None or scratch: random initialisation).
+    ``init`` is the model's init-weights record (None or scratch: random initialisation); ``gpus`` is the GPU
+    count the scheduler granted the job (:func:`busflow.train.device.job_device`).
     """
     configure_threads()
     seed = job_seed(params["seed"], name, fold)
     seed_everything(seed)
-    device = resolve_device(params["device"])
-    model = build_model(spec.arch, in_channels=1, n_classes=len(inputs.classes), options=spec.options)
     prefix = f"[{name} fold{fold}]"
     log = lambda line: print(f"{prefix} {line}", flush=True)
-    log(f"{spec.arch}{detail} on {device}: {inputs.describe()}")
-    start = start_encoder(model, spec.arch, init, fold, inputs.image_ids[inputs.roles["test"]], log)
-    image_size = inputs.data.images.shape[-1]
-    setup = compile_model(model, device, acceleration(params["accelerator"], device), image_size, log)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = checkpoint_path(out_dir)
-    roles = inputs.roles
-    with epoch_logger(out_dir) as on_epoch:
-        run = FitRun(device=device, seed=seed, setup=setup, checkpoint=checkpoint, log=log, on_epoch=on_epoch)
-        history = fit(model, spec, inputs.data, roles["train"], roles["val"], tasks=tasks or model_tasks(spec.arch),
-                      n_classes=len(inputs.classes), run=run)
-    card = network_card(spec.arch, spec.options, classes=inputs.classes, image_size=image_size, device=device, preprocess=params["preprocess"],
-                        setup=setup, cascade=cascade, start=start)
-    save_run(out_dir, model, card, history)
-    source = batch_source(inputs.data, device, setup)
-    test, val = roles["test"], roles["val"]
-    outputs = predict(model, source, test, device)
-    test_ids = inputs.image_ids[test]
-    table = prediction_table(test_ids, group_ids_of(inputs.folds, test_ids), inputs.data.labels[test], inputs.classes, outputs)
-    save_predictions(out_dir, table, outputs, extra=test_extras,
-                     validation=(inputs.image_ids[val], predict(model, source, val, device)))
-    discard_checkpoint(checkpoint)
+    accelerator = params["accelerator"]
+    with job_device(params["device"], jobs_per_gpu=accelerator["jobs_per_gpu"], gpus_granted=gpus, log=log) as device:
+        apply_determinism(resolve_deterministic(accelerator["deterministic"], device), device)
+        model = build_model(spec.arch, in_channels=1, n_classes=len(inputs.classes), options=spec.options)
+        log(f"{spec.arch}{detail} on {device}: {inputs.describe()}")
+        start = start_encoder(model, spec.arch, init, fold, inputs.image_ids[inputs.roles["test"]], log)
+        image_size = inputs.data.images.shape[-1]
+        setup = compile_model(model, device, acceleration(params["accelerator"], device), image_size, log)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = checkpoint_path(out_dir)
+        roles = inputs.roles
+        with epoch_logger(out_dir) as on_epoch:
+            run = FitRun(device=device, seed=seed, setup=setup, checkpoint=checkpoint, log=log, on_epoch=on_epoch)
+            history = fit(model, spec, inputs.data, roles["train"], roles["val"], tasks=tasks or model_tasks(spec.arch),
+                          n_classes=len(inputs.classes), run=run)
+        card = network_card(spec.arch, spec.options, classes=inputs.classes, image_size=image_size, device=device, preprocess=params["preprocess"],
+                            setup=setup, cascade=cascade, start=start)
+        save_run(out_dir, model, card, history)
+        source = batch_source(inputs.data, device, setup)
+        test, val = roles["test"], roles["val"]
+        outputs = predict(model, source, test, device)
+        test_ids = inputs.image_ids[test]
+        table = prediction_table(test_ids, group_ids_of(inputs.folds, test_ids), inputs.data.labels[test], inputs.classes, outputs)
+        save_predictions(out_dir, table, outputs, extra=test_extras,
+                         validation=(inputs.image_ids[val], predict(model, source, val, device)))
+        discard_checkpoint(checkpoint)
