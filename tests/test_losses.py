@@ -29,6 +29,26 @@ def test_class_weights_reach_the_focal_loss() -> None:
     assert float(weighted) == pytest.approx(2 * float(plain), rel=1e-5)
 
 
+@pytest.mark.parametrize("weights", [None, torch.tensor([0.5, 2.0, 1.25])])
+@pytest.mark.parametrize("gamma", [0.0, 2.0, 3.5])
+def test_the_focal_loss_equals_monais_with_and_without_class_weights(weights: torch.Tensor | None, gamma: float) -> None:
+    from monai.losses import FocalLoss
+
+    torch.manual_seed(1)
+    logits, labels = torch.randn(16, 3, requires_grad=True), torch.randint(0, 3, (16,))
+    ours = classification_loss("focal", weights, gamma=gamma)(logits, labels)
+    monai = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, weight=weights)(logits, labels[:, None])
+    assert float(ours) == pytest.approx(float(monai), rel=1e-6)
+    (ours_grad,) = torch.autograd.grad(ours, logits)
+    (monai_grad,) = torch.autograd.grad(monai, logits)
+    assert torch.allclose(ours_grad, monai_grad, atol=1e-7)
+
+
+def test_negative_focal_class_weights_are_refused_once_at_construction() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        classification_loss("focal", torch.tensor([1.0, -0.5]))
+
+
 @pytest.mark.parametrize("kind", ["dice_ce", "dice", "bce"])
 def test_segmentation_losses_reward_the_right_mask(kind: str) -> None:
     masks = torch.zeros(2, 1, 8, 8)

@@ -14,7 +14,7 @@ from busflow.config import load_params
 from busflow.models import build_model
 from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
 from busflow.train.device import seed_everything
-from busflow.train.loop import BatchMemoryError, FitRun, NonFiniteLossError, fit
+from busflow.train.loop import BatchMemoryError, CheckpointCadence, FitRun, NonFiniteLossError, fit
 from busflow.train.spec import TrainSpec
 
 from conftest import TINY_PARAMS
@@ -32,10 +32,11 @@ def _model() -> nn.Module:
     return build_model("unet", in_channels=1, n_classes=3, options=_spec()["options"])
 
 
-def _train(phantom_split, model: nn.Module, spec: dict, checkpoint: Path | None, on_epoch=lambda row: None, log=lambda line: None):
+def _train(phantom_split, model: nn.Module, spec: dict, checkpoint: Path | None, on_epoch=lambda row: None, log=lambda line: None,
+           every: int | None = 1):
     arrays, train_rows, val_rows = phantom_split
     return fit(model, TrainSpec.of(spec), arrays, train_rows, val_rows, tasks=frozenset({"seg"}), n_classes=3,
-        run=FitRun(device=torch.device("cpu"), seed=7, checkpoint=checkpoint, log=log, on_epoch=on_epoch))
+        run=FitRun(device=torch.device("cpu"), seed=7, checkpoint=checkpoint, checkpoint_every=every, log=log, on_epoch=on_epoch))
 
 
 class _Crash(Exception):
@@ -66,6 +67,41 @@ def test_resumed_training_ends_with_the_uninterrupted_weights(phantom_split, tmp
         assert torch.equal(tensor, resumed.state_dict()[name]), name
     columns = ["epoch", "train_loss", "val_loss", "val_score", "lr"]
     assert history[columns].equals(expected[columns])
+
+
+def test_a_run_killed_between_checkpoints_resumes_from_the_last_one_to_the_same_weights(
+        phantom_split, tmp_path: Path, single_thread_torch: None) -> None:
+    """Checkpoints every 2 epochs: killed after epoch 3 ran, the job resumes after epoch 2 and repeats epoch 3."""
+    reference = _model()
+    _train(phantom_split, reference, _spec(), None)
+    checkpoint = tmp_path / "checkpoint.pt"
+    saved: list[str] = []
+    with pytest.raises(_Crash):
+        _train(phantom_split, _model(), _spec(), checkpoint, on_epoch=_crash_at(3), log=saved.append, every=2)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+    assert [line.split("/")[0].split()[-1] for line in saved if line.endswith("(checkpoint)")] == ["2"]
+    lines: list[str] = []
+    resumed = _model()
+    _train(phantom_split, resumed, _spec(), checkpoint, log=lines.append, every=2)
+    assert lines[0] == f"resuming after epoch 2 from {checkpoint}"
+    assert lines[-1].endswith("(checkpoint)") and f"{EPOCHS}/{EPOCHS}" in lines[-1]  # the last epoch is kept too
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_the_automatic_cadence_keeps_checkpoints_under_five_percent_of_the_training_time() -> None:
+    cadence = CheckpointCadence(None)
+    assert cadence.due(1)
+    cadence.saved(1, epoch_seconds=4.0, save_seconds=1.0)  # a save costs a quarter epoch: every 5th epoch
+    assert [epoch for epoch in range(2, 12) if cadence.due(epoch)] == [6, 7, 8, 9, 10, 11]
+    cadence.saved(6, epoch_seconds=4.0, save_seconds=0.01)  # never more often than measured first
+    assert not cadence.due(10) and cadence.due(11)
+    slow_epochs = CheckpointCadence(None)
+    slow_epochs.saved(1, epoch_seconds=60.0, save_seconds=0.5)  # a CPU epoch: every epoch
+    assert slow_epochs.due(2)
+    fixed = CheckpointCadence(3)
+    fixed.saved(3, epoch_seconds=0.1, save_seconds=10.0)
+    assert not fixed.due(5) and fixed.due(6)
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(phantom_split, tmp_path: Path) -> None:

@@ -44,8 +44,8 @@ LEAKAGE_MODELS = config.get("leakage", {}).get("models", [])
 ENSEMBLES = config["ensembles"]
 EXTERNAL = config["external"]
 ABLATION = config["ablation"]
-# Settings that change what training computes (jobs_per_gpu only schedules, so it reruns nothing).
-ACCELERATOR = {key: config["accelerator"][key] for key in ("fast_path", "compile", "deterministic")}
+# Settings that change what training computes (jobs_per_gpu and checkpoint_every change no result: they rerun nothing).
+ACCELERATOR = {key: config["accelerator"][key] for key in ("fast_path", "compile", "deterministic", "predict_precision")}
 # GPU jobs (busflow.gpus.GpuPlan) ask for gpu=1 (a whole GPU on a cluster: --gpus=1) and gpu_percent =
 # 100 / jobs_per_gpu; on one machine the workflow offers what its detected GPUs hold, unless --resources
 # says otherwise, and each job takes a GPU slot of its own (busflow.train.device.job_device).

@@ -15,6 +15,7 @@ rule external:
         preprocess=config["preprocess"],
         evaluate=config["evaluate"],
         device=config["device"],
+        predict_precision=config["accelerator"]["predict_precision"],
         models=lambda wildcards, input: f"{run_dir_of(input.arrays, DATA_FILES['arrays'])}/models",
     threads: 1
     resources:

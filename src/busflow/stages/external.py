@@ -28,7 +28,8 @@ from busflow.train.loop import ArrayData, predict
 from busflow.train.outputs import load_trained
 
 
-def predict_external(model_dir: Path, arrays: Mapping[str, np.ndarray], groups: list[str], device: Any, out_dir: Path) -> None:
+def predict_external(model_dir: Path, arrays: Mapping[str, np.ndarray], groups: list[str], device: Any, out_dir: Path,
+                     precision: str = "fp32") -> None:
     """predictions.npz/.csv of one fold model on every image of an external dataset."""
     model, card = load_trained(model_dir)
     classes = arrays["classes"].tolist()
@@ -37,7 +38,7 @@ def predict_external(model_dir: Path, arrays: Mapping[str, np.ndarray], groups: 
                              f"but the external data has {classes} at {arrays['images'].shape[-1]} px")
     data = ArrayData(arrays["images"], arrays["masks"], arrays["labels"])
     rows = np.arange(len(arrays["image_ids"]))
-    outputs = predict(model.to(device), data, rows, device)
+    outputs = predict(model.to(device), data, rows, device, precision=precision)
     table = prediction_table(arrays["image_ids"], groups, arrays["labels"], classes, outputs)
     # The fold model's own validation outputs travel along, so evaluation keeps its in-domain operating point.
     validation = load_predictions(model_dir / "predictions.npz", "val")
@@ -62,7 +63,8 @@ def run(params: Mapping[str, Any], *, arrays: Path, models: Path, out: Path, gpu
             for model in settings["models"]:
                 for fold in params["train"]["folds"]:
                     out_dir = staging / dataset / model / f"fold{fold}"
-                    predict_external(models / model / f"fold{fold}", external_arrays, groups, device, out_dir)
+                    predict_external(models / model / f"fold{fold}", external_arrays, groups, device, out_dir,
+                                     params["accelerator"]["predict_precision"])
                     metrics = evaluate_model(params, model, fold, data_dir / "arrays.npz", out_dir / "predictions.npz", out_dir,
                                              validation_arrays_path=arrays)
                     prefixed(f"{model} fold{fold}: {headline(metrics)}")

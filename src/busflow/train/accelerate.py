@@ -63,7 +63,8 @@ def compile_model(model: nn.Module, device: torch.device, setup: Acceleration, i
 
     A copy first runs one forward and backward pass compiled: some networks hit compiler bugs (e.g. the
     backward of replication padding in MONAI's U-Net up-sampling), and then training runs uncompiled with a
-    message instead of failing. Only the compiler's own errors are caught: running out of device memory or a
+    message instead of failing. Other shapes and modes compile later; a graph among them that fails to
+    compile falls back to eager execution alone (``torch._dynamo.config.suppress_errors``). Only the compiler's own errors are caught: running out of device memory or a
     device-side assert is the job's problem, not the compiler's, and ends the job as it would uncompiled.
     ``nn.Module.compile`` keeps the parameter names, so checkpoints and saved weights are unchanged.
     """
@@ -77,16 +78,22 @@ def compile_model(model: nn.Module, device: torch.device, setup: Acceleration, i
     example = torch.rand(2, 1, image_size, image_size, device=device).contiguous(
         memory_format=torch.channels_last if setup.channels_last else torch.contiguous_format)
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch._dynamo.config.patch(suppress_errors=False), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outputs = probe(example)
-        sum(output.float().mean() for output in outputs.values()).backward()
+            sum(output.float().mean() for output in outputs.values()).backward()
     except TorchDynamoException as error:
         cause = getattr(error, "inner_exception", None) or error.__cause__ or error
         if _is_device_failure(cause):
             raise cause from None
         log(f"torch.compile failed for this network ({_summary(error)}); training runs uncompiled")
         return replace(setup, compile=False)
+    # The probe compiled one shape; the real batch, a short last batch and the no-grad validation and test
+    # passes compile their own graphs later. One of those failing must not end a job whose weights exist,
+    # so from here a graph that does not compile runs eagerly, with the compiler's warning in the job log.
+    torch._dynamo.config.suppress_errors = True
     model.compile()
+    log("torch.compile on: graphs compile at their first use; one that fails to compile runs eagerly")
     return setup
 
 

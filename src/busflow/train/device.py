@@ -79,6 +79,17 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def inference_autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """Prediction and validation passes: fp32, so GPU and CPU predictions of a model agree to float rounding;
+    ``bf16`` asks for bf16 autocast on CUDA (faster, probabilities that differ in the second or third digit)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"prediction precision must be one of {PRECISIONS}, got {precision!r}")
+    return autocast(device) if precision == "bf16" else contextlib.nullcontext()
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy, torch and MONAI so a CPU run is repeatable bit for bit."""
     from monai.utils import set_determinism

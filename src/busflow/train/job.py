@@ -139,6 +139,12 @@ def network_card(arch: str, options: Mapping[str, Any], *, classes: list[str], i
         cascade=cascade, input_normalization=start.input_normalization, init=start.init)
 
 
+def _cadence(accelerator: Mapping[str, Any]) -> int | None:
+    """``accelerator.checkpoint_every``: epochs between checkpoints, None for ``auto``."""
+    every = accelerator["checkpoint_every"]
+    return None if every == "auto" else int(every)
+
+
 def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: TrainSpec, inputs: FoldData, out_dir: Path, *,
                      tasks: frozenset[str] | None = None, cascade: CascadeLink | None = None, detail: str = "",
                      test_extras: Mapping[str, np.ndarray] | None = None, init: Mapping[str, Any] | None = None,
@@ -167,18 +173,21 @@ def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: Trai
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = checkpoint_path(out_dir)
         roles = inputs.roles
+        # One batch source for training and predictions: on the fast path the arrays go to the device once.
+        source = batch_source(inputs.data, device, setup, augment=spec.augment, seed=seed)
+        precision = accelerator["predict_precision"]
         with epoch_logger(out_dir) as on_epoch:
-            run = FitRun(device=device, seed=seed, setup=setup, checkpoint=checkpoint, log=log, on_epoch=on_epoch)
+            run = FitRun(device=device, seed=seed, setup=setup, checkpoint=checkpoint, checkpoint_every=_cadence(accelerator),
+                         log=log, on_epoch=on_epoch, batches=source, precision=precision)
             history = fit(model, spec, inputs.data, roles["train"], roles["val"], tasks=tasks or model_tasks(spec.arch),
                           n_classes=len(inputs.classes), run=run)
         card = network_card(spec.arch, spec.options, classes=inputs.classes, image_size=image_size, device=device, preprocess=params["preprocess"],
                             setup=setup, cascade=cascade, start=start)
         save_run(out_dir, model, card, history)
-        source = batch_source(inputs.data, device, setup)
         test, val = roles["test"], roles["val"]
-        outputs = predict(model, source, test, device)
+        outputs = predict(model, source, test, device, precision=precision)
         test_ids = inputs.image_ids[test]
         table = prediction_table(test_ids, group_ids_of(inputs.folds, test_ids), inputs.data.labels[test], inputs.classes, outputs)
         save_predictions(out_dir, table, outputs, extra=test_extras,
-                         validation=(inputs.image_ids[val], predict(model, source, val, device)))
+                         validation=(inputs.image_ids[val], predict(model, source, val, device, precision=precision)))
         discard_checkpoint(checkpoint)

@@ -10,6 +10,7 @@ there until the epoch ends, when they are read back once.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -29,9 +30,11 @@ from busflow.models.pretrained import encoder_parameter_names, set_encoder_froze
 from busflow.train.accelerate import REFERENCE, Acceleration, DeviceArrays, prepare_model
 from busflow.train.augment import BatchAugmentation, augment_batch, build_augmentation
 from busflow.train.checkpoint import TrainingState, fingerprint, restore_checkpoint, save_checkpoint
-from busflow.train.device import autocast
+from busflow.train.device import autocast, inference_autocast
 from busflow.train.losses import TaskLoss, inverse_frequency_weights, oversampled
 from busflow.train.spec import AugmentSpec, TrainSpec
+
+CHECKPOINT_SHARE = 0.05  # at most this fraction of the training time goes to checkpoints (checkpoint_every: auto)
 
 
 @dataclass
@@ -180,21 +183,31 @@ def _weighted_mean(values: list[float], sizes: list[int]) -> float:
     return total / max(sum(sizes), 1)
 
 
+def _collect(collected: dict[str, list[torch.Tensor]], outputs: Mapping[str, torch.Tensor]) -> None:
+    """Append one batch's class and lesion probabilities (fp32, still on the device)."""
+    if "logits" in outputs:
+        collected.setdefault("class_probs", []).append(torch.softmax(outputs["logits"].float(), 1))
+    if "seg" in outputs:
+        collected.setdefault("mask_probs", []).append(torch.sigmoid(outputs["seg"].float())[:, 0])
+
+
+def _gathered(collected: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+    return {key: torch.cat(parts).cpu().numpy() for key, parts in collected.items()}
+
+
 @torch.no_grad()
-def predict(model: nn.Module, data: ArrayData | BatchSource, rows: np.ndarray, device: torch.device, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Class probabilities (N×C) and/or lesion probabilities (N×S×S, float32) for ``rows``."""
+def predict(model: nn.Module, data: ArrayData | BatchSource, rows: np.ndarray, device: torch.device, batch_size: int = 64,
+            precision: str = "fp32") -> dict[str, np.ndarray]:
+    """Class probabilities (N×C) and/or lesion probabilities (N×S×S, float32) for ``rows``, computed in fp32
+    unless ``precision`` is ``bf16`` (then under bf16 autocast on CUDA)."""
     source = HostBatches(data, device) if isinstance(data, ArrayData) else data
     model.eval()
     collected: dict[str, list[torch.Tensor]] = {}
     for chunk in _batches(source.index(rows), batch_size, drop_single=False):
         inputs, _, _ = source.batch(chunk)
-        with autocast(device):
-            outputs = model(inputs)
-        if "logits" in outputs:
-            collected.setdefault("class_probs", []).append(torch.softmax(outputs["logits"].float(), 1))
-        if "seg" in outputs:
-            collected.setdefault("mask_probs", []).append(torch.sigmoid(outputs["seg"].float())[:, 0])
-    return {key: torch.cat(parts).cpu().numpy() for key, parts in collected.items()}
+        with inference_autocast(device, precision):
+            _collect(collected, model(inputs))
+    return _gathered(collected)
 
 
 def _validation_score(tasks: frozenset[str], data: ArrayData, rows: np.ndarray, outputs: dict[str, np.ndarray]) -> float:
@@ -210,16 +223,20 @@ def _validation_score(tasks: frozenset[str], data: ArrayData, rows: np.ndarray, 
 
 
 @torch.no_grad()
-def _validation_loss(model: nn.Module, criterion: TaskLoss, source: BatchSource, rows: np.ndarray, device: torch.device,
-                     batch_size: int) -> float:
+def _validate(model: nn.Module, criterion: TaskLoss, source: BatchSource, data: ArrayData, rows: np.ndarray, *,
+              tasks: frozenset[str], device: torch.device, batch_size: int, precision: str) -> tuple[float, float]:
+    """The validation loss and score from one forward pass over ``rows``."""
     model.eval()
     losses, sizes = [], []
+    collected: dict[str, list[torch.Tensor]] = {}
     for chunk in _batches(source.index(rows), batch_size, drop_single=False):
         inputs, mask_targets, targets = source.batch(chunk)
-        with autocast(device):
-            losses.append(criterion(model(inputs), targets, mask_targets).detach())
+        with inference_autocast(device, precision):
+            outputs = model(inputs)
+        losses.append(criterion(outputs, targets, mask_targets).detach())
+        _collect(collected, outputs)
         sizes.append(len(chunk))
-    return _weighted_mean(_read_back(losses), sizes)
+    return _weighted_mean(_read_back(losses), sizes), _validation_score(tasks, data, rows, _gathered(collected))
 
 
 def _ignore_epoch(row: Mapping[str, float]) -> None:
@@ -233,9 +250,12 @@ class FitRun:
     device: torch.device
     seed: int
     setup: Acceleration = REFERENCE  # the reference path, or the accelerator's fast path
-    checkpoint: Path | None = None  # resume from / save to this file after every epoch
+    checkpoint: Path | None = None  # resume from / save to this file
+    checkpoint_every: int | None = None  # epochs between checkpoints; None: as often as costs < 5 % of the epochs
     log: Callable[[str], None] = print
     on_epoch: Callable[[Mapping[str, float]], None] = _ignore_epoch
+    batches: BatchSource | None = None  # the job's batch source (kept for its predictions); None: built by fit
+    precision: str = "fp32"  # of the validation passes: fp32, or bf16 under autocast on CUDA
 
 
 def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarray, val_rows: np.ndarray, *,
@@ -262,9 +282,10 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
     encoder = encoder_parameter_names(model, spec.arch) if spec.tunes_encoder else set()
     optimizer = _optimizer(model, spec, fused=setup.fused_optimizer, encoder=encoder)
     scheduler = _scheduler(optimizer, spec)
-    batches = batch_source(data, device, setup, augment=spec.augment, seed=seed)
+    batches = run.batches if run.batches is not None else batch_source(data, device, setup, augment=spec.augment, seed=seed)
     key = _checkpoint_key(spec, run, (data.images, data.masks, data.labels, train_rows, val_rows)) if checkpoint else ""
     state = _start_state(model, optimizer, scheduler, key, run)
+    cadence = CheckpointCadence(run.checkpoint_every, start=state.epoch)
     stopped_early = lambda: bool(spec.patience) and state.stale >= spec.patience  # noqa: E731
     for epoch in range(state.epoch + 1, spec.epochs + 1):
         if stopped_early():
@@ -279,8 +300,8 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
         except TrainingError as error:
             kept = f"the checkpoint after epoch {state.epoch} is kept at {checkpoint}" if checkpoint and state.epoch else "no epoch completed"
             raise type(error)(f"{error}; {kept}") from None
-        val_loss = _validation_loss(model, criterion, batches, val_rows, device, spec.batch_size)
-        val_score = _validation_score(tasks, data, val_rows, predict(model, batches, val_rows, device))
+        val_loss, val_score = _validate(model, criterion, batches, data, val_rows, tasks=tasks, device=device,
+                                        batch_size=spec.batch_size, precision=run.precision)
         seconds = time.perf_counter() - started
         state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
                               "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)})
@@ -289,15 +310,42 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
             scheduler.step()
         improved = _keep_if_best(state, model, val_loss)
         state.epoch = epoch
-        if checkpoint:
-            save_checkpoint(checkpoint, key, state, model, optimizer, scheduler)
+        saved = ""
+        if checkpoint and (cadence.due(epoch) or epoch == spec.epochs or stopped_early()):
+            cadence.saved(epoch, seconds, _timed(lambda: save_checkpoint(checkpoint, key, state, model, optimizer, scheduler)))
+            saved = "  (checkpoint)"
         log(f"epoch {epoch:>3}/{spec.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-            f"val_score {val_score:.3f}  {seconds:5.1f}s{'  *' if improved else ''}")
+            f"val_score {val_score:.3f}  {seconds:5.1f}s{'  *' if improved else ''}{saved}")
         if stopped_early():
             log(f"early stop: no validation improvement for {state.stale} epochs")
     set_encoder_frozen(model, encoder, frozen=False)
     model.load_state_dict(state.best_state)
     return pd.DataFrame(state.history)
+
+
+def _timed(action: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+class CheckpointCadence:
+    """When the loop saves a checkpoint: every ``every`` epochs, or, with ``every`` None, as often as keeps
+    the saving below :data:`CHECKPOINT_SHARE` of the training time (measured: the first save after a start
+    is timed against that epoch). A fast GPU epoch of a large network then saves every few epochs, a CPU
+    epoch every epoch. The loop also saves after its last epoch, so a job killed while writing its outputs
+    does not train again."""
+
+    def __init__(self, every: int | None, start: int = 0) -> None:
+        self.every, self.fixed, self.last = every or 1, every is not None, start
+
+    def due(self, epoch: int) -> bool:
+        return epoch - self.last >= self.every
+
+    def saved(self, epoch: int, epoch_seconds: float, save_seconds: float) -> None:
+        if not self.fixed:
+            self.every = max(self.every, math.ceil(save_seconds / (CHECKPOINT_SHARE * max(epoch_seconds, 1e-9))))
+        self.last = epoch
 
 
 def _checkpoint_key(spec: TrainSpec, run: FitRun, arrays: tuple[np.ndarray, ...]) -> str:
