@@ -2,15 +2,16 @@
 started from an in-domain SimCLR encoder, side by side in one pipeline run on 5 grouped folds.
 
     python benchmarks/busi_transfer.py [--root ../shared/datasets/busi/Dataset_BUSI_with_GT] [--size 128]
-        [--epochs 20] [--pretrain-epochs 150] [--view-size 64] [--folds 5] [--workdir DIR]
+        [--epochs 20] [--pretrain-epochs 150] [--view-size 64] [--folds 5] [--pairs classifier multitask] [--workdir DIR]
 
-Starts from config/presets/busi.yaml (data read in place), trains four models on the same folds:
-``resnet50`` and ``mtl_resnet50`` from scratch, ``resnet50_simclr`` and ``mtl_resnet50_simclr`` from the
-fold's own SimCLR encoder (a widen-0.5 ResNet-50 pretrained on that fold's training and validation images,
-no labels, views of ``--view-size`` px). The cascade segments with the multi-task network. Prints per model
-the ROC AUC over folds (mean ± sd), pooled with its 95 % group-bootstrap interval, the pooled Dice, the paired
-differences (pretrained minus scratch on the same test images, paired group bootstrap) and the wall times of
-the pretraining and training jobs. ``--workdir`` keeps the project there and resumes an interrupted run.
+Starts from config/presets/busi.yaml (data read in place) and trains, on the same folds, each pair of
+``--pairs``: ``resnet50`` / ``mtl_resnet50`` from scratch and ``resnet50_simclr`` / ``mtl_resnet50_simclr``
+from the fold's own SimCLR encoder (a widen-0.5 ResNet-50 pretrained on that fold's training and validation
+images, no labels, views of ``--view-size`` px). Only those models and their evaluation run (Snakemake
+targets), not the rest of the pipeline. Prints per model and metric the value over folds (mean ± sd) and
+pooled over all test images with its 95 % group-bootstrap interval, the paired differences (pretrained minus
+scratch on the same test images, paired group bootstrap), and the wall times of the pretraining and training
+jobs. ``--workdir`` keeps the project there; a second call resumes it (e.g. with the other pair).
 """
 
 from __future__ import annotations
@@ -20,31 +21,32 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from pipeline_walltime import REPO, run, scratch_project
 
-from busflow.report.loading import load_results
-from busflow.report.uncertainty import bootstrap_settings, comparison_table
+from busflow.layout import fold_dir
+from busflow.report.loading import RunResults, load_results, to_float
+from busflow.report.uncertainty import bootstrap_settings, comparison_table, interval_table
 
-PAIRS = {"resnet50_simclr": "resnet50", "mtl_resnet50_simclr": "mtl_resnet50"}  # pretrained -> scratch
+PAIRS = {"classifier": ("resnet50", "resnet50_simclr"), "multitask": ("mtl_resnet50", "mtl_resnet50_simclr")}  # scratch, pretrained
 ENCODER = "simclr"
-LEADERBOARD = ["model", "roc_auc_macro_mean", "roc_auc_macro_sd", "roc_auc_macro_pooled", "roc_auc_macro_ci_low",
-               "roc_auc_macro_ci_high", "dice_mean", "dice_sd", "dice_pooled", "dice_ci_low", "dice_ci_high"]
-COMPARED = {"classification.roc_auc_macro", "classification.balanced_accuracy", "segmentation.dice"}
+METRICS = ("classification.roc_auc_macro", "classification.balanced_accuracy", "segmentation.dice")
 
 
 def benchmark_params(root: Path, size: int, epochs: int, pretrain_epochs: int, view_size: int, folds: int) -> dict:
+    """The busi preset with both pairs (the params stay the same whichever pairs a call trains)."""
     params = yaml.safe_load((REPO / "config" / "presets" / "busi.yaml").read_text())
     params["data"]["busi"]["path"] = str(root.resolve())
     params["preprocess"]["size"] = size
     params["split"]["n_folds"] = folds
-    models = [name for pair in PAIRS.items() for name in reversed(pair)]
+    models = [name for pair in PAIRS.values() for name in pair]
     params["train"] = {"models": models, "folds": list(range(folds))}
     params["leakage"] = {"models": []}
-    scratch = {name: {**params["models"][name], "epochs": epochs} for name in PAIRS.values()}
+    scratch = {name: {**params["models"][name], "epochs": epochs} for name, _ in PAIRS.values()}
     started = {pretrained: {**scratch[base], "options": dict(scratch[base]["options"]), "init": {"pretrain": ENCODER}}
-               for pretrained, base in PAIRS.items()}
+               for base, pretrained in PAIRS.values()}
     params["models"] = {name: {**scratch, **started}[name] for name in models}
     params["pretrain"] = {ENCODER: {"arch": "resnet50", "options": dict(scratch["resnet50"]["options"]),
                                     "epochs": pretrain_epochs, "view_size": view_size}}
@@ -53,18 +55,34 @@ def benchmark_params(root: Path, size: int, epochs: int, pretrain_epochs: int, v
     return params
 
 
-def paired_differences_and_job_times(project: Path, params: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pretrained minus scratch per pair and metric (paired group bootstrap), and the pretraining and
-    training jobs' wall times in minutes."""
-    results = project / "results" / params["run"]
-    run_results = load_results(results, params["train"]["models"], params["train"]["folds"], ("benign", "malignant"))
-    settings = bootstrap_settings(params)
-    tables = [comparison_table(run_results, scratch, settings).query("model == @pretrained")
-              for pretrained, scratch in PAIRS.items()]
+def evaluation_targets(params: dict, models: list[str]) -> list[str]:
+    return [f"{fold_dir(params['run'], model, fold)}/metrics.json" for model in models for fold in params["train"]["folds"]]
+
+
+def per_model_table(results: RunResults, settings) -> pd.DataFrame:
+    """Per model and metric: mean ± sd over folds, and the pooled estimate with its group-bootstrap interval."""
+    pooled = interval_table(results, settings).query("metric in @METRICS").set_index(["model", "metric"])
+    rows = []
+    for (model, metric), interval in pooled.iterrows():
+        block, name = metric.split(".")
+        values = [to_float((getattr(result, block) or {}).get(name)) for result in results.of_model(model)]
+        rows.append({"model": model, "metric": name, "fold_mean": np.nanmean(values), "fold_sd": np.nanstd(values, ddof=1),
+                     "pooled": interval["estimate"], "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
+                     "images": interval["n_images"], "groups": interval["n_groups"]})
+    return pd.DataFrame(rows).round(3)
+
+
+def paired_differences(results: RunResults, settings, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """Pretrained minus scratch on the same test images, per metric (paired group bootstrap)."""
+    tables = [comparison_table(results, scratch, settings).query("model == @pretrained") for scratch, pretrained in pairs]
     table = pd.concat(tables, ignore_index=True)
-    times = run_results.job_times().query("stage in ('pretrain', 'train')")
-    times = times.assign(minutes=(times["seconds"] / 60).round(2)).drop(columns="seconds")
-    return table[table["metric"].isin(COMPARED)].round(4), times
+    return table[table["metric"].isin(METRICS)].drop(columns=["n_groups"]).round(4)
+
+
+def job_minutes(results: RunResults, models: list[str]) -> pd.DataFrame:
+    times = results.job_times().query("stage in ('pretrain', 'train')")
+    times = times[times["job"].str.startswith(("pretrain/", *(f"train/{m}_fold" for m in models)))]
+    return times.assign(minutes=(times["seconds"] / 60).round(2)).drop(columns="seconds")
 
 
 def main() -> None:
@@ -75,6 +93,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=150)
     parser.add_argument("--view-size", type=int, default=64, help="side of the SimCLR views in px")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=sorted(PAIRS))
     parser.add_argument("--workdir", type=Path, help="keep the project here (an existing one resumes)")
     args = parser.parse_args()
 
@@ -84,16 +103,18 @@ def main() -> None:
         project.mkdir(parents=True, exist_ok=True)
         (project / "benchmark.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         scratch_project(project / "benchmark.yaml", project)
+    pairs = [PAIRS[name] for name in args.pairs]
+    models = [model for pair in pairs for model in pair]
     started = time.perf_counter()
-    run(["snakemake", "--cores", "all", "--rerun-incomplete"], project)  # a resumed run redoes killed jobs
-    print(f"BUSI at {args.size} px, {args.folds} grouped folds, {args.epochs} epochs; SimCLR {args.pretrain_epochs} epochs "
-          f"on {args.view_size} px views: pipeline wall time {(time.perf_counter() - started) / 60:.1f} min ({project})")
+    run(["snakemake", "--cores", "all", "--rerun-incomplete", *evaluation_targets(params, models)], project)  # resumes killed jobs
+    print(f"BUSI benign vs malignant at {args.size} px, {args.folds} grouped folds, {args.epochs} epochs; SimCLR "
+          f"{args.pretrain_epochs} epochs on {args.view_size} px views: wall time {(time.perf_counter() - started) / 60:.1f} min ({project})")
+    results = load_results(project / "results" / params["run"], models, params["train"]["folds"], ("benign", "malignant"))
+    settings = bootstrap_settings(params)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        board = pd.read_csv(project / "results" / params["run"] / "report" / "tables" / "leaderboard.csv")
-        print(board[[c for c in LEADERBOARD if c in board]].round(3).to_string(index=False))
-        differences, times = paired_differences_and_job_times(project, params)
-        print(differences.to_string(index=False))
-        print(times.to_string(index=False))
+        print(per_model_table(results, settings).to_string(index=False))
+        print(paired_differences(results, settings, pairs).to_string(index=False))
+        print(job_minutes(results, models).to_string(index=False))
 
 
 if __name__ == "__main__":
