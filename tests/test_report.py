@@ -539,3 +539,86 @@ def test_single_fold_seg_only_run(tmp_path: Path) -> None:
     assert "no classification models in this run" in html
     with Image.open(out / "figures" / "roc.png") as img:
         assert img.width > 0
+
+
+def _positions(text: str, markers: list[str]) -> list[int]:
+    found = [text.find(marker) for marker in markers]
+    assert all(position >= 0 for position in found), [m for m, p in zip(markers, found) if p < 0]
+    return found
+
+
+def test_the_report_reads_top_down_summary_first_appendix_folded(full: tuple[Path, Path]) -> None:
+    _, out = full
+    html = (out / "index.html").read_text(encoding="utf-8")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    order = ['id="summary"', 'id="findings"', "Headline metrics pooled over all test folds", 'src="figures/metrics_bar.png"',
+             'src="figures/roc.png"', 'src="figures/overlays.png"', 'id="leaderboard"', 'id="leakage-study"',
+             '<details class="section">', 'id="split-audit"', 'id="per-fold-results"', 'id="metric-definitions"']
+    positions = _positions(html, order)
+    assert positions == sorted(positions)
+    appendix = html.index('<details class="section">')
+    assert html.index("</details>", html.rindex('id="parameters"')) > appendix  # the appendix holds the rest
+    md_order = ["## Summary", "### Findings", "Headline metrics pooled", "(figures/metrics_bar.png)", "## Leaderboard",
+                "## Appendix", "### Split audit", "### Per-fold results"]
+    md_positions = _positions(md, md_order)
+    assert md_positions == sorted(md_positions)
+    contents = html[: html.index('id="summary"')]
+    for anchor in ("summary", "leaderboard", "leakage-study", "external-validation", "appendix-provenance-data-split-per-fold-results-and-definitions"):
+        assert f'href="#{anchor}"' in contents and f'id="{anchor}"' in html
+
+
+def test_every_finding_says_what_its_table_says(full: tuple[Path, Path]) -> None:
+    from busflow.report.findings import is_significant
+
+    _, out = full
+    html = (out / "index.html").read_text(encoding="utf-8")
+    comparisons = pd.read_csv(out / "tables" / "comparisons.csv")
+    keyed = comparisons[comparisons["metric"].isin(["classification.roc_auc_macro", "segmentation.dice"])].dropna(subset=["difference"])
+    assert len(keyed) > 0
+    for row in keyed.itertuples():
+        verdict = "significant: the interval excludes 0" if is_significant(row.ci_low, row.ci_high) else "not significant"
+        assert f"{row.model} − {row.reference}" in html and f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}], {verdict}" in html
+    intervals = pd.read_csv(out / "tables" / "intervals.csv")
+    auc = intervals[intervals["metric"] == "classification.roc_auc_macro"].sort_values("estimate", ascending=False)
+    assert f"Best classifier by pooled macro ROC AUC: {auc.iloc[0]['model']}" in html
+
+
+def _comparison(low: float, high: float) -> pd.DataFrame:
+    return pd.DataFrame([{"model": "b", "reference": "a", "metric": "classification.roc_auc_macro", "difference": (low + high) / 2,
+                          "ci_low": low, "ci_high": high, "p_value": 0.01}])
+
+
+@pytest.mark.parametrize(("low", "high", "called"), [(0.01, 0.09, "significant: the interval excludes 0"),
+                                                     (-0.09, -0.01, "significant: the interval excludes 0"),
+                                                     (-0.02, 0.05, "not significant: the interval includes 0")])
+def test_a_paired_difference_is_called_significant_only_when_its_interval_excludes_zero(low: float, high: float, called: str) -> None:
+    from busflow.report.findings import paired_comparisons
+
+    (sentence,) = paired_comparisons(_comparison(low, high))
+    assert sentence.startswith("b − a, macro ROC AUC") and called in sentence
+
+
+def test_best_model_leakage_and_external_findings() -> None:
+    from busflow.report.findings import best_models, external_changes, leakage_effects
+
+    intervals = pd.DataFrame([
+        {"model": "a", "metric": "classification.roc_auc_macro", "estimate": 0.9, "ci_low": 0.85, "ci_high": 0.95},
+        {"model": "b", "metric": "classification.roc_auc_macro", "estimate": 0.7, "ci_low": 0.6, "ci_high": 0.8},
+        {"model": "u", "metric": "segmentation.dice", "estimate": 0.8, "ci_low": 0.7, "ci_high": 0.9},
+        {"model": "v", "metric": "segmentation.dice", "estimate": 0.75, "ci_low": 0.65, "ci_high": 0.85}])
+    classifier, segmenter = best_models(intervals)
+    assert classifier.startswith("Best classifier by pooled macro ROC AUC: a, 0.900 [0.850, 0.950]") and "do not overlap" in classifier
+    assert segmenter.startswith("Best segmenter by pooled Dice: u") and "the intervals overlap" in segmenter
+    leakage = pd.DataFrame([{"model": "u", "metric": "dice", "grouped_mean": 0.70, "grouped_sd": 0.01, "image_level_mean": 0.75,
+                             "image_level_sd": 0.02, "inflation": 0.05},
+                            {"model": "a", "metric": "roc_auc_macro", "grouped_mean": 0.80, "grouped_sd": 0.05,
+                             "image_level_mean": 0.81, "image_level_sd": 0.04, "inflation": 0.01},
+                            {"model": "v", "metric": "dice", "grouped_mean": 0.70, "grouped_sd": 0.01, "image_level_mean": 0.60,
+                             "image_level_sd": 0.02, "inflation": -0.10}])
+    effect, none, lower = leakage_effects(leakage)
+    assert "inflation +0.050, larger than the fold-to-fold sd: a leakage effect" in effect
+    assert "within the fold-to-fold sd: no leakage effect was found" in none
+    assert "inflation -0.100, lower on the image-level folds" in lower and "leakage effect" not in lower
+    external = pd.DataFrame([{"dataset": "busbra", "model": "a", "metric": "roc_auc_macro", "in_domain_mean": 0.86,
+                              "in_domain_sd": 0.02, "external_mean": 0.78, "external_sd": 0.03, "difference": -0.08}])
+    assert external_changes(external) == ["On busbra, a's macro ROC AUC drops by 0.080 (in-domain 0.860 ± 0.020, external 0.780 ± 0.030)."]

@@ -6,19 +6,21 @@ import json
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 
 from busflow.evaluate.catalogue import glossary, names
 from busflow.layout import REPORT_TABLES, report_table
+from busflow.report.findings import findings
 from busflow.report.loading import RunResults
 from busflow.report.render import (
     NA,
     SOURCE,
     Block,
     Bullets,
+    Collapsed,
     Details,
     Figure,
     Gallery,
@@ -84,26 +86,27 @@ def library_versions() -> dict[str, str]:
 
 def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any],
                  unreadable: Sequence[str] = ()) -> list[Block]:
-    """All report sections in order; ``unreadable`` lists images shown as error tiles on contact sheets."""
-    return [
-        *leaky_warning_blocks(run),
-        *summary_blocks(run, tables, run_info),
-        *dataset_blocks(tables),
-        *split_blocks(run, tables),
-        *grouping_blocks(run, tables, run_info),
-        *cluster_blocks(tables, unreadable),
-        *leaderboard_blocks(tables),
-        *reproduction_blocks(tables),
-        *leakage_blocks(run, tables),
-        *external_blocks(tables),
-        *ablation_blocks(tables),
-        *figure_blocks(run),
-        *per_fold_blocks(run, tables),
-        *metric_blocks(),
-        *convention_blocks(run_info),
-        *params_blocks(run_info),
-        *file_blocks(tables),
-    ]
+    """All report sections in reading order: the summary (what ran, findings, headline table, reproduction, key
+    figures), the results section by section, and an appendix (provenance, data, split, groups, per-fold tables,
+    definitions, parameters) that the HTML folds away. ``unreadable`` lists images shown as error tiles."""
+    sections = [summary_blocks(run, tables, run_info), leaderboard_blocks(tables), leakage_blocks(run, tables),
+                external_blocks(tables), ablation_blocks(tables), figure_blocks(run)]
+    appendix = [*provenance_blocks(run_info), *dataset_blocks(tables), *split_blocks(run, tables),
+                *grouping_blocks(run, tables, run_info), *cluster_blocks(tables, unreadable), *per_fold_blocks(run, tables),
+                *metric_blocks(), *convention_blocks(run_info), *params_blocks(run_info), *file_blocks(tables)]
+    appendix_heading = Heading(APPENDIX)
+    headings = [block for blocks in sections for block in blocks if isinstance(block, Heading) and block.level == 2]
+    contents = Links(tuple((f"#{h.anchor}", h.text) for h in (*headings, appendix_heading)))
+    return [*leaky_warning_blocks(run), contents, *(block for blocks in sections for block in blocks),
+            Collapsed(appendix_heading, tuple(_demoted(appendix)))]
+
+
+APPENDIX = "Appendix: provenance, data, split, per-fold results and definitions"
+
+
+def _demoted(blocks: Sequence[Block]) -> list[Block]:
+    """The appendix's own sections one heading level down."""
+    return [replace(b, level=b.level + 1) if isinstance(b, Heading) else b for b in blocks]
 
 
 def split_params(run_info: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -176,13 +179,10 @@ def _wall_time(jobs: pd.DataFrame) -> str:
 
 
 def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, Any]) -> list[Block]:
-    """Dataset, hash, versions, models and folds."""
+    """What ran, what it shows (findings), the headline table, the reproduction table and the key figures."""
     index = run.index
-    pairs = [
+    pairs = (
         ("dataset", str(run_info.get("dataset", "n/a"))),
-        ("params sha256", str(run_info.get("params_sha256", "n/a"))),
-        ("busflow", str(run_info.get("busflow_version", "n/a"))),
-        *library_versions().items(),
         ("classes", ", ".join(run.classes)),
         ("images / patients", f"{len(index)} / {index['patient_id'].nunique() if 'patient_id' in index else 'n/a'}"),
         ("bad samples skipped", _skipped_samples(run)),
@@ -190,14 +190,33 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
         ("folds", ", ".join(str(f) for f in run.folds)),
         ("trained on", _training_devices(run)),
         ("deterministic", _determinism(run)),
-        ("report built on", f"{platform.platform()}, {os.cpu_count()} CPU(s)"),
         ("pipeline wall time", _wall_time(tables["jobs"])),
-    ]
+    )
     ensembles = (run_info.get("params") or {}).get("ensembles") or {}
     models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds){_init_note(run, row.model)}{_ensemble_note(ensembles.get(row.model))}"
                    for row in tables["leaderboard"].itertuples())
-    return [Heading("Run summary"), KeyValues(tuple(pairs)), Para("Models:"),
-            Bullets(models or ("no models in this run",))]
+    confidence, resamples = _bootstrap_of(tables["intervals"])
+    sentences = findings(tables["intervals"], tables["comparisons"], tables["leakage"], tables["external"])
+    return [
+        Heading("Summary"), KeyValues(pairs), Para("Models:"), Bullets(models or ("no models in this run",)),
+        Heading("Findings", 3), Bullets(tuple(sentences) or ("no pooled results in this run",)),
+        Table(leaderboard_display(tables["leaderboard"], "pooled"),
+              f"Headline metrics pooled over all test folds [{confidence} bootstrap interval, {resamples} resamples of "
+              "patients/duplicate groups]", "no models"),
+        *reproduction_blocks(tables),
+        *(Figure(path, caption) for path, caption in KEY_FIGURES),
+    ]
+
+
+def provenance_blocks(run_info: Mapping[str, Any]) -> list[Block]:
+    """Versions, hashes and machine: what it takes to repeat the run."""
+    pairs = (
+        ("params sha256", str(run_info.get("params_sha256", "n/a"))),
+        ("busflow", str(run_info.get("busflow_version", "n/a"))),
+        *library_versions().items(),
+        ("report built on", f"{platform.platform()}, {os.cpu_count()} CPU(s)"),
+    )
+    return [Heading("Provenance"), KeyValues(pairs)]
 
 
 def dataset_blocks(tables: ReportTables) -> list[Block]:
@@ -307,14 +326,10 @@ def leaderboard_display(leaderboard: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 
 def leaderboard_blocks(tables: ReportTables) -> list[Block]:
-    lb = tables["leaderboard"]
-    confidence, resamples = _bootstrap_of(tables["intervals"])
+    """Headline metrics as mean ± sd over folds, and the paired comparisons with the reference model."""
     return [
         Heading("Leaderboard"),
-        Table(leaderboard_display(lb, "mean_sd"), "Headline metrics, mean ± sd over folds", "no models"),
-        Table(leaderboard_display(lb, "pooled"),
-              f"Headline metrics pooled over all test folds [{confidence} bootstrap interval, {resamples} resamples of "
-              "patients/duplicate groups]", "no models"),
+        Table(leaderboard_display(tables["leaderboard"], "mean_sd"), "Headline metrics, mean ± sd over folds", "no models"),
         Para("All leaderboard metrics (mean, sd, pooled value and interval) are in tables/leaderboard.csv; every "
              "pooled statistic with its interval, per class as well, in tables/intervals.csv.", "note"),
         *comparison_blocks(tables),
@@ -359,7 +374,7 @@ def reproduction_blocks(tables: ReportTables) -> list[Block]:
         "ours pooled [interval]": [fmt_interval(e, lo, hi) for e, lo, hi in zip(table["ours_pooled"], table["ci_low"], table["ci_high"])],
         SOURCE: table.get(SOURCE, ""),
     })
-    return [Heading(f"Reproduction of {paper}: {published()[paper]['title']}"),
+    return [Heading(f"Reproduction of {paper}: {published()[paper]['title']}", 3),
             Para(f"Ours: {table['our_protocol'].iloc[0]}. Paper: {table['paper_protocol'].iloc[0]}. "
                  "A drop from the published value is expected where the paper's split let duplicates leak."),
             Table(display, "Published vs reproduced (tables/reproduction.csv)", "no published values")]
@@ -429,16 +444,20 @@ def ablation_blocks(tables: ReportTables) -> list[Block]:
             Table(display, "Every grid cell and metric (tables/ablation.csv)", "no ablation results")]
 
 
+KEY_FIGURES = (
+    ("figures/metrics_bar.png", "Key metrics per model, mean over folds with sd error bars."),
+    ("figures/roc.png", "One-vs-rest ROC curves per class, test predictions pooled over folds."),
+    ("figures/overlays.png", ("Best, median and worst test image by Dice per segmentation model: ground truth in green, "
+                              "prediction (p ≥ 0.5) in red.")),
+)
+
+
 def figure_blocks(run: RunResults) -> list[Block]:
-    """Figure links with captions (a message figure says when a section does not apply)."""
+    """The figures beyond the summary's key ones, with captions (a message figure says when one does not apply)."""
     return [
-        Heading("Figures"),
-        Figure("figures/metrics_bar.png", "Key metrics per model, mean over folds with sd error bars."),
-        Figure("figures/roc.png", "One-vs-rest ROC curves per class, test predictions pooled over folds."),
+        Heading("More figures"),
         Figure("figures/pr.png", "One-vs-rest precision-recall curves per class (AP: average precision), pooled over folds."),
         Figure("figures/confusion.png", "Confusion matrices summed over folds (rows: true class)."),
-        Figure("figures/overlays.png", "Best, median and worst test image by Dice per segmentation model: "
-                                       "ground truth in green, prediction (p ≥ 0.5) in red."),
         Figure("figures/training_curves.png", "Training (solid) and validation (dashed) loss per epoch and fold."),
         Figure("figures/failures.png", "Failure gallery: per classifier, the misclassified test images with the highest "
                                        "confidence in the wrong class (tables/failures.csv)."),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import math
 import numbers
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,16 @@ NA = "n/a"
 class Heading:
     text: str
     level: int = 2
+
+    @property
+    def anchor(self) -> str:
+        return anchor_of(self.text)
+
+
+def anchor_of(text: str) -> str:
+    """The id GitHub gives a Markdown heading (lower case, punctuation dropped, spaces to hyphens), used as
+    the HTML heading's id too, so one table of contents links both renderings."""
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,15 @@ class Details:
     text: str  # preformatted
 
 
-Block = Heading | Para | Bullets | KeyValues | Table | Figure | Gallery | Links | Details
+@dataclass(frozen=True)
+class Collapsed:
+    """A section folded away in the HTML (``<details>``, its heading the summary); Markdown shows it in place."""
+
+    heading: Heading
+    blocks: tuple[Block, ...]
+
+
+Block = Heading | Para | Bullets | KeyValues | Table | Figure | Gallery | Links | Details | Collapsed
 
 
 # --------------------------------------------------------------------------- value formatting
@@ -166,6 +185,8 @@ def _md_block(block: Block) -> str:
         return "\n".join(f"- [{text}]({path})" for path, text in block.items)
     if isinstance(block, Details):
         return f"<details><summary>{block.summary}</summary>\n\n```yaml\n{block.text.rstrip()}\n```\n\n</details>"
+    if isinstance(block, Collapsed):
+        return "\n\n".join(_md_block(b) for b in (block.heading, *block.blocks))
     raise TypeError(f"unknown block {block!r}")
 
 
@@ -198,6 +219,7 @@ pre{background:#f5f6f8;padding:1em;overflow:auto;font-size:.85em}
 .scroll{overflow-x:auto}
 .gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{margin:0;max-width:540px}
 .gallery img{max-height:260px}
+details.section>summary{cursor:pointer}details.section>summary h2{display:inline-block;border:none}
 """
 
 
@@ -235,7 +257,7 @@ def _html_thumbnail(path: str, caption: str) -> str:
 
 def _html_block(block: Block) -> str:
     if isinstance(block, Heading):
-        return f"<h{block.level}>{html.escape(block.text)}</h{block.level}>"
+        return f'<h{block.level} id="{block.anchor}">{html.escape(block.text)}</h{block.level}>'
     if isinstance(block, Para):
         css = f' class="{block.css}"' if block.css else ""
         return f"<p{css}>{html.escape(block.text)}</p>"
@@ -260,6 +282,10 @@ def _html_block(block: Block) -> str:
     if isinstance(block, Details):
         return (f"<details><summary>{html.escape(block.summary)}</summary>"
                 f"<pre>{html.escape(block.text)}</pre></details>")
+    if isinstance(block, Collapsed):
+        heading = block.heading
+        summary = f'<summary><h{heading.level} id="{heading.anchor}">{html.escape(heading.text)}</h{heading.level}></summary>'
+        return f'<details class="section">{summary}\n' + "\n".join(_html_block(b) for b in block.blocks) + "\n</details>"
     raise TypeError(f"unknown block {block!r}")
 
 
