@@ -269,3 +269,27 @@ def _track_with_dvc(project: Path) -> None:
 def _git_commit(project: Path, message: str) -> None:
     run_tool(["git", "add", "-A"], project)
     run_tool(["git", "-c", "user.name=busflow", "-c", "user.email=busflow@localhost", "commit", "--quiet", "-m", message], project)
+
+
+def test_snakemake_report_and_dvc_metrics_carry_the_headline(tiny_project_copy: Path, tmp_path: Path) -> None:
+    """`snakemake --report` shows the headline table and key figures under Summary; `dvc metrics show` lists the
+    headline metrics per model from report/headline.json."""
+    import zipfile
+
+    project = tiny_project_copy
+    archive = tmp_path / "report.zip"
+    run_tool(["snakemake", "--report", str(archive)], project)
+    with zipfile.ZipFile(archive) as bundle:
+        names = bundle.namelist()
+        text = "\n".join(bundle.read(name).decode("utf-8", errors="replace") for name in names
+                         if name.endswith((".html", ".js", ".json")))
+    for item in ("leaderboard.csv", "metrics_bar.png", "roc.png", "overlays.png"):
+        assert any(name.endswith(item) for name in names), item
+    assert "Summary" in text and "Headline metrics per model" in text and "busflow run" in text and "synthetic" in text
+    headline = json.loads((project / "results/synthetic/report/headline.json").read_text())
+    assert set(headline) == set(MODELS)
+    assert headline["resnet50"]["roc_auc_macro"]["ci_low"] <= headline["resnet50"]["roc_auc_macro"]["pooled"]
+    run_tool(["dvc", "init", "--no-scm", "--quiet"], project)
+    shown = json.loads(run_tool(["dvc", "metrics", "show", "--json"], project).stdout)
+    found = json.dumps(shown)
+    assert "results/synthetic/report/headline.json" in found and '"pooled"' in found and "resnet50" in found

@@ -30,7 +30,8 @@ def report_figure(name: str) -> str:
     return f"figures/{name}.png"
 
 
-REPORT_FILES: tuple[str, ...] = ("index.html", "report.md", *map(report_table, REPORT_TABLES),
+REPORT_METRICS = "headline.json"  # per model the headline metrics, pooled with intervals (DVC metrics)
+REPORT_FILES: tuple[str, ...] = ("index.html", "report.md", REPORT_METRICS, *map(report_table, REPORT_TABLES),
                                  *map(report_figure, REPORT_FIGURES))
 # Directories the report always creates (possibly empty): one contact sheet per duplicate cluster.
 REPORT_DIRS: tuple[str, ...] = ("clusters",)

@@ -142,8 +142,16 @@ FIGURE_CAPTIONS = {
 }
 
 
+# `snakemake --report` shows the same summary as the report's first screen: the headline table and the key
+# figures under "Summary", the other figures under "Figures".
+SUMMARY_ITEMS = {"tables/leaderboard.csv": "leaderboard.rst", "figures/metrics_bar.png": "metrics_bar.rst",
+                 "figures/roc.png": "roc.rst", "figures/overlays.png": "overlays.rst"}
+
+
 def report_file(name):
     path = f"{RESULTS}/report/{name}"
+    if name in SUMMARY_ITEMS:
+        return report(path, caption=f"../report/{SUMMARY_ITEMS[name]}", category="Summary")
     if name in FIGURE_CAPTIONS:
         return report(path, caption=f"../report/{FIGURE_CAPTIONS[name]}", category="Figures")
     return path

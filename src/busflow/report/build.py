@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from busflow import CLASSES
-from busflow.io import write_csv, write_text
+from busflow.io import write_csv, write_json, write_text
+from busflow.layout import REPORT_METRICS
 from busflow.report import figures
 from busflow.report.content import build_blocks
 from busflow.report.loading import load_results
 from busflow.report.registry import compute_tables, write_figures
 from busflow.report.render import render_html, render_markdown
-from busflow.report.tables import SHEETS_DIR, split_label
+from busflow.report.tables import SHEETS_DIR, headline_metrics, split_label
 
 
 def build_report(
@@ -43,6 +44,7 @@ def build_report(
     tables = compute_tables(run, params)
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)
+    write_json(out_dir / REPORT_METRICS, headline_metrics(tables["leaderboard"]))
     write_figures(run, tables, out_dir)
     unreadable = figures.write_contact_sheets(run, tables.sheets, out_dir / SHEETS_DIR)
     blocks = build_blocks(run, tables, run_info, unreadable)

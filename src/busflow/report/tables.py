@@ -228,6 +228,18 @@ def leaderboard_table(run: RunResults, cls_table: pd.DataFrame, seg_table: pd.Da
     return pd.DataFrame(rows, columns=columns)
 
 
+def headline_metrics(leaderboard: pd.DataFrame) -> dict[str, dict[str, dict[str, float | None]]]:
+    """``report/headline.json``: per model and headline metric its pooled value with interval and the fold mean
+    and sd (null where undefined), the file ``dvc metrics show`` and ``dvc exp show`` list."""
+    def value(number: object) -> float | None:
+        number = float(number)
+        return None if math.isnan(number) else round(number, 6)
+
+    return {row["model"]: {metric: {part: value(row[f"{metric}_{part}"]) for part in ("pooled", "ci_low", "ci_high", "mean", "sd")}
+                           for metric in names("headline")}
+            for _, row in leaderboard.iterrows()}
+
+
 def mean_sd(values: pd.Series) -> tuple[float, float]:
     """Mean and sample sd (ddof=1) of the defined values; NaN when too few are defined."""
     values = pd.to_numeric(values, errors="coerce")
