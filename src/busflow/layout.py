@@ -17,7 +17,7 @@ REPORT_TABLES: tuple[str, ...] = ("leaderboard", "classification", "segmentation
                                   "groups", "label_conflicts", "leakage", "external", "ablation", "reproduction",
                                   "intervals", "comparisons", "calibration", "failures", "jobs")
 REPORT_FIGURES: tuple[str, ...] = ("roc", "metrics_bar", "overlays", "training_curves", "confusion", "leakage",
-                                   "calibration", "pr", "failures", "ablation")
+                                   "calibration", "pr", "failures", "ablation", "comparisons")
 
 
 def report_table(name: str) -> str:

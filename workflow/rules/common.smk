@@ -139,6 +139,7 @@ FIGURE_CAPTIONS = {
     "figures/pr.png": "pr.rst",
     "figures/failures.png": "failures.rst",
     "figures/ablation.png": "ablation.rst",
+    "figures/comparisons.png": "comparisons.rst",
 }
 
 

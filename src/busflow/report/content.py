@@ -346,7 +346,8 @@ def comparison_blocks(tables: ReportTables) -> list[Block]:
     """Each model against the reference model on the same test images (paired group bootstrap)."""
     table = tables["comparisons"]
     if table.empty:
-        return []
+        return [Para("No paired comparison: the run has one model, or no test images that two models share.", "note"),
+                Figure("figures/comparisons.png", "Paired comparisons: none in this run.")]
     display = pd.DataFrame({
         "model": table["model"], "metric": table["metric"].str.split(".").str[-1],
         "model value": [fmt_value(v) for v in table["model_value"]],
@@ -357,7 +358,9 @@ def comparison_blocks(tables: ReportTables) -> list[Block]:
     reference = str(table["reference"].iloc[0])
     return [Table(display, f"Paired comparison with {reference} on the test images both predicted: the same "
                            "resampled groups enter both models; p is the two-sided bootstrap p-value of no difference "
-                           "(tables/comparisons.csv)", "no comparison")]
+                           "(tables/comparisons.csv)", "no comparison"),
+            Figure("figures/comparisons.png", f"Forest plot of the key metrics' paired differences with {reference}: "
+                                              "95 % interval, filled where it excludes 0.")]
 
 
 def reproduction_blocks(tables: ReportTables) -> list[Block]:
@@ -445,10 +448,10 @@ def ablation_blocks(tables: ReportTables) -> list[Block]:
 
 
 KEY_FIGURES = (
-    ("figures/metrics_bar.png", "Key metrics per model, mean over folds with sd error bars."),
+    ("figures/metrics_bar.png", "Key metrics per model pooled over all test images; error bars: the 95 % bootstrap interval."),
     ("figures/roc.png", "One-vs-rest ROC curves per class, test predictions pooled over folds."),
-    ("figures/overlays.png", ("Best, median and worst test image by Dice per segmentation model: ground truth in green, "
-                              "prediction (p ≥ 0.5) in red.")),
+    ("figures/overlays.png", ("Best, median and worst test image by Dice per segmentation model: ground truth in sky "
+                              "blue, prediction (p ≥ 0.5) in orange.")),
 )
 
 

@@ -39,6 +39,16 @@ NO_LEAKAGE = "no leakage study configured (leakage.models is empty)"
 # Contact sheets: every image scaled to a common height, at most TILES_PER_ROW side by side (sizes in pixels).
 TILE_HEIGHT, TILES_PER_ROW, SHEET_GAP, TILE_TITLE, SHEET_HEADER, SHEET_MIN_WIDTH = 200, 6, 12, 40, 56, 480
 CONFLICT_COLOR = "#b00000"
+# Colour-blind-safe colours (Okabe and Ito): lesion contours readable on gray ultrasound, and one colour per
+# model kept in every figure.
+TRUTH_COLOR, PREDICTION_COLOR = "#56B4E9", "#E69F00"  # sky blue, orange
+GROUPED_COLOR, LEAKY_COLOR = "#0072B2", "#D55E00"  # blue, vermillion
+
+
+def model_colours(models: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per model, in the run's model order, from seaborn's colour-blind palette."""
+    palette = sns.color_palette("colorblind", n_colors=10)
+    return {model: palette[i % len(palette)] for i, model in enumerate(models)}
 
 
 def save_figure(fig: Figure, target: Path) -> None:
@@ -178,17 +188,18 @@ def plot_ablation(ablation: pd.DataFrame, target: Path) -> None:
 # --------------------------------------------------------------------------- calibration
 
 
-def plot_calibration(calibration: pd.DataFrame, intervals: pd.DataFrame, target: Path) -> None:
+def plot_calibration(calibration: pd.DataFrame, intervals: pd.DataFrame, models: Sequence[str], target: Path) -> None:
     """Reliability diagram: accuracy against mean confidence per confidence bin, one line per classifier."""
     if calibration.empty:
         return save_figure(message_figure(NO_CLS), target)
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, label="perfect calibration")
     ece = {r.model: r.estimate for r in intervals.itertuples() if r.metric == "classification.ece"}
+    colours = model_colours(models)
     for model, bins in calibration.groupby("model", sort=False):
         filled = bins[bins["n"] > 0]
         label = f"{model} (ECE {ece[model]:.3f})" if model in ece and not math.isnan(ece[model]) else model
-        ax.plot(filled["confidence"], filled["accuracy"], marker="o", linewidth=1.4, label=label)
+        ax.plot(filled["confidence"], filled["accuracy"], marker="o", linewidth=1.4, label=label, color=colours.get(model))
     ax.set(title="Reliability (pooled over folds)", xlabel="mean top-class confidence in bin",
            ylabel="accuracy in bin", xlim=(0, 1), ylim=(0, 1.02), aspect="equal")
     ax.legend(loc="upper left", fontsize=8)
@@ -199,34 +210,65 @@ def plot_calibration(calibration: pd.DataFrame, intervals: pd.DataFrame, target:
 # --------------------------------------------------------------------------- metric bars
 
 
-def plot_metrics_bar(cls_table: pd.DataFrame, seg_table: pd.DataFrame, models: Sequence[str], target: Path) -> None:
-    """Mean over folds per model and key metric, sd error bars; one panel per task."""
-    panels = [(t, m, title) for t, m, title in ((cls_table, BAR_CLS_METRICS, "classification"),
-                                                (seg_table, BAR_SEG_METRICS, "segmentation")) if not t.empty]
+def plot_metrics_bar(intervals: pd.DataFrame, models: Sequence[str], target: Path) -> None:
+    """Per model and key metric the value pooled over all test images, error bars its bootstrap interval; one
+    panel per task."""
+    panels = [(block, metrics, title) for block, metrics, title in ((CLASSIFICATION, BAR_CLS_METRICS, "classification"),
+                                                                  (SEGMENTATION, BAR_SEG_METRICS, "segmentation"))
+              if not intervals.empty and intervals["metric"].isin([f"{block}.{m}" for m in metrics]).any()]
     if not panels:
         return save_figure(message_figure("no metrics in this run"), target)
     fig, axes = _grid(len(panels), 2, (7.2, 4.2))
-    palette = dict(zip(models, sns.color_palette("tab10", n_colors=max(len(models), 1))))
-    for ax, (table, metrics, title) in zip(axes, panels):
-        _bar_panel(ax, table, metrics, title, palette)
+    colours = model_colours(models)
+    for ax, (block, metrics, title) in zip(axes, panels):
+        _bar_panel(ax, intervals, block, metrics, title, colours)
     fig.tight_layout()
     save_figure(fig, target)
 
 
-def _bar_panel(ax: plt.Axes, table: pd.DataFrame, metrics: Sequence[str], title: str,
-               palette: dict[str, tuple[float, float, float]]) -> None:
-    long = table.melt(id_vars=["model", "fold"], value_vars=list(metrics), var_name="metric", value_name="value")
-    long = long.dropna(subset=["value"])
-    if long.empty:
-        ax.text(0.5, 0.5, "all values n/a", ha="center", va="center")
-        ax.set_axis_off()
-        return
-    hue_order = [m for m in palette if m in set(long["model"])]
-    sns.barplot(data=long, x="metric", y="value", hue="model", hue_order=hue_order, order=list(metrics),
-                errorbar="sd", capsize=0.1, palette=palette, ax=ax)
-    ax.set(title=f"{title} (mean ± sd over folds)", xlabel="", ylabel="score", ylim=(0, 1.05))
-    ax.tick_params(axis="x", labelrotation=15)
+def _bar_panel(ax: plt.Axes, intervals: pd.DataFrame, block: str, metrics: Sequence[str], title: str,
+               colours: dict[str, tuple[float, float, float]]) -> None:
+    rows = intervals.set_index(["model", "metric"])
+    shown = [m for m in colours if any((m, f"{block}.{metric}") in rows.index for metric in metrics)]
+    width = 0.8 / max(len(shown), 1)
+    for number, model in enumerate(shown):
+        cells = [rows.loc[(model, f"{block}.{metric}")] if (model, f"{block}.{metric}") in rows.index else None for metric in metrics]
+        estimate = np.array([np.nan if c is None else c["estimate"] for c in cells], dtype=float)
+        low = np.array([np.nan if c is None else c["ci_low"] for c in cells], dtype=float)
+        high = np.array([np.nan if c is None else c["ci_high"] for c in cells], dtype=float)
+        x = np.arange(len(metrics)) - 0.4 + width * (number + 0.5)
+        errors = np.nan_to_num(np.vstack([estimate - low, high - estimate]))
+        ax.bar(x, np.nan_to_num(estimate), width, yerr=errors, capsize=2, color=colours[model], label=model,
+               error_kw={"linewidth": 1})
+    ax.set_xticks(np.arange(len(metrics)), list(metrics), rotation=15)
+    ax.set(title=f"{title} (pooled, 95 % interval)", xlabel="", ylabel="score", ylim=(0, 1.05))
     ax.legend(title="model", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+
+def plot_comparisons(comparisons: pd.DataFrame, models: Sequence[str], target: Path) -> None:
+    """Forest plot: each model minus the reference per key metric, with its paired bootstrap interval; a
+    filled marker where the interval excludes 0."""
+    keys = [f"{CLASSIFICATION}.{m}" for m in BAR_CLS_METRICS] + [f"{SEGMENTATION}.{m}" for m in BAR_SEG_METRICS]
+    shown = comparisons[comparisons["metric"].isin(keys)].dropna(subset=["difference"]) if not comparisons.empty else comparisons
+    if shown.empty:
+        return save_figure(message_figure("no paired comparison in this run (one model, or no shared test images)"), target)
+    shown = shown.iloc[::-1]  # first row at the top
+    colours = model_colours(models)
+    fig, ax = plt.subplots(figsize=(7.5, max(2.4, 0.9 + 0.32 * len(shown))))
+    for y, row in enumerate(shown.itertuples()):
+        significant = row.ci_low > 0 or row.ci_high < 0
+        colour = colours.get(row.model, "0.3")
+        ax.errorbar(row.difference, y, xerr=[[row.difference - row.ci_low], [row.ci_high - row.difference]], fmt="o",
+                    color=colour, markerfacecolor=colour if significant else "white", capsize=3, linewidth=1.3)
+    ax.axvline(0, color="0.4", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(shown)), [f"{r.model}: {r.metric.split('.')[-1]}" for r in shown.itertuples()], fontsize=9)
+    ax.set(title=f"Paired difference with {shown['reference'].iloc[0]} (95 % interval; filled: excludes 0)",
+           xlabel="model minus reference")
+    fig.tight_layout()
+    save_figure(fig, target)
 
 
 # --------------------------------------------------------------------------- overlays
@@ -244,8 +286,8 @@ def plot_overlays(run: RunResults, target: Path) -> None:
         picks = pick_best_median_worst(pooled_per_image(run, model))
         for ax, (kind, pick) in zip(row, picks):
             _overlay_panel(ax, run, model, kind, pick, (images, masks, row_of), cache)
-    fig.legend(handles=[Line2D([], [], color="lime", label="ground truth"),
-                        Line2D([], [], color="red", label="prediction (p ≥ 0.5)")],
+    fig.legend(handles=[Line2D([], [], color=TRUTH_COLOR, label="ground truth"),
+                        Line2D([], [], color=PREDICTION_COLOR, label="prediction (p ≥ 0.5)")],
                loc="lower center", ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(fig, target)
@@ -296,9 +338,9 @@ def _overlay_panel(ax: plt.Axes, run: RunResults, model: str, kind: str, pick: p
     image, truth = images[row_of[image_id]], masks[row_of[image_id]] > 0
     pred = _predicted_mask(run.fold_result(model, int(pick["fold"])).masks_path, image_id, cache)
     ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    _contour(ax, truth, image.shape, "lime")
+    _contour(ax, truth, image.shape, TRUTH_COLOR)
     if pred is not None:
-        _contour(ax, pred, image.shape, "red")
+        _contour(ax, pred, image.shape, PREDICTION_COLOR)
     label = pick.get("label", "")
     ax.set_title(f"{model} · {kind}\n{image_id} · {label} · Dice {float(pick['dice']):.3f}", fontsize=9)
 
@@ -396,8 +438,8 @@ def plot_leakage(leakage: pd.DataFrame, target: Path) -> None:
         return save_figure(message_figure(NO_LEAKAGE), target)
     x = np.arange(len(leakage))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(leakage) + 2.5), 4.4))
-    for offset, prefix, label, color in ((-0.2, "grouped", "grouped (leak-free)", "#4c72b0"),
-                                         (0.2, "image_level", "image-level (leaky)", "#dd8452")):
+    for offset, prefix, label, color in ((-0.2, "grouped", "grouped (leak-free)", GROUPED_COLOR),
+                                         (0.2, "image_level", "image-level (leaky)", LEAKY_COLOR)):
         ax.bar(x + offset, leakage[f"{prefix}_mean"], 0.4, yerr=leakage[f"{prefix}_sd"].fillna(0), capsize=3,
                label=label, color=color)
     ticks = [f"{m}\n{k}\nΔ {d:+.3f}" for m, k, d in zip(leakage["model"], leakage["metric"], leakage["inflation"])]

@@ -106,17 +106,17 @@ TABLES: dict[str, ReportTable] = {
 Plot = Callable[[RunResults, ReportTables, Path], None]  # (run, tables, target PNG)
 FIGURES: dict[str, Plot] = {
     "roc": lambda run, tables, target: figures.plot_roc(run, target),
-    "metrics_bar": lambda run, tables, target: figures.plot_metrics_bar(tables["classification"],
-                                                                        tables["segmentation"], run.models, target),
+    "metrics_bar": lambda run, tables, target: figures.plot_metrics_bar(tables["intervals"], run.models, target),
     "overlays": lambda run, tables, target: figures.plot_overlays(run, target),
     "training_curves": lambda run, tables, target: figures.plot_training_curves(run, target),
     "confusion": lambda run, tables, target: figures.plot_confusion(run, target),
     "leakage": lambda run, tables, target: figures.plot_leakage(tables["leakage"], target),
     "calibration": lambda run, tables, target: figures.plot_calibration(tables["calibration"], tables["intervals"],
-                                                                        target),
+                                                                        run.models, target),
     "pr": lambda run, tables, target: figures.plot_pr(run, target),
     "failures": lambda run, tables, target: figures.plot_failures(tables["failures"], run.arrays_path, target),
     "ablation": lambda run, tables, target: figures.plot_ablation(tables["ablation"], target),
+    "comparisons": lambda run, tables, target: figures.plot_comparisons(tables["comparisons"], run.models, target),
 }
 
 
