@@ -89,6 +89,22 @@ def test_a_run_killed_between_checkpoints_resumes_from_the_last_one_to_the_same_
         assert torch.equal(tensor, resumed.state_dict()[name]), name
 
 
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_a_run_ends_with_the_best_or_the_last_epochs_weights_as_asked(phantom_split, tmp_path: Path, restore_best: bool) -> None:
+    """The checkpoint after the last epoch holds both: the last epoch's weights and the best ones so far."""
+    checkpoint = tmp_path / "checkpoint.pt"
+    model = _model()
+    history = _train(phantom_split, model, _spec(restore_best=restore_best), checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)
+    best_epoch = int(history["val_loss"].idxmin()) + 1
+    expected = saved["best_state"] if restore_best else saved["model"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    if best_epoch != EPOCHS:  # the two differ: the other state must not be what the model ended with
+        other = saved["model"] if restore_best else saved["best_state"]
+        assert any(not torch.equal(tensor, other[name]) for name, tensor in model.state_dict().items())
+
+
 def test_the_automatic_cadence_keeps_checkpoints_under_five_percent_of_the_training_time() -> None:
     cadence = CheckpointCadence(None)
     assert cadence.due(1)

@@ -260,7 +260,8 @@ class FitRun:
 
 def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarray, val_rows: np.ndarray, *,
         tasks: frozenset[str], n_classes: int, run: FitRun) -> pd.DataFrame:
-    """Train ``model`` in place (ending with the best-validation weights); return the per-epoch history.
+    """Train ``model`` in place (ending with the best-validation weights, or the last epoch's when
+    ``spec.restore_best`` is false); return the per-epoch history.
 
     ``run.on_epoch`` receives each history row as soon as its epoch ends (e.g. for dvclive; a resumed run
     replays the restored epochs first). With ``run.checkpoint``, the state after every epoch is saved there and
@@ -319,7 +320,8 @@ def fit(model: nn.Module, spec: TrainSpec, data: ArrayData, train_rows: np.ndarr
         if stopped_early():
             log(f"early stop: no validation improvement for {state.stale} epochs")
     set_encoder_frozen(model, encoder, frozen=False)
-    model.load_state_dict(state.best_state)
+    if spec.restore_best:
+        model.load_state_dict(state.best_state)
     return pd.DataFrame(state.history)
 
 

@@ -59,6 +59,7 @@ class TrainSpec:
     optimizer: str = "adam"  # adam | adamw | sgd
     betas: tuple[float, float] = (0.9, 0.999)
     patience: int = 10  # epochs without validation improvement before stopping; 0 = never stop early
+    restore_best: bool = True  # end with the best validation epoch's weights; False: the last epoch's
     lr_step: LrStep = LrStep()
     cls_loss: str = "ce"  # ce | focal
     focal_gamma: float = 2.0
