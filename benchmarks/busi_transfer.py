@@ -40,6 +40,7 @@ def benchmark_params(root: Path, size: int, epochs: int, pretrain_epochs: int, v
     params = yaml.safe_load((REPO / "config" / "presets" / "busi.yaml").read_text())
     params["data"]["busi"]["path"] = str(root.resolve())
     params["preprocess"]["size"] = size
+    params["preprocess"]["classes"] = ["benign", "malignant"]  # the normals have no lesion to classify
     params["split"]["n_folds"] = folds
     models = [name for pair in PAIRS.values() for name in pair]
     params["train"] = {"models": models, "folds": list(range(folds))}
