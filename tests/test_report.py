@@ -622,3 +622,37 @@ def test_best_model_leakage_and_external_findings() -> None:
     external = pd.DataFrame([{"dataset": "busbra", "model": "a", "metric": "roc_auc_macro", "in_domain_mean": 0.86,
                               "in_domain_sd": 0.02, "external_mean": 0.78, "external_sd": 0.03, "difference": -0.08}])
     assert external_changes(external) == ["On busbra, a's macro ROC AUC drops by 0.080 (in-domain 0.860 ± 0.020, external 0.780 ± 0.030)."]
+
+
+def test_a_leaked_sibling_is_a_group_mate_in_the_training_part_of_the_image_level_fold_that_tested_the_image() -> None:
+    from busflow.report.leakage import leaked_siblings
+
+    leaky = pd.DataFrame({"image_id": ["a1", "a2", "b1", "b2", "c1"],
+                          "fold0": ["test", "train", "test", "test", "train"],
+                          "fold1": ["train", "test", "val", "train", "test"]})
+    groups = {"a1": "A", "a2": "A", "b1": "B", "b2": "B", "c1": "C"}
+    # a1: a2 trains in fold0; a2: a1 trains in fold1; b1 and b2 share fold0's test part; c1 has no sibling.
+    assert leaked_siblings(leaky, groups, ["a1", "a2", "b1", "b2", "c1"]).tolist() == [True, True, False, False, False]
+
+
+def test_the_paired_leakage_table_is_the_mean_per_image_difference_on_shared_test_images(full: tuple[Path, Path]) -> None:
+    from busflow.report.leakage import leaked_siblings
+
+    results, out = full
+    paired = pd.read_csv(out / "tables" / "leakage_paired.csv")
+    rows = paired[paired["model"] == "unet"].set_index("subset")
+    assert set(rows.index) == {"all", "with a leaked sibling", "without a leaked sibling"}
+    grouped = pd.concat([pd.read_csv(results / f"models/unet/fold{k}/per_image.csv") for k in (0, 1)]).set_index("image_id")
+    leaky = pd.concat([pd.read_csv(results / f"models/unet/random_image/fold{k}/per_image.csv") for k in (0, 1)]).set_index("image_id")
+    common = sorted(set(grouped.index) & set(leaky.index))
+    difference = leaky.loc[common, "dice"] - grouped.loc[common, "dice"]
+    assert rows.loc["all", "n_images"] == len(common)
+    assert rows.loc["all", "difference"] == pytest.approx(difference.mean(), abs=1e-5)
+    assert rows.loc["all", "ci_low"] <= rows.loc["all", "difference"] <= rows.loc["all", "ci_high"]
+    folds = pd.read_csv(results / "split/folds.csv")
+    exposed = leaked_siblings(pd.read_csv(results / "split/folds_random_image.csv"),
+                              dict(zip(folds["image_id"], folds["group_id"])), common)
+    assert rows.loc["with a leaked sibling", "n_images"] == exposed.sum()
+    assert rows.loc["with a leaked sibling", "difference"] == pytest.approx(difference[exposed].mean(), abs=1e-5)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "Leakage, unet Dice on the same test images, image-level minus grouped: all (" in html

@@ -196,7 +196,8 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
     models = tuple(f"{row.model}: {row.tasks} ({row.n_folds} folds){_init_note(run, row.model)}{_ensemble_note(ensembles.get(row.model))}"
                    for row in tables["leaderboard"].itertuples())
     confidence, resamples = _bootstrap_of(tables["intervals"])
-    sentences = findings(tables["intervals"], tables["comparisons"], tables["leakage"], tables["external"])
+    sentences = findings(tables["intervals"], tables["comparisons"], tables["leakage"], tables["leakage_paired"],
+                         tables["external"])
     return [
         Heading("Summary"), KeyValues(pairs), Para("Models:"), Bullets(models or ("no models in this run",)),
         Heading("Findings", 3), Bullets(tuple(sentences) or ("no pooled results in this run",)),
@@ -396,10 +397,27 @@ def leakage_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
     if missing:
         blocks.append(Para(f"No grouped results for {', '.join(missing)} (not in this run's models): "
                            "their inflation is n/a.", "bad"))
-    return [*blocks, Table(leakage_display(tables["leakage"]), "Grouped vs image-level folds (tables/leakage.csv)",
-                           "no headline metrics in the leakage runs"),
+    return [*blocks, Table(leakage_paired_display(tables["leakage_paired"]),
+                           "Paired on the same test images: each image's score from its image-level (leaky) fold model "
+                           "minus that from its grouped fold model, mean with the group-bootstrap interval; an image has "
+                           "a leaked sibling when another image of its group was in the training part of the image-level "
+                           "fold that tested it (tables/leakage_paired.csv)", "no per-image scores in the leakage runs"),
+            Table(leakage_display(tables["leakage"]), "Grouped vs image-level folds, mean ± sd over folds of different "
+                                                      "test sets (tables/leakage.csv)",
+                  "no headline metrics in the leakage runs"),
             Figure("figures/leakage.png", "Grouped (leak-free) vs image-level (leaky) folds per model and metric, "
                                           "mean ± sd over folds; the numbers are the inflation.")]
+
+
+def leakage_paired_display(paired: pd.DataFrame) -> pd.DataFrame:
+    """tables/leakage_paired.csv with the difference and its interval in one cell."""
+    return pd.DataFrame({
+        "model": paired["model"], "score": paired["score"], "test images": paired["subset"], "n": paired["n_images"],
+        "grouped": [fmt_value(v) for v in paired["grouped_mean"]],
+        "image-level": [fmt_value(v) for v in paired["image_level_mean"]],
+        "difference [interval]": [fmt_interval(d, lo, hi) for d, lo, hi in zip(paired["difference"], paired["ci_low"], paired["ci_high"])],
+        "p": [fmt_value(v) for v in paired["p_value"]], SOURCE: paired.get(SOURCE, ""),
+    })
 
 
 def leakage_display(leakage: pd.DataFrame) -> pd.DataFrame:

@@ -2,9 +2,9 @@
 
 Each sentence reads one table and says nothing the table does not: the best model per task with its
 interval (and whether the runner-up's interval overlaps it), each paired comparison called significant only
-when its interval excludes zero, the leakage inflation set against the fold-to-fold spread (the two splits
-test different images, so a spread is all there is to set it against), and the change on each external
-dataset. The key metric of a task is macro ROC AUC for classification, Dice for
+when its interval excludes zero, the leakage effect paired on the same test images with its interval (or,
+without per-image scores, the fold means' difference set against the fold-to-fold spread), and the change
+on each external dataset. The key metric of a task is macro ROC AUC for classification, Dice for
 segmentation.
 """
 
@@ -86,6 +86,27 @@ def leakage_effects(leakage: pd.DataFrame) -> list[str]:
     return sentences
 
 
+SCORE_LABELS = {"dice": "Dice", "p_true_class": "probability of the true class"}
+
+
+def paired_leakage_effects(paired: pd.DataFrame) -> list[str]:
+    """Image-level minus grouped on the same test images, overall and by leaked sibling, with intervals."""
+    if paired.empty:
+        return []
+    sentences = []
+    for (model, score), rows in paired.groupby(["model", "score"], sort=False):
+        parts = []
+        for row in rows.itertuples():
+            verdict = "significant" if is_significant(row.ci_low, row.ci_high) else "not significant"
+            parts.append(f"{row.subset} ({row.n_images} images) {row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}], {verdict}")
+        overall = rows[rows["subset"] == "all"]
+        found = not overall.empty and overall["ci_low"].iloc[0] > 0
+        conclusion = "a leakage effect" if found else "no leakage effect was found"
+        sentences.append(f"Leakage, {model} {SCORE_LABELS.get(score, score)} on the same test images, image-level minus "
+                         f"grouped: {'; '.join(parts)}: {conclusion}.")
+    return sentences
+
+
 def external_changes(external: pd.DataFrame) -> list[str]:
     """Each model's key metrics on each external dataset against its in-domain test value."""
     if external.empty:
@@ -99,6 +120,9 @@ def external_changes(external: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def findings(intervals: pd.DataFrame, comparisons: pd.DataFrame, leakage: pd.DataFrame, external: pd.DataFrame) -> list[str]:
-    """Every finding of the run, in the report's order."""
-    return [*best_models(intervals), *paired_comparisons(comparisons), *leakage_effects(leakage), *external_changes(external)]
+def findings(intervals: pd.DataFrame, comparisons: pd.DataFrame, leakage: pd.DataFrame, leakage_paired: pd.DataFrame,
+             external: pd.DataFrame) -> list[str]:
+    """Every finding of the run, in the report's order; the leakage study paired on the same test images where
+    the run has it, else its fold means."""
+    leakage_sentences = paired_leakage_effects(leakage_paired) or leakage_effects(leakage)
+    return [*best_models(intervals), *paired_comparisons(comparisons), *leakage_sentences, *external_changes(external)]

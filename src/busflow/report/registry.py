@@ -17,6 +17,7 @@ import pandas as pd
 from busflow.layout import REPORT_FIGURES, REPORT_TABLES, SPLIT_FILES, report_figure
 from busflow.report import figures, sources
 from busflow.report.content import ReportTables
+from busflow.report.leakage import leakage_paired_table
 from busflow.report.loading import RunResults
 from busflow.report.reproduction import reproduction_table
 from busflow.report.tables import (
@@ -101,6 +102,7 @@ TABLES: dict[str, ReportTable] = {
     "calibration": ReportTable(lambda c: calibration_table(c.run), sources.model_images),
     "failures": ReportTable(lambda c: failure_table(c.run), sources.fold_images),
     "jobs": ReportTable(lambda c: c.run.job_times(), sources.job_log),
+    "leakage_paired": ReportTable(lambda c: leakage_paired_table(c.run, c.bootstrap), sources.leakage_images),
 }
 
 Plot = Callable[[RunResults, ReportTables, Path], None]  # (run, tables, target PNG)

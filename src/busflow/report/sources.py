@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from busflow.layout import SPLIT_FILES
 from busflow.report.loading import FoldResult, RunResults
 from busflow.report.render import SOURCE
 
@@ -56,6 +57,13 @@ def leakage_metrics(run: RunResults, row: Any) -> str:
     """The model's grouped and image-level (leaky) folds."""
     return "; ".join([_joined(run, run.of_model(row.model)),
                       _joined(run, [r for r in run.leaky_results if r.model == row.model])])
+
+
+def leakage_images(run: RunResults, row: Any) -> str:
+    """The model's per-image files under both splits, and the image-level split that says which images leaked."""
+    return "; ".join([_joined(run, run.of_model(row.model), "per_image.csv"),
+                      _joined(run, [r for r in run.leaky_results if r.model == row.model], "per_image.csv"),
+                      SPLIT_FILES["leaky"]])
 
 
 def external_metrics(run: RunResults, row: Any) -> str:

@@ -29,7 +29,7 @@ from busflow.evaluate.statistics import (
     weighted_mean,
 )
 from busflow.layout import SPLIT_FILES
-from busflow.report.loading import RunResults
+from busflow.report.loading import FoldResult, RunResults
 
 INTERVAL_COLUMNS = ["model", "metric", "n_images", "n_groups", "estimate", "ci_low", "ci_high", "confidence", "resamples"]
 FAILURE_COLUMNS = ["model", "fold", "image_id", "label", "predicted", "confidence"]
@@ -59,8 +59,13 @@ def bootstrap_settings(params: Mapping[str, Any]) -> BootstrapSettings:
 def model_cases(run: RunResults, model: str) -> pd.DataFrame:
     """One row per pooled test image: fold, group (from the split's folds table), per-image evaluation
     columns and class probabilities."""
+    return results_cases(run, model, run.of_model(model))
+
+
+def results_cases(run: RunResults, model: str, results: Sequence[FoldResult]) -> pd.DataFrame:
+    """:func:`model_cases` of some fold results of ``model`` (e.g. its image-level folds)."""
     parts = []
-    for result in run.of_model(model):
+    for result in results:
         cases = result.per_image.assign(fold=result.fold)
         if result.predictions is not None:
             probs = [c for c in result.predictions.columns if c.startswith("prob_")]

@@ -1,0 +1,108 @@
+"""The leakage study paired on the same test images: what the image-level split does to each image's score.
+
+Under k-fold both splits test every image exactly once, so each test image has a score from the grouped
+(leak-free) model of its fold and one from the image-level (leaky) model of its fold. The difference of the
+two, image by image, is the leakage effect; comparing two means over different test sets is not. An image
+"has a leaked sibling" when, in the image-level split, another image of its group (same patient or
+duplicate cluster) sat in the training or validation part of the fold that tested it: that is where leakage
+can act, so the effect is reported for those images and for the others separately. Intervals come from the
+group bootstrap (whole groups resampled), as every interval of the report.
+
+Per-image scores: ``dice`` for segmentation, ``p_true_class`` (the predicted probability of the true class)
+for classification, since AUC and accuracy are not per-image quantities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from busflow.evaluate.statistics import GroupBootstrap, percentile_interval, two_sided_p, weighted_mean
+from busflow.io import read_table
+from busflow.layout import SPLIT_FILES
+from busflow.report.loading import RunResults
+from busflow.report.uncertainty import BootstrapSettings, results_cases
+
+LEAKAGE_PAIRED_COLUMNS = ["model", "score", "subset", "n_images", "n_groups", "grouped_mean", "image_level_mean",
+                          "difference", "ci_low", "ci_high", "p_value", "confidence", "resamples"]
+LEAKED, NOT_LEAKED = "with a leaked sibling", "without a leaked sibling"
+EXPOSED_ROLES = ("train", "val")
+
+
+def leaked_siblings(leaky_folds: pd.DataFrame, group_of: Mapping[str, str], image_ids: Sequence[str]) -> np.ndarray:
+    """For each image, whether another image of its group was in the training or validation part of the
+    image-level fold that tested it.
+
+    Args:
+        leaky_folds: The image-level split (``image_id`` and one ``fold<k>`` role column per fold).
+        group_of: image_id -> group_id of the grouped split (patients or duplicate clusters).
+        image_ids: The images to answer for (each a test image of exactly one image-level fold).
+    """
+    columns = [c for c in leaky_folds.columns if c.startswith("fold") and c[4:].isdigit()]
+    roles = leaky_folds.assign(image_id=leaky_folds["image_id"].astype(str)).set_index("image_id")[columns]
+    members: dict[str, list[str]] = {}
+    for image, group in group_of.items():
+        members.setdefault(group, []).append(image)
+    answers = []
+    for image in image_ids:
+        tested = [c for c in columns if roles.at[image, c] == "test"] if image in roles.index else []
+        siblings = [s for s in members.get(group_of.get(image, image), []) if s != image and s in roles.index]
+        answers.append(any(roles.at[s, c] in EXPOSED_ROLES for c in tested for s in siblings))
+    return np.array(answers, dtype=bool)
+
+
+def image_scores(cases: pd.DataFrame, classes: Sequence[str]) -> dict[str, pd.Series]:
+    """Per-image scores of one split's pooled test cases, indexed by image_id."""
+    indexed = cases.set_index("image_id")
+    scores = {}
+    if "dice" in indexed:
+        scores["dice"] = indexed["dice"].astype(float)
+    probabilities = [f"prob_{c}" for c in classes]
+    if "y_true" in indexed and set(probabilities) <= set(indexed.columns):
+        matrix = indexed[probabilities].to_numpy(float)
+        truth = indexed["y_true"].to_numpy(int)
+        scores["p_true_class"] = pd.Series(matrix[np.arange(len(truth)), truth], index=indexed.index)
+    return scores
+
+
+def leakage_paired_table(run: RunResults, settings: BootstrapSettings) -> pd.DataFrame:
+    """Per leakage model, score and subset (all test images, with and without a leaked sibling): the mean
+    score under each split and the paired difference, image-level minus grouped, with its interval."""
+    if not run.leakage_models or not (run.root / SPLIT_FILES["leaky"]).is_file():
+        return pd.DataFrame(columns=LEAKAGE_PAIRED_COLUMNS)
+    leaky_folds = read_table(run.root / SPLIT_FILES["leaky"])
+    group_of = dict(zip(run.folds_table["image_id"].astype(str), run.folds_table["group_id"].astype(str)))
+    rows = []
+    for number, model in enumerate(run.leakage_models):
+        grouped = results_cases(run, model, run.of_model(model))
+        leaky = results_cases(run, model, [r for r in run.leaky_results if r.model == model])
+        if grouped.empty or leaky.empty:
+            continue
+        grouped_scores, leaky_scores = image_scores(grouped, run.classes), image_scores(leaky, run.classes)
+        common = sorted(set(grouped["image_id"]) & set(leaky["image_id"]))
+        exposed = leaked_siblings(leaky_folds, group_of, common)
+        groups = np.array([group_of.get(i, i) for i in common])
+        for score in sorted(set(grouped_scores) & set(leaky_scores)):
+            before = grouped_scores[score].loc[common].to_numpy(float)
+            after = leaky_scores[score].loc[common].to_numpy(float)
+            for subset, chosen in (("all", np.ones(len(common), bool)), (LEAKED, exposed), (NOT_LEAKED, ~exposed)):
+                if chosen.any():
+                    rows.append({"model": model, "score": score, "subset": subset,
+                                 **_paired(before[chosen], after[chosen], groups[chosen], settings, settings.seed + number)})
+    return pd.DataFrame(rows, columns=LEAKAGE_PAIRED_COLUMNS)
+
+
+def _paired(grouped: np.ndarray, image_level: np.ndarray, groups: np.ndarray, settings: BootstrapSettings,
+            seed: int) -> dict[str, float]:
+    """Means under both splits and the mean paired difference with its group-bootstrap interval."""
+    differences = image_level - grouped
+    draw = GroupBootstrap.draw(list(groups), settings.resamples, seed)
+    samples = weighted_mean(differences, draw.weights)
+    low, high = percentile_interval(samples, settings.confidence)
+    ones = np.ones((1, len(differences)))
+    return {"n_images": len(differences), "n_groups": draw.n_groups,
+            "grouped_mean": float(weighted_mean(grouped, ones)[0]), "image_level_mean": float(weighted_mean(image_level, ones)[0]),
+            "difference": float(weighted_mean(differences, ones)[0]), "ci_low": low, "ci_high": high,
+            "p_value": two_sided_p(samples), "confidence": settings.confidence, "resamples": settings.resamples}
