@@ -415,7 +415,7 @@ def test_groups_and_label_conflicts(full: tuple[Path, Path]) -> None:
 
 def test_contact_sheets(full: tuple[Path, Path]) -> None:
     _, out = full
-    assert REPORT_DIRS == ("clusters",)
+    assert REPORT_DIRS == ("clusters", "cards")
     sheets = sorted((out / "clusters").glob("*.png"))
     assert len(sheets) == 2 and sorted((out / "clusters").iterdir()) == sorted([*sheets, out / "clusters" / "index.csv"])
     listed = pd.read_csv(out / "clusters" / "index.csv")
@@ -656,3 +656,18 @@ def test_the_paired_leakage_table_is_the_mean_per_image_difference_on_shared_tes
     assert rows.loc["with a leaked sibling", "difference"] == pytest.approx(difference[exposed].mean(), abs=1e-5)
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "Leakage, unet Dice on the same test images, image-level minus grouped: all (" in html
+
+
+def test_every_model_has_a_card_with_its_panels(full: tuple[Path, Path]) -> None:
+    _, out = full
+    listed = pd.read_csv(out / "cards" / "index.csv")
+    assert listed["model"].tolist() == ["unet", "resnet50", "mtl"]
+    html = (out / "index.html").read_text(encoding="utf-8")
+    sizes = {}
+    for model, card in zip(listed["model"], listed["card"]):
+        assert f'src="cards/{card}"' in html
+        with Image.open(out / "cards" / card) as image:
+            sizes[model] = image.size
+            assert len(np.unique(np.asarray(image.convert("L")))) > 50  # drawn panels, not a blank page
+    assert sizes["mtl"][0] > sizes["unet"][0]  # a multi-task card adds the confusion matrix and ROC
+    assert sizes["unet"][1] > sizes["resnet50"][1]  # a segmenter's card adds a row of overlays

@@ -33,8 +33,8 @@ def report_figure(name: str) -> str:
 REPORT_METRICS = "headline.json"  # per model the headline metrics, pooled with intervals (DVC metrics)
 REPORT_FILES: tuple[str, ...] = ("index.html", "report.md", REPORT_METRICS, *map(report_table, REPORT_TABLES),
                                  *map(report_figure, REPORT_FIGURES))
-# Directories the report always creates (possibly empty): one contact sheet per duplicate cluster.
-REPORT_DIRS: tuple[str, ...] = ("clusters",)
+# Directories the report always creates: one contact sheet per duplicate cluster (possibly none), one card per model.
+REPORT_DIRS: tuple[str, ...] = ("clusters", "cards")  # and one card per model
 
 
 def results_root(run: str) -> str:

@@ -20,7 +20,7 @@ from busflow.report.content import build_blocks
 from busflow.report.loading import load_results
 from busflow.report.registry import compute_tables, write_figures
 from busflow.report.render import render_html, render_markdown
-from busflow.report.tables import SHEETS_DIR, headline_metrics, split_label
+from busflow.report.tables import CARDS_DIR, SHEETS_DIR, headline_metrics, split_label
 
 
 def build_report(
@@ -47,6 +47,7 @@ def build_report(
     write_json(out_dir / REPORT_METRICS, headline_metrics(tables["leaderboard"]))
     write_figures(run, tables, out_dir)
     unreadable = figures.write_contact_sheets(run, tables.sheets, out_dir / SHEETS_DIR)
+    figures.write_model_cards(run, tables["intervals"], out_dir / CARDS_DIR)
     blocks = build_blocks(run, tables, run_info, unreadable)
     write_text(out_dir / "report.md", render_markdown(blocks))
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

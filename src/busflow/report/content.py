@@ -36,7 +36,7 @@ from busflow.report.render import (
     is_missing,
 )
 from busflow.report.reproduction import published
-from busflow.report.tables import DuplicateCluster, duplicate_links, excluded_images, split_label
+from busflow.report.tables import CARDS_DIR, DuplicateCluster, card_name, duplicate_links, excluded_images, split_label
 
 MAX_SHEETS = 300  # contact sheets drawn and shown; label conflicts and larger clusters come first
 MAX_GROUP_ROWS = 50  # rows of tables/groups.csv shown in the report
@@ -89,7 +89,7 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
     """All report sections in reading order: the summary (what ran, findings, headline table, reproduction, key
     figures), the results section by section, and an appendix (provenance, data, split, groups, per-fold tables,
     definitions, parameters) that the HTML folds away. ``unreadable`` lists images shown as error tiles."""
-    sections = [summary_blocks(run, tables, run_info), leaderboard_blocks(tables), leakage_blocks(run, tables),
+    sections = [summary_blocks(run, tables, run_info), leaderboard_blocks(tables), card_blocks(run), leakage_blocks(run, tables),
                 external_blocks(tables), ablation_blocks(tables), figure_blocks(run)]
     appendix = [*provenance_blocks(run_info), *dataset_blocks(tables), *split_blocks(run, tables),
                 *grouping_blocks(run, tables, run_info), *cluster_blocks(tables, unreadable), *per_fold_blocks(run, tables),
@@ -335,6 +335,14 @@ def leaderboard_blocks(tables: ReportTables) -> list[Block]:
              "pooled statistic with its interval, per class as well, in tables/intervals.csv.", "note"),
         *comparison_blocks(tables),
     ]
+
+
+def card_blocks(run: RunResults) -> list[Block]:
+    """One card per model: pooled metrics with intervals, confusion matrix, ROC, training curves, overlays."""
+    return [Heading("Model cards"),
+            *(Figure(f"{CARDS_DIR}/{card_name(model)}", f"{model}: pooled metrics [95 % interval], confusion matrix and ROC "
+                                                        "(classifiers), training and validation loss per fold, best, median "
+                                                        "and worst test image by Dice (segmenters).") for model in run.models)]
 
 
 def _bootstrap_of(intervals: pd.DataFrame) -> tuple[str, str]:

@@ -28,7 +28,7 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from busflow.evaluate.catalogue import CLASSIFICATION, SEGMENTATION, names  # noqa: E402
 from busflow.io import atomic_dir, atomic_path, write_csv  # noqa: E402
 from busflow.report.loading import RunResults  # noqa: E402
-from busflow.report.tables import DuplicateCluster, model_classes, one_vs_rest_auc, pooled_per_image, pooled_predictions  # noqa: E402
+from busflow.report.tables import DuplicateCluster, card_name, model_classes, one_vs_rest_auc, pooled_per_image, pooled_predictions  # noqa: E402
 
 DPI = 110
 BAR_CLS_METRICS = names("bar", CLASSIFICATION)
@@ -401,16 +401,20 @@ def plot_confusion(run: RunResults, target: Path) -> None:
         return save_figure(message_figure(NO_CLS), target)
     fig, axes = _grid(len(models), 3, (4.4, 3.9))
     for ax, model in zip(axes, models):
-        matrix, classes = summed_confusion(run, model)
-        if matrix is None:
-            ax.text(0.5, 0.5, "no confusion matrix", ha="center", va="center")
-            ax.set_axis_off()
-            continue
-        sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, square=True,
-                    xticklabels=classes, yticklabels=classes, ax=ax)
-        ax.set(title=f"{model} (sum over folds)", xlabel="predicted", ylabel="true")
+        _confusion_panel(ax, run, model)
     fig.tight_layout()
     save_figure(fig, target)
+
+
+def _confusion_panel(ax: plt.Axes, run: RunResults, model: str) -> None:
+    matrix, classes = summed_confusion(run, model)
+    if matrix is None:
+        ax.text(0.5, 0.5, "no confusion matrix", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, square=True,
+                xticklabels=classes, yticklabels=classes, ax=ax)
+    ax.set(title=f"{model} (sum over folds)", xlabel="predicted", ylabel="true")
 
 
 def summed_confusion(run: RunResults, model: str) -> tuple[np.ndarray | None, list[str]]:
@@ -449,6 +453,65 @@ def plot_leakage(leakage: pd.DataFrame, target: Path) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     save_figure(fig, target)
+
+
+# --------------------------------------------------------------------------- model cards
+
+CARD_METRICS = ("classification.roc_auc_macro", "classification.balanced_accuracy", "classification.accuracy",
+                "classification.f1_macro", "classification.ece", "segmentation.dice", "segmentation.iou_tumour",
+                "segmentation.dice_lesion_images", "segmentation.empty_image_false_positive_rate")
+
+
+def write_model_cards(run: RunResults, intervals: pd.DataFrame, target_dir: Path) -> None:
+    """One card per model in ``target_dir``, replaced as a whole: its pooled metrics with intervals, the
+    confusion matrix and ROC curves of a classifier, the training curves, and the best, median and worst
+    test image of a segmenter."""
+    arrays = _load_arrays(run.arrays_path) if run.seg_models else None
+    with atomic_dir(target_dir) as tmp:  # index.csv keeps the folder non-empty (DVC drops empty folders)
+        write_csv(tmp / "index.csv", pd.DataFrame({"model": list(run.models), "card": [card_name(m) for m in run.models]}))
+        for model in run.models:
+            save_figure(model_card(run, intervals, model, arrays), tmp / card_name(model))
+
+
+def model_card(run: RunResults, intervals: pd.DataFrame, model: str,
+               arrays: tuple[np.ndarray, np.ndarray, dict[str, int]] | None) -> Figure:
+    classifies, segments = run.has_classification(model), run.has_segmentation(model) and arrays is not None
+    top = ["metrics", *(["confusion", "roc"] if classifies else []), "curves"]
+    rows = 2 if segments else 1
+    fig = plt.figure(figsize=(4.2 * max(len(top), 3), 4.0 * rows))
+    grid = fig.add_gridspec(rows, max(len(top), 3))
+    for column, panel in enumerate(top):
+        ax = fig.add_subplot(grid[0, column])
+        if panel == "metrics":
+            _metrics_panel(ax, intervals, model)
+        elif panel == "confusion":
+            _confusion_panel(ax, run, model)
+        elif panel == "roc":
+            _curve_panel(ax, run, model, "roc")
+        else:
+            _curves_panel(ax, run, model, sns.color_palette("colorblind", n_colors=max(len(run.folds), 1)))
+    if segments:
+        per_image = pooled_per_image(run, model)
+        cache: dict[Path, tuple[np.ndarray, dict[str, int]]] = {}
+        for column, (kind, pick) in enumerate(pick_best_median_worst(per_image) if not per_image.empty else []):
+            _overlay_panel(fig.add_subplot(grid[1, column]), run, model, kind, pick, arrays, cache)
+        fig.legend(handles=[Line2D([], [], color=TRUTH_COLOR, label="ground truth"),
+                            Line2D([], [], color=PREDICTION_COLOR, label="prediction (p ≥ 0.5)")],
+                   loc="lower right", frameon=False)
+    fig.suptitle(f"{model}: pooled over {len(run.of_model(model))} test fold(s)", fontsize=12, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def _metrics_panel(ax: plt.Axes, intervals: pd.DataFrame, model: str) -> None:
+    """The model's key pooled metrics with their intervals, as text."""
+    ax.set_axis_off()
+    rows = intervals[(intervals["model"] == model) & intervals["metric"].isin(CARD_METRICS)] if not intervals.empty else intervals
+    lines = [f"{row.metric.split('.')[-1]:<32}{row.estimate:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+             for row in rows.dropna(subset=["estimate"]).itertuples()]
+    confidence = f"{float(rows['confidence'].iloc[0]):.0%}" if len(rows) else "95 %"
+    ax.text(0.0, 1.0, "\n".join([f"pooled [{confidence} interval]", "", *(lines or ["no pooled metrics"])]),
+            va="top", ha="left", family="monospace", fontsize=9, transform=ax.transAxes)
 
 
 # --------------------------------------------------------------------------- duplicate-cluster contact sheets

@@ -32,6 +32,12 @@ LEADERBOARD_METRICS = selected("leaderboard")
 GROUP_COLUMNS: tuple[str, ...] = ("group_id", "n_images", "image_ids", "labels", "reasons", "min_score", "max_score",
                                   "label_conflict")
 SHEETS_DIR = REPORT_DIRS[0]  # the contact sheets of the duplicate clusters
+CARDS_DIR = REPORT_DIRS[1]  # one card per model (figures.write_model_cards)
+
+
+def card_name(model: str) -> str:
+    """The card file of ``model``, relative to the cards folder."""
+    return f"{model}.png"
 # (metrics.json block, metric) compared between the grouped and the image-level split in the leakage study,
 # between the in-domain and the external test images, and across the ablation grid.
 LEAKAGE_METRICS = tuple((m.block, m.name) for m in selected("study"))
