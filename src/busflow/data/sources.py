@@ -4,10 +4,12 @@
 needs to know how they arrived:
 
 - ``synthetic``: phantoms generated into ``raw/`` itself;
-- ``busi``, ``busbra``, ``folder`` with ``data.<name>.path`` set: an already-extracted copy read in place
-  (nothing is copied; the record holds its absolute path and a fingerprint of its files);
+- ``busi``, ``busbra``, ``breast_lesions``, ``folder`` with ``data.<name>.path`` set: an already-extracted copy
+  read in place (nothing is copied; the record holds its absolute path and a fingerprint of its files);
 - ``busi``, ``busbra`` without a path: the archive at ``data.<name>.url`` is downloaded into the cache,
-  verified against ``data.<name>.sha256`` and safely extracted into ``raw/extracted``.
+  verified against ``data.<name>.sha256`` and safely extracted into ``raw/extracted``;
+- ``breast_lesions`` without a path or url: its images and spreadsheet are two separate files, so the error
+  lists the manual steps (:data:`MANUAL_DOWNLOADS`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ import pandas as pd
 
 from busflow import CLASSES
 from busflow.data.bad_samples import BadSamples
+from busflow.data.breast_lesions import IMAGES_FOLDER, MANUAL_STEPS, SPREADSHEET_PATTERN, ingest_breast_lesions, is_breast_lesions_root
 from busflow.data.busbra import ingest_busbra, is_busbra_root
 from busflow.data.folder import ingest_folder
 from busflow.errors import DatasetError
 from busflow.io import atomic_dir, write_json
 
 SOURCE_RECORD = "source.json"
-LAYOUTS = {"synthetic": "folder", "busi": "folder", "folder": "folder", "busbra": "busbra"}
-INGESTERS: dict[str, Callable[[Path, BadSamples | None], pd.DataFrame]] = {"folder": ingest_folder, "busbra": ingest_busbra}
+LAYOUTS = {"synthetic": "folder", "busi": "folder", "folder": "folder", "busbra": "busbra", "breast_lesions": "breast_lesions"}
+INGESTERS: dict[str, Callable[[Path, BadSamples | None], pd.DataFrame]] = {
+    "folder": ingest_folder, "busbra": ingest_busbra, "breast_lesions": ingest_breast_lesions}
+# Sources published as more than one file: no single url can fetch them, so a missing path explains the steps.
+MANUAL_DOWNLOADS = {"breast_lesions": MANUAL_STEPS}
 SEARCH_DEPTH = 3  # how deep below a given path (or an extracted archive) the dataset root may sit
 GIB = 1 << 30
 
@@ -38,16 +44,23 @@ def _is_class_folder_root(path: Path) -> bool:
     return any((path / name).is_dir() for name in CLASSES)
 
 
+# Per layout: how its root folder is recognised, and what that is in words (for the error).
+ROOT_MARKERS: dict[str, tuple[Callable[[Path], bool], str]] = {
+    "folder": (_is_class_folder_root, f"class folders ({', '.join(CLASSES)})"),
+    "busbra": (is_busbra_root, "bus_data.csv and Images/"),
+    "breast_lesions": (is_breast_lesions_root, f"{SPREADSHEET_PATTERN} beside {IMAGES_FOLDER}/"),
+}
+
+
 def find_dataset_root(path: Path, layout: str) -> Path:
     """``path`` itself or the shallowest folder below it that has the layout (e.g. ``Dataset_BUSI_with_GT``)."""
-    matches = is_busbra_root if layout == "busbra" else _is_class_folder_root
+    matches, expected = ROOT_MARKERS[layout]
     level = [path]
     for _ in range(SEARCH_DEPTH + 1):
         found = sorted(p for p in level if matches(p))
         if found:
             return found[0]
         level = sorted(c for p in level for c in p.iterdir() if c.is_dir() and not c.name.startswith((".", "__MACOSX")))
-    expected = "bus_data.csv and Images/" if layout == "busbra" else f"class folders ({', '.join(CLASSES)})"
     raise DatasetError(f"{path}: no dataset found (looked for {expected} up to {SEARCH_DEPTH} levels down)")
 
 
@@ -85,6 +98,8 @@ def _download(name: str, settings: Mapping[str, Any], download: Mapping[str, Any
     from busflow.data.download import fetch_archive
 
     if not settings.get("url"):
+        if name in MANUAL_DOWNLOADS:
+            raise DatasetError(f"data.{name}.path: not set, and there is no single archive to download.\n{MANUAL_DOWNLOADS[name]}")
         raise DatasetError(f"data.{name}: set either path (an extracted copy) or url (an archive to download)")
     extracted = raw / "extracted"
     provenance = fetch_archive(
