@@ -6,7 +6,7 @@ CORES     ?= all
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test lint dvc-repro benchmark screenshot demo clean
+.PHONY: setup run test lint dvc-repro benchmark screenshot report-screenshot demo clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ demo: setup
 # The README's demo picture, taken by the end-to-end browser test.
 screenshot: setup
 	BUSFLOW_SCREENSHOT=docs/images/demo.png python -m pytest tests/test_demo.py -k uploaded_scan
+
+# The README's report picture: the first screen of the default run's report (run `make run` first).
+report-screenshot: setup
+	python benchmarks/report_screenshot.py --report results/synthetic/report --out docs/images/report.png
 
 benchmark: setup
 	python benchmarks/pipeline_walltime.py

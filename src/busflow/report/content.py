@@ -96,7 +96,7 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
                 *metric_blocks(), *convention_blocks(run_info), *params_blocks(run_info), *file_blocks(tables)]
     appendix_heading = Heading(APPENDIX)
     headings = [block for blocks in sections for block in blocks if isinstance(block, Heading) and block.level == 2]
-    contents = Links(tuple((f"#{h.anchor}", h.text) for h in (*headings, appendix_heading)))
+    contents = Links(tuple((f"#{h.anchor}", h.text) for h in (*headings, appendix_heading)), "toc")
     return [*leaky_warning_blocks(run), contents, *(block for blocks in sections for block in blocks),
             Collapsed(appendix_heading, tuple(_demoted(appendix)))]
 

@@ -72,6 +72,7 @@ class Figure:
 @dataclass(frozen=True)
 class Links:
     items: tuple[tuple[str, str], ...]  # (relative href, text)
+    css: str = ""  # HTML class of the list (e.g. "toc": one line)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ pre{background:#f5f6f8;padding:1em;overflow:auto;font-size:.85em}
 .scroll{overflow-x:auto}
 .gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{margin:0;max-width:540px}
 .gallery img{max-height:260px}
+ul.toc{padding:0;margin:.2em 0 1em}ul.toc li{display:inline-block;margin:0 1.2em .2em 0}
 details.section>summary{cursor:pointer}details.section>summary h2{display:inline-block;border:none}
 """
 
@@ -278,7 +280,8 @@ def _html_block(block: Block) -> str:
         return '<div class="gallery">' + "".join(_html_thumbnail(p, t) for p, t in block.items) + "</div>"
     if isinstance(block, Links):
         items = "".join(f'<li><a href="{html.escape(h, quote=True)}">{html.escape(t)}</a></li>' for h, t in block.items)
-        return f"<ul>{items}</ul>"
+        css = f' class="{block.css}"' if block.css else ""
+        return f"<ul{css}>{items}</ul>"
     if isinstance(block, Details):
         return (f"<details><summary>{html.escape(block.summary)}</summary>"
                 f"<pre>{html.escape(block.text)}</pre></details>")
