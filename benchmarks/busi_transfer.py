@@ -86,6 +86,24 @@ def job_minutes(results: RunResults, models: list[str]) -> pd.DataFrame:
     return times.assign(minutes=(times["seconds"] / 60).round(2)).drop(columns="seconds")
 
 
+def results_rows(table: pd.DataFrame, times: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    """The per-model table in the README's results format (benchmarks/readme_results.py): the run minutes of
+    a model are its training jobs' and, for a pretrained one, the pretraining jobs'."""
+    pretraining = times.loc[times["job"].str.startswith("pretrain/"), "minutes"].sum()
+    command = (f"python benchmarks/busi_transfer.py --size {args.size} --epochs {args.epochs} --pretrain-epochs "
+               f"{args.pretrain_epochs} --view-size {args.view_size} --folds {args.folds} --pairs {' '.join(args.pairs)}")
+    rows = []
+    for row in table.itertuples():
+        started = row.model.endswith(f"_{ENCODER}")
+        minutes = times.loc[times["job"].str.startswith(f"train/{row.model}_fold"), "minutes"].sum() + (pretraining if started else 0)
+        rows.append({"dataset": "BUSI", "task": "benign vs malignant", "protocol": f"grouped {args.folds}-fold", "size": args.size,
+                     "model": row.model, "init": f"SimCLR in-domain ({args.pretrain_epochs} epochs)" if started else "scratch",
+                     "metric": row.metric, "fold_mean": row.fold_mean, "fold_sd": row.fold_sd, "pooled": row.pooled,
+                     "ci_low": row.ci_low, "ci_high": row.ci_high, "images": row.images, "groups": row.groups,
+                     "wall_min": round(minutes, 1), "command": command})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT")
@@ -96,6 +114,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=sorted(PAIRS))
     parser.add_argument("--workdir", type=Path, help="keep the project here (an existing one resumes)")
+    parser.add_argument("--results-csv", type=Path, help="also write the rows of the README's real-data table here "
+                                                        "(docs/results/busi_transfer.csv)")
     args = parser.parse_args()
 
     project = args.workdir or Path(tempfile.mkdtemp(prefix="busflow-busi-transfer-"))
@@ -112,10 +132,14 @@ def main() -> None:
           f"{args.pretrain_epochs} epochs on {args.view_size} px views: wall time {(time.perf_counter() - started) / 60:.1f} min ({project})")
     results = load_results(project / "results" / params["run"], models, params["train"]["folds"], ("benign", "malignant"))
     settings = bootstrap_settings(params)
+    table, times = per_model_table(results, settings), job_minutes(results, models)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(per_model_table(results, settings).to_string(index=False))
+        print(table.to_string(index=False))
         print(paired_differences(results, settings, pairs).to_string(index=False))
-        print(job_minutes(results, models).to_string(index=False))
+        print(times.to_string(index=False))
+    if args.results_csv:
+        results_rows(table, times, args).to_csv(args.results_csv, index=False)
+        print(f"{args.results_csv}: written (python benchmarks/readme_results.py --write puts it into the README)")
 
 
 if __name__ == "__main__":
