@@ -671,3 +671,13 @@ def test_every_model_has_a_card_with_its_panels(full: tuple[Path, Path]) -> None
             assert len(np.unique(np.asarray(image.convert("L")))) > 50  # drawn panels, not a blank page
     assert sizes["mtl"][0] > sizes["unet"][0]  # a multi-task card adds the confusion matrix and ROC
     assert sizes["unet"][1] > sizes["resnet50"][1]  # a segmenter's card adds a row of overlays
+
+
+def test_the_settings_the_params_file_marks_are_in_the_report(tmp_path: Path) -> None:
+    from busflow.report.content import settings_notes_blocks
+    from busflow.report.render import render_markdown
+
+    notes = [{"path": "models.unet.epochs", "value": "60", "kind": "deviation", "reason": "500 in the paper"}]
+    text = render_markdown(settings_notes_blocks({"settings_notes": notes}))
+    assert "| models.unet.epochs | 60 | deviation | 500 in the paper |" in text
+    assert "marks no setting" in render_markdown(settings_notes_blocks({}))

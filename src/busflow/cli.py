@@ -32,11 +32,14 @@ class Stage:
     options: tuple[str, ...] = ()  # further arguments passed on as they were parsed
     check_registry: bool = True  # validate the models' architectures against the registry (imports torch)
     reads_params: bool = True
+    params_path: bool = False  # also pass the params file's path (``params_path``), e.g. to read its comments
 
     def __call__(self, args: argparse.Namespace) -> None:
         stage = importlib.import_module(f"busflow.stages.{self.module}")
         arguments: dict[str, Any] = {name: Path(getattr(args, name)) for name in self.paths}
         arguments.update({name: getattr(args, name) for name in self.options})
+        if self.params_path:
+            arguments["params_path"] = Path(args.params)
         if self.reads_params:
             stage.run(load_params(args.params, check_registry=self.check_registry), **arguments)
         else:
@@ -150,7 +153,8 @@ def _add_stage_commands(commands: Commands) -> None:
     sub = command("evaluate", Stage("evaluate", ("arrays", "predictions", "out"), ("model", "fold"), check_registry=False),
                   "metrics of one model on one test fold")
     model_and_fold(sub)
-    command("report", Stage("report", ("results", "out"), check_registry=False), "tables, figures and the HTML/Markdown report")
+    command("report", Stage("report", ("results", "out"), check_registry=False, params_path=True),
+            "tables, figures and the HTML/Markdown report")
 
 
 def _add_serving_commands(commands: Commands) -> None:

@@ -89,9 +89,12 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
     """All report sections in reading order: the summary (what ran, findings, headline table, reproduction, key
     figures), the results section by section, and an appendix (provenance, data, split, groups, per-fold tables,
     definitions, parameters) that the HTML folds away. ``unreadable`` lists images shown as error tiles."""
-    sections = [summary_blocks(run, tables, run_info), leaderboard_blocks(tables), card_blocks(run), leakage_blocks(run, tables),
+    summary = [*summary_blocks(run, tables, run_info), *(settings_notes_blocks(run_info, 3) if not tables["reproduction"].empty else [])]
+    sections = [summary, leaderboard_blocks(tables), card_blocks(run), leakage_blocks(run, tables),
                 external_blocks(tables), ablation_blocks(tables), figure_blocks(run)]
-    appendix = [*provenance_blocks(run_info), *dataset_blocks(tables), *split_blocks(run, tables),
+    notes_in_summary = not tables["reproduction"].empty
+    appendix = [*provenance_blocks(run_info), *([] if notes_in_summary else settings_notes_blocks(run_info)),
+                *dataset_blocks(tables), *split_blocks(run, tables),
                 *grouping_blocks(run, tables, run_info), *cluster_blocks(tables, unreadable), *per_fold_blocks(run, tables),
                 *metric_blocks(), *convention_blocks(run_info), *params_blocks(run_info), *file_blocks(tables)]
     appendix_heading = Heading(APPENDIX)
@@ -207,6 +210,17 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
         *reproduction_blocks(tables),
         *(Figure(path, caption) for path, caption in KEY_FIGURES),
     ]
+
+
+def settings_notes_blocks(run_info: Mapping[str, Any], level: int = 2) -> list[Block]:
+    """The settings the params file marks as busflow's choice (the paper is silent) or as a deviation from the
+    paper, with the reasons written beside them (busflow.settings_notes)."""
+    notes = pd.DataFrame(run_info.get("settings_notes") or [], columns=["path", "value", "kind", "reason"])
+    return [Heading("Choices and deviations", level),
+            Table(notes.rename(columns={"path": "setting"}),
+                  "Settings the params file marks '# busflow's choice' (the paper leaves them open) or '# deviation' "
+                  "(the paper says otherwise), with the reason given there",
+                  "the params file marks no setting as busflow's choice or as a deviation")]
 
 
 def provenance_blocks(run_info: Mapping[str, Any]) -> list[Block]:
