@@ -23,6 +23,7 @@ CLASSIFIERS: dict[str, tuple[dict, int]] = {
     "mobilenet_v2": ({"width_mult": 0.25}, 1280),
     "resnet50": ({"widen_factor": 0.125}, 256),
     "segnet_classifier": ({"filters": (4, 8, 8, 12)}, 12),
+    "segnet_classifier_p002": ({"filters": (4, 8, 8, 12)}, 4),  # GAP of the decoded map: filters[0] wide
     "swin_tiny": ({"embed_dim": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4), "window_size": 4}, 96),
     "vgg16": ({"width_factor": 0.125, "classifier_width": 40}, 40),
     "vgg19": ({"width_factor": 0.125, "classifier_width": 40}, 40),

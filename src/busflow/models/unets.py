@@ -1,7 +1,7 @@
 """U-Net family: plain, nested and attention-gated U-Nets (task ``seg``, one lesion-logit channel).
 
 * ``unet``             Classic U-Net (Ronneberger et al., 2015), MONAI ``BasicUNet``.
-* ``unet_p002``        P002 Macrì et al.: plain 4-level U-Net (two 3x3 conv + ReLU per block).
+* ``unet_p002``        P002 Macrì et al.: plain 4-level U-Net (two mirror-padded 3x3 conv + ReLU per block).
 * ``unetplusplus``     UNet++ (Zhou et al., 2018), MONAI ``BasicUNetPlusPlus``.
 * ``attention_unet``   Attention U-Net (Oktay et al., 2018), MONAI ``AttentionUnet``.
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import AttentionUnet, BasicUNet, BasicUNetPlusPlus
 from torch import nn
 
-from busflow.models.blocks import check_input, conv_bn_act, positive_ints
+from busflow.models.blocks import check_input, positive_ints
 from busflow.models.registry import register
 
 # --------------------------------------------------------------------------- U-Net (MONAI BasicUNet)
@@ -83,11 +84,43 @@ def build_unet(
 # --------------------------------------------------------------------------- P002: plain U-Net
 
 
+def mirror_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Reflect-pad H and W by ``pad`` (``F.pad(mode="reflect")``) with slices and flips only.
+
+    ``F.pad``'s reflection kernel has no deterministic CUDA backward; slice, flip and cat backward are exact copies.
+    """
+    if pad == 0:
+        return x
+    for dim in (-2, -1):
+        n = x.shape[dim]
+        x = torch.cat([x.narrow(dim, 1, pad).flip(dim), x, x.narrow(dim, n - pad - 1, pad).flip(dim)], dim=dim)
+    return x
+
+
+class MirrorConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with ``padding_mode="reflect"`` whose padding runs through :func:`mirror_pad`."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, bias: bool = True) -> None:
+        super().__init__(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=bias, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mirror-pad by half the kernel, then convolve without padding: same size out."""
+        return F.conv2d(mirror_pad(x, self.padding[0]), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def mirror_conv_act(in_ch: int, out_ch: int, batch_norm: bool) -> nn.Sequential:
+    """3x3 mirror-padded conv (bias only without BN), optional BatchNorm, ReLU."""
+    layers: list[nn.Module] = [MirrorConv2d(in_ch, out_ch, 3, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
+
+
 class DoubleConv(nn.Sequential):
-    """Two 3x3 'same' convolutions, each followed by (optional BN and) ReLU."""
+    """Two 3x3 'same' convolutions with mirror padding, each followed by (optional BN and) ReLU."""
 
     def __init__(self, in_ch: int, out_ch: int, batch_norm: bool = False) -> None:
-        super().__init__(conv_bn_act(in_ch, out_ch, batch_norm=batch_norm), conv_bn_act(out_ch, out_ch, batch_norm=batch_norm))
+        super().__init__(mirror_conv_act(in_ch, out_ch, batch_norm), mirror_conv_act(out_ch, out_ch, batch_norm))
 
 
 class UNetP002(nn.Module):
@@ -98,6 +131,12 @@ class UNetP002(nn.Module):
     paper lists only the 64..512 encoder filters). Decoder block: 2x2 stride-2 transposed conv to the
     mirrored encoder width, concatenation with the skip, two 3x3 conv + ReLU. A 1x1 conv gives the
     lesion logit. No batch norm unless ``batch_norm``.
+
+    The paper "incorporated a context extrapolation mechanism, ensuring accurate segmentation even at
+    the image edges"; in its U-Net reference [15] (Ronneberger et al.) the missing context at the border
+    "is extrapolated by mirroring the input image". With the paper's 'same' convolutions that is mirror
+    (reflect) padding in every 3x3 conv instead of zeros, so a border pixel sees a reflection of the
+    image, not a black frame. Reflecting needs 2 px at the 1/16 bottleneck: inputs of at least 32 px.
     """
 
     def __init__(
@@ -127,8 +166,11 @@ class UNetP002(nn.Module):
         self.head = nn.Conv2d(ch, 1, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return ``{"seg": (B, 1, H, W)}``; H and W must be multiples of 16."""
+        """Return ``{"seg": (B, 1, H, W)}``; H and W must be multiples of 16, at least 32."""
         check_input(x, self.in_channels, 16, "unet_p002")
+        if min(x.shape[-2:]) < 32:
+            raise ValueError(f"unet_p002: input height and width must be at least 32 (mirror padding at the 1/16 "
+                             f"bottleneck needs 2 px), got {x.shape[-2]}x{x.shape[-1]}")
         skips = []
         for block in self.down:
             x = block(x)
@@ -140,7 +182,13 @@ class UNetP002(nn.Module):
         return {"seg": self.head(x)}
 
 
-@register("unet_p002", tasks={"seg"}, description="P002 Macrì et al. U-Net: 4+4 blocks of two 3x3 conv+ReLU, 64..512 (+1024 bottleneck)")
+# 31,030,593 parameters at the preset's filters (64, 128, 256, 512), bottleneck 1024, 1 input channel (tests check it).
+@register(
+    "unet_p002",
+    tasks={"seg"},
+    description="P002 Macrì et al. U-Net: 4+4 blocks of two mirror-padded 3x3 conv+ReLU, 64..512 (+1024 bottleneck); "
+    "31,030,593 parameters",
+)
 def build_unet_p002(
     *,
     in_channels: int,
