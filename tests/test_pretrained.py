@@ -51,6 +51,8 @@ FULL_SIZE = [
     ("mobilenet_v2", {}, "torchvision_mobilenet_v2"),
     ("vit", {}, "torchvision_vit_b_16"),
     ("swin_tiny", {}, "torchvision_swin_t"),
+    ("swin_unet", {}, "torchvision_swin_t"),  # P003: swin_tiny's encoder under the same names
+    ("mtl_swin", {}, "torchvision_swin_t"),
 ]
 # Tensors of a checkpoint that a busflow network does not take, by design: the class head, constant buffers,
 # the classifier layers a U-Net has no use for, and conv biases that BatchNorm absorbs.
@@ -152,6 +154,18 @@ def test_a_timm_swin_file_loads_into_swin_tiny(tmp_path: Path) -> None:
     assert report.matched_fraction == 1.0
     assert torch.equal(model.backbone.layers2[0].downsample.reduction.weight, tensors["layers.2.downsample.reduction.weight"])
     assert torch.equal(model.backbone.layers3[0].blocks[5].mlp.linear2.bias, tensors["layers.2.blocks.5.mlp.fc2.bias"])
+
+
+def test_a_torchvision_swin_t_file_loads_into_p003s_swin_unet_and_multitask_network(tmp_path: Path) -> None:
+    path = file_from_fixture("torchvision_swin_t", tmp_path / "swin_t.pth")
+    file = torch.load(path, weights_only=True)
+    for arch in ("swin_unet", "mtl_swin"):
+        model = build_model(arch, in_channels=1, n_classes=2)
+        report = load_pretrained(model, arch, path, "torchvision")
+        assert report.matched_fraction == 1.0, (arch, report.summary())  # the loader demands >= 95 %
+        assert all(key.startswith("head.") or "relative_position_index" in key for key in report.unexpected)
+        assert torch.equal(model.backbone.layers3[0].blocks[5].attn.qkv.weight, file["features.5.5.attn.qkv.weight"])
+        assert torch.equal(model.norm.weight, file["norm.weight"])
 
 
 def test_loading_refuses_a_file_below_the_match_threshold(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ EXPECTED_TASKS = {
     "mtl_resunet_p004": {"cls", "seg"},
     "mtl_swin": {"cls", "seg"},
 }
+# Swin-T depths, window 7 and patch 4 at 1/8 of the width, no stochastic depth (every parameter gets a gradient).
+SWIN_T_NARROW = {"embed_dim": 12, "num_heads": [1, 2, 2, 4], "drop_path_rate": 0.0, "decoder_channels": [32, 16, 16, 8, 8]}
 # Small-but-faithful options (same topology, narrower layers) so the matrix runs in seconds on 1 thread.
 FAST_OPTIONS = {
     "unet_p002": {"filters": [8, 16, 32, 64], "bottleneck": 128},
@@ -32,10 +34,10 @@ FAST_OPTIONS = {
     "deeplabv3plus": {"backbone_depth": 50, "width_factor": 0.125, "output_stride": 8},
     "fpn": {"widen_factor": 0.125, "pyramid_channels": 32, "segmentation_channels": 16},
     "unet_resnet50": {"widen_factor": 0.125, "decoder_channels": [32, 16, 16, 8, 8]},
-    "swin_unet": {"feature_size": 12},
+    "swin_unet": SWIN_T_NARROW,
     "attention_unet": {"channels": [8, 16, 32, 64, 128]},
     "mtl_resunet_p004": {"filters": [8, 16, 32, 64], "bridge": 128, "hidden": 32},
-    "mtl_swin": {"feature_size": 12},
+    "mtl_swin": SWIN_T_NARROW,
 }
 TASK_KEY = {"cls": "logits", "seg": "seg"}
 N_CLASSES = 3
@@ -71,7 +73,13 @@ def test_registered_with_tasks_and_paper_defaults() -> None:
     p004 = model_options("mtl_resunet_p004")
     assert list(p004["filters"]) == [64, 128, 256, 512] and p004["bridge"] == 1024
     assert (p004["hidden"], p004["dropout"]) == (256, 0.5)
-    assert model_options("swin_unet")["feature_size"] == 48
+    for arch in ("swin_unet", "mtl_swin"):  # Swin-T, as swin_tiny
+        swin = model_options(arch)
+        assert (swin["embed_dim"], tuple(swin["depths"]), tuple(swin["num_heads"]), swin["window_size"]) == (
+            96, (2, 2, 6, 2), (3, 6, 12, 24), 7,
+        )
+    assert model_options("unet_resnet50")["upsampling"] == "deconv"  # P003's deconvolution blocks
+    assert model_options("mtl_resnet50")["upsampling"] == "nearest"  # the default run's network, unchanged
     assert model_options("unetplusplus")["deep_supervision"] is False
 
 
@@ -166,8 +174,8 @@ def test_resnet50_encoders_match_reference() -> None:
     unet = build_model("unet_resnet50", in_channels=1, n_classes=2)
     assert _n_params(unet.encoder) == RESNET50_BACKBONE_1CH
     assert _n_params(build_model("fpn", in_channels=1, n_classes=2).encoder) == RESNET50_BACKBONE_1CH
-    # unet_resnet50 is mtl_resnet50 without the classification head (2048*C + C for the linear layer).
-    mtl = build_model("mtl_resnet50", in_channels=1, n_classes=2)
+    # unet_resnet50 is P003's mtl_resnet50 without the classification head (2048*C + C for the linear layer).
+    mtl = build_model("mtl_resnet50", in_channels=1, n_classes=2, options={"upsampling": "deconv"})
     assert _n_params(mtl) - _n_params(unet) == 2048 * 2 + 2
 
 
@@ -213,11 +221,13 @@ def test_mtl_resunet_classifier_reads_encoder_bridge_and_decoder() -> None:
 
 def test_mtl_swin_shares_the_swin_encoder() -> None:
     model = _build("mtl_swin")
-    assert model.classifier[-1].in_features == 16 * 12
-    out = model.train()(torch.randn(2, 1, 64, 64))
-    (out["logits"] * torch.randn_like(out["logits"])).sum().backward()
-    assert model.net.swinViT.patch_embed.proj.weight.grad.abs().sum() > 0
-    assert model.net.out.conv.conv.weight.grad is None  # segmentation output conv: not on the cls path
+    assert model.head[-1].in_features == 8 * 12  # the deepest Swin-T stage
+    for key, other_branch in (("logits", model.decoder), ("seg", model.head)):
+        model.zero_grad(set_to_none=True)
+        out = model.train()(torch.randn(2, 1, 64, 64))
+        (out[key] * torch.randn_like(out[key])).sum().backward()
+        assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0, f"{key} loss does not reach the encoder"
+        assert all(p.grad is None for p in other_branch.parameters()), f"{key} loss leaked into the other branch"
 
 
 # --------------------------------------------------------------------------- errors
@@ -249,7 +259,9 @@ def test_wrong_channels_or_rank_is_a_clear_value_error() -> None:
         ("deeplabv3", {"backbone_depth": 34}, "backbone_depth must be 50 or 101"),
         ("deeplabv3plus", {"output_stride": 32}, "output_stride must be 8 or 16"),
         ("deeplabv3", {"width_factor": 0.001}, "width_factor"),
-        ("swin_unet", {"feature_size": 16}, "multiple of 12"),
+        ("swin_unet", {"num_heads": [5, 6, 12, 24]}, "not divisible by 5 heads"),
+        ("unet_resnet50", {"upsampling": "bilinear"}, "upsampling must be one of nearest, deconv"),
+        ("mtl_swin", {"decoder_channels": [8, 8, 8, 8]}, "decoder_channels needs 5 values"),
         ("unet_p002", {"filters": [8, 16, 32]}, "4 positive integers"),
         ("mtl_resunet_p004", {"filters": [8, 16, 32, 0]}, "4 positive integers"),
         ("unetplusplus", {"features": [8, 8, 16]}, "6 positive integers"),

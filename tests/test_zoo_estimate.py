@@ -17,7 +17,7 @@ P003 = next(p for p in PRESETS if p.stem == "p003")
 
 
 def test_hours_are_epochs_times_folds_times_images_over_the_measured_rate() -> None:
-    check = {"architecture_steps": {"size": 224, "architectures": {
+    check = {"architecture_steps": {"size": 256, "architectures": {
         "resnet50": {"images_per_s": 400.0, "trainable": True},
         "classical_threshold": {"trainable": False, "images_per_s": 0.0}}}}
     table = zoo_table(check, presets=[P003]).set_index("model")
@@ -30,7 +30,7 @@ def test_hours_are_epochs_times_folds_times_images_over_the_measured_rate() -> N
 
 
 def test_a_measurement_at_another_size_or_of_other_options_is_marked() -> None:
-    check = {"architecture_steps": {"size": 256, "architectures": {"resnet50": {"images_per_s": 400.0, "trainable": True}}}}
+    check = {"architecture_steps": {"size": 224, "architectures": {"resnet50": {"images_per_s": 400.0, "trainable": True}}}}
     note = zoo_table(check, presets=[P003]).set_index("model").loc["resnet50", "note"]
-    assert "preset input 224 px, measured at 256" in note
+    assert "preset input 256 px, measured at 224" in note
 

@@ -3,8 +3,11 @@
 Each returns ``{"logits": (B, n_classes), "seg": (B, 1, H, W) lesion logits}``.
 
 * ``mtl_resnet50``     ResNet-50 encoder + U-Net decoder (seg) + pooled linear head (cls); hard parameter sharing.
+                       With ``upsampling="deconv"`` it is P003's ResNet-50 multi-task network (``unet_resnet50`` + head).
 * ``mtl_resunet_p004`` P004: residual U-Net multi-task network (seg + cls from encoder/bridge/decoder).
-* ``mtl_swin``         P003: Swin multi-task network (shared SwinUNETR encoder, pooled linear class head).
+* ``mtl_swin``         P003: Swin-T multi-task network (``swin_unet`` + ``swin_tiny``'s head on the shared encoder).
+
+Parameter counts in the descriptions are at 1 input channel and 2 classes.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from busflow.models.blocks import check_input, conv_bn_act, positive_ints
-from busflow.models.layouts import resnet_encoder_layout
+from busflow.models.blocks import check_dropout, check_input, conv_bn_act, positive_ints
+from busflow.models.layouts import SWIN, resnet_encoder_layout
 from busflow.models.registry import register
-from busflow.models.resnet import ResNetEncoder, UNetDecoder, make_resnet50
-from busflow.models.swin import swin_unetr
+from busflow.models.resnet import ResNetEncoder, UNetDecoder, Upsampling, make_resnet50
+from busflow.models.swin import DECODER_CHANNELS, DEPTHS, EMBED_DIM, NUM_HEADS, WINDOW_SIZE, SwinUNet
 
 # --------------------------------------------------------------------------- ResNet-50 multi-task U-Net
 
@@ -26,7 +29,10 @@ from busflow.models.swin import swin_unetr
 class MultiTaskResNetUNet(nn.Module):
     """Joint lesion segmentation + classification with a shared ResNet-50 encoder (hard parameter sharing MTL).
 
-    The U-Net decoder and the pooled-feature classifier both back-propagate into ``encoder``.
+    The U-Net decoder and the pooled-feature classifier both back-propagate into ``encoder``. P003's network
+    (Fig. 3) "share[s] the convolutional blocks and go[es] into two branches after the last convolutional
+    block": the segmentation branch is its U-Net's decoder (``upsampling="deconv"``), the classification branch
+    its classifier's pooling and linear layer.
     """
 
     def __init__(
@@ -36,10 +42,11 @@ class MultiTaskResNetUNet(nn.Module):
         widen_factor: float = 1.0,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         dropout: float = 0.2,
+        upsampling: Upsampling = "nearest",
     ) -> None:
         super().__init__()
         self.encoder = ResNetEncoder(make_resnet50(in_channels, widen_factor, feed_forward=False))
-        self.decoder = UNetDecoder(self.encoder.out_channels, decoder_channels)
+        self.decoder = UNetDecoder(self.encoder.out_channels, decoder_channels, upsampling)
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),  # output size 1 lowers to mean(): deterministic backward on CUDA
             nn.Flatten(),
@@ -56,7 +63,8 @@ class MultiTaskResNetUNet(nn.Module):
 @register(
     "mtl_resnet50",
     tasks={"cls", "seg"},
-    description="Multi-task ResNet-50 encoder + U-Net decoder (seg) + pooled linear head (cls)",
+    description="Multi-task ResNet-50 encoder + U-Net decoder (seg) + pooled linear head (cls); 32.5 M parameters, "
+                "30.5 M with P003's deconvolution blocks (upsampling: deconv)",
     encoder=resnet_encoder_layout("encoder"),
 )
 def build_mtl_resnet50(
@@ -66,10 +74,13 @@ def build_mtl_resnet50(
     widen_factor: float = 1.0,
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
     dropout: float = 0.2,
+    upsampling: Upsampling = "nearest",
 ) -> nn.Module:
-    """Build the multi-task network (options: widen_factor, decoder_channels, dropout)."""
+    """Build the multi-task network (options: widen_factor, decoder_channels, dropout, and upsampling: ``"nearest"``
+    (x2 nearest + two convs per decoder block) or ``"deconv"`` (P003's deconvolution blocks, as unet_resnet50))."""
     return MultiTaskResNetUNet(
-        in_channels, n_classes, widen_factor=widen_factor, decoder_channels=decoder_channels, dropout=dropout
+        in_channels, n_classes, widen_factor=widen_factor, decoder_channels=decoder_channels, dropout=dropout,
+        upsampling=upsampling,
     )
 
 
@@ -184,59 +195,47 @@ def build_mtl_resunet_p004(
 # --------------------------------------------------------------------------- P003: Swin multi-task
 
 
-class MultiTaskSwin(nn.Module):
-    """P003's Swin multi-task network: one SwinUNETR whose Swin encoder is shared by both tasks.
+class MultiTaskSwin(SwinUNet):
+    """P003's "ST Multi-Task Network": ``swin_unet`` with ``swin_tiny``'s class head on the shared Swin-T encoder.
 
-    Segmentation: SwinUNETR's convolutional decoder (as ``swin_unet``). Classification: global
-    average pooling of the deepest Swin stage (16 x feature_size channels at 1/32) -> dropout ->
-    linear. The forward mirrors ``SwinUNETR.forward`` so the encoder runs once.
+    Segmentation: the five deconvolution blocks of ``swin_unet``. Classification, as ``mtl_resnet50`` on its
+    deepest features: global average pooling of the layer-normed stage 4 (1/32) -> dropout -> linear, the
+    ``head`` of ``swin_tiny`` (same names, so ``swin_tiny``'s state dict is a part of this network's).
     """
 
     def __init__(
-        self, in_channels: int, n_classes: int, feature_size: int = 48, depths: Sequence[int] = (2, 2, 2, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, drop_path_rate: float = 0.0,
-        dropout: float = 0.0,
+        self, in_channels: int, n_classes: int, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int],
+        window_size: int, drop_path_rate: float, decoder_channels: Sequence[int], dropout: float,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.net = swin_unetr(in_channels, feature_size, depths, num_heads, window_size, drop_path_rate)
-        self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(16 * int(feature_size), n_classes)
-        )
+        super().__init__(in_channels, embed_dim, depths, num_heads, window_size, drop_path_rate, decoder_channels)
+        self.head = nn.Sequential(nn.Dropout(check_dropout("dropout", dropout)), nn.Linear(self.channels[-1], n_classes))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return ``{"logits": (B, n_classes), "seg": (B, 1, H, W)}``; H and W must be multiples of 32."""
-        check_input(x, self.in_channels, 32, "mtl_swin")
-        n = self.net
-        hidden = n.swinViT(x, n.normalize)
-        enc0 = n.encoder1(x)
-        enc1 = n.encoder2(hidden[0])
-        enc2 = n.encoder3(hidden[1])
-        enc3 = n.encoder4(hidden[2])
-        dec4 = n.encoder10(hidden[4])
-        dec3 = n.decoder5(dec4, hidden[3])
-        dec2 = n.decoder4(dec3, enc3)
-        dec1 = n.decoder3(dec2, enc2)
-        dec0 = n.decoder2(dec1, enc1)
-        seg = n.out(n.decoder1(dec0, enc0))
-        return {"logits": self.classifier(hidden[4]), "seg": seg}
+        check_input(x, self.in_channels, self.stride, "mtl_swin")
+        features = self.features(x)
+        return {"logits": self.head(features[-1].mean(dim=(2, 3))), "seg": self.decoder(features)}
 
 
 @register(
     "mtl_swin",
     tasks={"cls", "seg"},
-    description="P003 Swin multi-task: shared SwinUNETR encoder, its decoder (seg) + pooled deepest features -> linear (cls)",
+    description="P003 Swin-T multi-task: swin_unet (seg) + swin_tiny's pooled linear head (cls) on one Swin-T "
+                "encoder; 31.2 M parameters",
+    encoder=SWIN,
 )
 def build_mtl_swin(
     *,
     in_channels: int,
     n_classes: int,
-    feature_size: int = 48,
-    depths: Sequence[int] = (2, 2, 2, 2),
-    num_heads: Sequence[int] = (3, 6, 12, 24),
-    window_size: int = 7,
-    drop_path_rate: float = 0.0,
+    embed_dim: int = EMBED_DIM,
+    depths: Sequence[int] = DEPTHS,
+    num_heads: Sequence[int] = NUM_HEADS,
+    window_size: int = WINDOW_SIZE,
+    drop_path_rate: float = 0.2,
+    decoder_channels: Sequence[int] = DECODER_CHANNELS,
     dropout: float = 0.0,
 ) -> nn.Module:
-    """Build the Swin multi-task network (options as swin_unet, plus classifier dropout)."""
-    return MultiTaskSwin(in_channels, n_classes, feature_size, depths, num_heads, window_size, drop_path_rate, dropout)
+    """Build the Swin-T multi-task network (options as swin_unet, plus the class head's dropout as swin_tiny)."""
+    return MultiTaskSwin(in_channels, n_classes, embed_dim, depths, num_heads, window_size, drop_path_rate,
+                         decoder_channels, dropout)

@@ -1,25 +1,30 @@
 """ResNet family: bottleneck ResNet backbones, the ResNet-50 classifier and the ResNet-50 U-Net.
 
 * ``resnet50``         ResNet-50 classifier (He et al., 2016), MONAI ``ResNet`` (Bottleneck, layers [3, 4, 6, 3]).
-* ``unet_resnet50``    P003: U-Net with a ResNet-50 encoder (``mtl_resnet50`` without its class head).
+* ``unet_resnet50``    P003: U-Net with a ResNet-50 encoder and 5 deconvolution blocks (``mtl_resnet50`` with
+                       ``upsampling="deconv"``, without its class head).
 
 ``make_resnet50``/``make_resnet`` (ResNet-50/101), ``ResNetEncoder`` and ``UNetDecoder`` are also the
-backbone and decoder of ``deeplab``, ``fpn`` and the ``multitask`` networks.
+backbone and decoder of ``deeplab``, ``fpn``, the ``multitask`` networks and (the decoder) ``swin_unet``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from monai.networks.nets import ResNet, resnet50, resnet101
 from monai.networks.nets.basic_unet import UpCat
 from torch import nn
 
-from busflow.models.blocks import check_factor, check_input
+from busflow.models.blocks import check_factor, check_input, conv_bn_act
 from busflow.models.layouts import resnet_encoder_layout, resnet_layout
 from busflow.models.registry import register
+
+Upsampling = Literal["nearest", "deconv"]
+UPSAMPLING: tuple[str, ...] = get_args(Upsampling)
 
 # --------------------------------------------------------------------------- backbones
 
@@ -89,31 +94,63 @@ class ResNetEncoder(nn.Module):
         return [s, f1, f2, f3, self.layer4(f3)]
 
 
-class UNetDecoder(nn.Module):
-    """U-Net decoder: upsample x2, concatenate the encoder skip, two conv blocks; last stage has no skip."""
+class DeconvBlock(nn.Module):
+    """U-Net up-step (Ronneberger et al., 2015): 2x2 stride-2 transposed convolution to ``out_ch`` channels,
+    concatenation of the encoder skip (if any), two 3x3 conv + BN + ReLU."""
 
-    def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int]) -> None:
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
         super().__init__()
-        if len(decoder_channels) != len(encoder_channels):
-            raise ValueError(
-                f"decoder_channels needs {len(encoder_channels)} values, got {list(decoder_channels)}"
-            )
-        skips = list(encoder_channels[-2::-1]) + [0]  # layer3, layer2, layer1, stem, (full res: none)
-        blocks, in_ch = [], encoder_channels[-1]
+        self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
+        self.convs = nn.Sequential(conv_bn_act(out_ch + skip_ch, out_ch), conv_bn_act(out_ch, out_ch))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.up(x)
+        return self.convs(x if skip is None else torch.cat([x, skip], dim=1))
+
+
+def _up_block(upsampling: str, in_ch: int, skip_ch: int, out_ch: int) -> nn.Module:
+    if upsampling == "deconv":
+        return DeconvBlock(in_ch, skip_ch, out_ch)
+    # Nearest upsampling keeps backward deterministic on CUDA (bilinear's is not) and is parameter-free.
+    return UpCat(2, in_ch, skip_ch, out_ch, act="relu", norm="batch", bias=False, upsample="nontrainable",
+                 pre_conv=None, interp_mode="nearest", align_corners=None, halves=False)
+
+
+class UNetDecoder(nn.Module):
+    """U-Net decoder: each block doubles the resolution and concatenates the encoder skip of that resolution;
+    the blocks below the shallowest encoder feature have no skip. A 1x1 conv gives the lesion logit.
+
+    Args:
+        encoder_channels: Channels of the encoder features, shallow -> deep, each at half the previous resolution.
+        decoder_channels: Output channels of each block; one block per halving from the deepest feature to the
+            input resolution (``len(encoder_channels) - 1 + log2(shallowest_stride)``).
+        upsampling: ``"nearest"`` (parameter-free x2 + two convs) or ``"deconv"`` (:class:`DeconvBlock`).
+        shallowest_stride: Down-sampling factor of the shallowest encoder feature (a power of two).
+    """
+
+    def __init__(
+        self, encoder_channels: Sequence[int], decoder_channels: Sequence[int], upsampling: Upsampling = "nearest",
+        shallowest_stride: int = 2,
+    ) -> None:
+        super().__init__()
+        if upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
+        self.unskipped = int(math.log2(shallowest_stride))  # blocks below the shallowest skip
+        n_blocks = len(encoder_channels) - 1 + self.unskipped
+        if len(decoder_channels) != n_blocks:
+            raise ValueError(f"decoder_channels needs {n_blocks} values, got {list(decoder_channels)}")
+        skips = [*encoder_channels[-2::-1], *[0] * self.unskipped]  # e.g. layer3, layer2, layer1, stem, (none)
+        blocks, in_ch = [], int(encoder_channels[-1])
         for skip_ch, out_ch in zip(skips, decoder_channels):
-            # Nearest upsampling keeps backward deterministic on CUDA (bilinear's is not) and is parameter-free.
-            blocks.append(
-                UpCat(2, in_ch, skip_ch, int(out_ch), act="relu", norm="batch", bias=False,
-                      upsample="nontrainable", pre_conv=None, interp_mode="nearest", align_corners=None, halves=False)
-            )
+            blocks.append(_up_block(upsampling, in_ch, int(skip_ch), int(out_ch)))
             in_ch = int(out_ch)
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(in_ch, 1, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Decode ``[stem, layer1, ..., layer4]`` to (B, 1, H, W) lesion logits."""
+        """Decode the encoder features (shallow -> deep) to (B, 1, H, W) lesion logits."""
         x = features[-1]
-        skips: list[torch.Tensor | None] = [*features[-2::-1], None]
+        skips: list[torch.Tensor | None] = [*features[-2::-1], *[None] * self.unskipped]
         for block, skip in zip(self.blocks, skips):
             x = block(x, skip)
         return self.head(x)
@@ -136,7 +173,7 @@ class ResNet50Classifier(nn.Module):
         return {"logits": self.net(x)}
 
 
-@register("resnet50", tasks={"cls"}, description="ResNet-50 classifier (MONAI ResNet, Bottleneck [3,4,6,3])",
+@register("resnet50", tasks={"cls"}, description="ResNet-50 classifier (MONAI ResNet, Bottleneck [3,4,6,3]); 23.5 M parameters",
           encoder=resnet_layout("net"))
 def build_resnet50(
     *, in_channels: int, n_classes: int, widen_factor: float = 1.0, dropout: float = 0.0, no_max_pool: bool = False
@@ -150,15 +187,22 @@ def build_resnet50(
 
 
 class ResNet50UNet(nn.Module):
-    """P003's U-Net with a ResNet-50 encoder: ``mtl_resnet50``'s ``ResNetEncoder`` + ``UNetDecoder``, no class head."""
+    """P003's U-Net with a ResNet-50 encoder (Fig. 2): five encoder blocks (stem, layer1..4, 1/2..1/32), five
+    decoder blocks back to full resolution with skips from the stem and layer1..3, a 1x1 conv to the lesion logit.
+
+    "it proceeds through 5 deconvolution blocks [...] until the last deconvolution block, which restores the
+    feature map to the original image size"; the paper gives no kernel, so each block is U-Net's own up-step
+    (:class:`DeconvBlock`). ``mtl_resnet50``'s ``ResNetEncoder`` + ``UNetDecoder``, no class head.
+    """
 
     def __init__(
-        self, in_channels: int, widen_factor: float = 1.0, decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
+        self, in_channels: int, widen_factor: float = 1.0, decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        upsampling: Upsampling = "deconv",
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.encoder = ResNetEncoder(make_resnet50(in_channels, widen_factor, feed_forward=False))
-        self.decoder = UNetDecoder(self.encoder.out_channels, decoder_channels)
+        self.decoder = UNetDecoder(self.encoder.out_channels, decoder_channels, upsampling)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return ``{"seg": (B, 1, H, W)}``; H and W must be multiples of 32."""
@@ -166,7 +210,9 @@ class ResNet50UNet(nn.Module):
         return {"seg": self.decoder(self.encoder(x))}
 
 
-@register("unet_resnet50", tasks={"seg"}, description="P003 U-Net with a ResNet-50 encoder (mtl_resnet50 without the class head)",
+@register("unet_resnet50", tasks={"seg"},
+          description="P003 U-Net: ResNet-50 encoder + 5 deconvolution blocks (2x2 stride-2 transposed conv, skip, "
+                      "two 3x3 conv-BN-ReLU); 30.5 M parameters",
           encoder=resnet_encoder_layout("encoder"))
 def build_unet_resnet50(
     *,
@@ -174,6 +220,8 @@ def build_unet_resnet50(
     n_classes: int,  # unused: the lesion mask is binary
     widen_factor: float = 1.0,
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    upsampling: Upsampling = "deconv",
 ) -> nn.Module:
-    """Build the ResNet-50 U-Net (options: widen_factor, decoder_channels, as mtl_resnet50)."""
-    return ResNet50UNet(in_channels, widen_factor=widen_factor, decoder_channels=decoder_channels)
+    """Build the ResNet-50 U-Net (options: widen_factor, decoder_channels, upsampling ``"deconv"`` (P003's
+    deconvolution blocks) or ``"nearest"``, as mtl_resnet50)."""
+    return ResNet50UNet(in_channels, widen_factor=widen_factor, decoder_channels=decoder_channels, upsampling=upsampling)
