@@ -200,11 +200,14 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(tiny_project_copy
     assert "model=resnet50" in planned and "model=unet" not in planned and "model=mtl_resnet50" not in planned
     _pretrained_file(weights, seed=0)  # back to the recorded file
 
-    # `dvc metrics diff` against the commit shows the retrained model's metrics, and only those.
+    # `dvc metrics diff` against the commit shows the retrained model's metrics, and only those: its fold
+    # files and its entries of the report's headline metrics.
     diff = json.loads(run_tool(["dvc", "metrics", "diff", "--json"], project).stdout)
-    changed = {path for path, values in diff.items() if any(v.get("diff") for v in values.values())}
-    assert changed and all("/resnet50/" in path for path in changed), sorted(changed)
-    assert any(path.endswith("resnet50/fold0/metrics.json") for path in changed)
+    changed = {(path, key) for path, values in diff.items() for key, value in values.items() if value.get("diff")}
+    assert changed and all("/resnet50/" in path or (path.endswith("report/headline.json") and key.startswith("resnet50."))
+                           for path, key in changed), sorted(changed)
+    assert any(path.endswith("resnet50/fold0/metrics.json") for path, _ in changed)
+    assert any(path.endswith("report/headline.json") for path, _ in changed)
     # dvclive's per-epoch curves are DVC plots.
     plots = run_tool(["dvc", "plots", "show", "--json"], project).stdout
     assert "unet/fold0/dvclive/plots/metrics/val_loss.tsv" in plots
