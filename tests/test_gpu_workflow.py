@@ -71,7 +71,7 @@ def test_device_cpu_keeps_jobs_off_the_gpus_a_machine_has(tmp_path: Path, monkey
 @pytest.mark.parametrize(("device", "asked"), [("auto", "gpu=1, gpu_percent=100"), ("cpu", "gpu=0, gpu_percent=0")])
 def test_under_slurm_training_jobs_ask_for_a_gpu_unless_device_is_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                       device: str, asked: str) -> None:
-    """The submitting host has no GPU (BUSFLOW_GPUS=0); the cluster's nodes do."""
+    """The project's Slurm profile; the submitting host has no GPU (BUSFLOW_GPUS=0), the cluster's nodes do."""
     monkeypatch.setenv("BUSFLOW_GPUS", "0")
-    _, resources, _ = _dry_run(_project(tmp_path, device), "--executor", "slurm", "--jobs", "4")
+    _, resources, _ = _dry_run(_project(tmp_path, device), "--profile", "workflow/profiles/slurm")
     assert _gpu_requests(resources) == {rule: {asked} for rule in GPU_RULES}
