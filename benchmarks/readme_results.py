@@ -64,13 +64,13 @@ def results_table(results: pd.DataFrame) -> str:
     return "\n".join(lines + notes)
 
 
-def with_table(readme: str, table: str) -> str:
-    """``readme`` with the text between the markers replaced by ``table``."""
-    if START not in readme or END not in readme:
-        raise ValueError(f"{README}: the markers {START!r} and {END!r} are missing")
-    before, rest = readme.split(START, 1)
-    _, after = rest.split(END, 1)
-    return f"{before}{START}\n{table}\n{END}{after}"
+def with_table(readme: str, table: str, start: str = START, end: str = END) -> str:
+    """``readme`` with the text between the markers ``start`` and ``end`` replaced by ``table``."""
+    if start not in readme or end not in readme:
+        raise ValueError(f"the markers {start!r} and {end!r} are missing")
+    before, rest = readme.split(start, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{start}\n{table}\n{end}{after}"
 
 
 def main() -> None:

@@ -41,3 +41,13 @@ def test_every_paper_preset_marks_its_deviations_with_a_reason() -> None:
     notes = {path.stem: file_notes(path) for path in sorted((REPO / "config" / "presets").glob("p00*.yaml"))}
     deviations = [note for found in notes.values() for note in found if note.kind == "deviation"]
     assert deviations and all(note.reason != "not stated" for note in deviations)
+
+
+def test_config_readme_lists_exactly_what_the_presets_mark() -> None:
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from preset_notes import CONFIG_README, expected_readme
+
+    current = CONFIG_README.read_text(encoding="utf-8")
+    assert expected_readme(current) == current

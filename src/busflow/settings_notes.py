@@ -53,3 +53,13 @@ def settings_notes(text: str) -> list[SettingNote]:
 
 def file_notes(path: Path) -> list[SettingNote]:
     return settings_notes(path.read_text(encoding="utf-8"))
+
+
+def presets_notes_markdown(presets: list[Path]) -> str:
+    """A Markdown table of every marked setting of the given preset files (config/README.md's section)."""
+    rows = [(path.stem, note) for path in presets for note in file_notes(path)]
+    if not rows:
+        return "_No preset marks a setting as busflow's choice or as a deviation._"
+    lines = ["| preset | setting | value | kind | reason |", "|---|---|---|---|---|"]
+    lines += [f"| `{stem}` | `{note.path}` | `{note.value}` | {note.kind} | {note.reason} |" for stem, note in rows]
+    return "\n".join(lines)
