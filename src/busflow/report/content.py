@@ -89,10 +89,10 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
     """All report sections in reading order: the summary (what ran, findings, headline table, reproduction, key
     figures), the results section by section, and an appendix (provenance, data, split, groups, per-fold tables,
     definitions, parameters) that the HTML folds away. ``unreadable`` lists images shown as error tiles."""
-    summary = [*summary_blocks(run, tables, run_info), *(settings_notes_blocks(run_info, 3) if not tables["reproduction"].empty else [])]
+    notes_in_summary = not tables["reproduction"].empty  # beside the paper's numbers, else in the appendix
+    summary = [*summary_blocks(run, tables, run_info), *(settings_notes_blocks(run_info, 3) if notes_in_summary else [])]
     sections = [summary, leaderboard_blocks(tables), card_blocks(run), leakage_blocks(run, tables),
                 external_blocks(tables), ablation_blocks(tables), figure_blocks(run)]
-    notes_in_summary = not tables["reproduction"].empty
     appendix = [*provenance_blocks(run_info), *([] if notes_in_summary else settings_notes_blocks(run_info)),
                 *dataset_blocks(tables), *split_blocks(run, tables),
                 *grouping_blocks(run, tables, run_info), *cluster_blocks(tables, unreadable), *per_fold_blocks(run, tables),

@@ -23,7 +23,7 @@ from busflow.io import atomic_dir
 from busflow.predictions import load_predictions, prediction_table, save_predictions
 from busflow.stages import preprocess
 from busflow.stages.evaluate import evaluate_model, headline
-from busflow.train.device import configure_threads, job_device
+from busflow.train.device import configure_threads, params_device
 from busflow.train.loop import ArrayData, predict
 from busflow.train.outputs import load_trained
 
@@ -51,8 +51,7 @@ def run(params: Mapping[str, Any], *, arrays: Path, models: Path, out: Path, gpu
     device :func:`busflow.train.device.job_device` gives a job granted ``gpus`` GPUs."""
     configure_threads()
     settings = params["external"]
-    device_held = job_device(params["device"], jobs_per_gpu=params["accelerator"]["jobs_per_gpu"], gpus_granted=gpus, log=log)
-    with device_held as device, atomic_dir(out) as staging:
+    with params_device(params, gpus, log) as device, atomic_dir(out) as staging:
         for dataset in settings["datasets"]:
             prefixed = lambda line, dataset=dataset: log(f"[{dataset}] {line}")
             fetch_dataset(params, staging / dataset / "raw", dataset=dataset)

@@ -9,7 +9,6 @@ torch), so both orchestrators keep one DAG.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -85,16 +84,13 @@ def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, out:
     with atomic_dir(out) as folder:
         write_csv(folder / POOL, pd.DataFrame({"image_id": image_ids[pool]}))
         if encoders:
-            with _job_device(params, gpus, log) as device:
+            from busflow.train.device import configure_threads, params_device
+
+            configure_threads()
+            with params_device(params, gpus, log) as device:
                 for name, settings in encoders.items():
                     log(f"pretraining {name} ({settings['arch']}) on fold {fold}: {len(pool)} training and validation images, no labels")
                     pretrain_one(name, settings, data["images"][pool], job_seed(params["seed"], name, fold), device,
                                  params["accelerator"]["deterministic"], folder / name, log)
     log(f"fold {fold}: pretraining pool of {len(pool)} images, {len(encoders)} encoder(s)")
 
-
-def _job_device(params: Mapping[str, Any], gpus: int, log: Callable[[str], None]) -> contextlib.AbstractContextManager[torch.device]:
-    from busflow.train.device import configure_threads, job_device
-
-    configure_threads()
-    return job_device(params["device"], jobs_per_gpu=params["accelerator"]["jobs_per_gpu"], gpus_granted=gpus, log=log)

@@ -51,6 +51,11 @@ def job_device(name: str, *, jobs_per_gpu: int = 1, gpus_granted: int = 0,
         yield torch.device("cuda", index)
 
 
+def params_device(params: Any, gpus_granted: int = 0, log: Callable[[str], None] = print) -> contextlib.AbstractContextManager[torch.device]:
+    """:func:`job_device` of a pipeline job: params' ``device`` and ``accelerator.jobs_per_gpu``."""
+    return job_device(params["device"], jobs_per_gpu=params["accelerator"]["jobs_per_gpu"], gpus_granted=gpus_granted, log=log)
+
+
 def resolve_deterministic(setting: Any, device: torch.device) -> bool:
     """params' ``accelerator.deterministic``: ``auto`` is deterministic on the CPU (free there) and autotuned
     on CUDA (faster kernels, results that differ in the last bits between runs)."""

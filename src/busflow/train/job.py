@@ -33,7 +33,7 @@ from busflow.train.device import (
     configure_threads,
     device_name,
     is_deterministic,
-    job_device,
+    params_device,
     resolve_deterministic,
     seed_everything,
 )
@@ -163,7 +163,7 @@ def run_training_job(params: Mapping[str, Any], name: str, fold: int, spec: Trai
     prefix = f"[{name} fold{fold}]"
     log = lambda line: print(f"{prefix} {line}", flush=True)
     accelerator = params["accelerator"]
-    with job_device(params["device"], jobs_per_gpu=accelerator["jobs_per_gpu"], gpus_granted=gpus, log=log) as device:
+    with params_device(params, gpus, log) as device:
         apply_determinism(resolve_deterministic(accelerator["deterministic"], device), device)
         model = build_model(spec.arch, in_channels=1, n_classes=len(inputs.classes), options=spec.options)
         log(f"{spec.arch}{detail} on {device}: {inputs.describe()}")
