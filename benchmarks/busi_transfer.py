@@ -100,7 +100,7 @@ def results_rows(table: pd.DataFrame, times: pd.DataFrame, args: argparse.Namesp
                      "model": row.model, "init": f"SimCLR in-domain ({args.pretrain_epochs} epochs)" if started else "scratch",
                      "metric": row.metric, "fold_mean": row.fold_mean, "fold_sd": row.fold_sd, "pooled": row.pooled,
                      "ci_low": row.ci_low, "ci_high": row.ci_high, "images": row.images, "groups": row.groups,
-                     "wall_min": round(minutes, 1), "command": command})
+                     "wall_min": round(minutes, 1), "command": command, "note": args.note})
     return pd.DataFrame(rows)
 
 
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the project here (an existing one resumes)")
     parser.add_argument("--results-csv", type=Path, help="also write the rows of the README's real-data table here "
                                                         "(docs/results/busi_transfer.csv)")
+    parser.add_argument("--note", default="", help="a caveat printed under the README's table (e.g. shared cores)")
     args = parser.parse_args()
 
     project = args.workdir or Path(tempfile.mkdtemp(prefix="busflow-busi-transfer-"))

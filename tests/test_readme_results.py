@@ -40,3 +40,12 @@ def test_a_results_file_without_the_expected_columns_is_named(tmp_path: Path) ->
     pd.DataFrame([{c: 1 for c in COLUMNS if c != "ci_low"}]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"bad\.csv: missing column\(s\) \['ci_low'\]"):
         read_results(tmp_path)
+
+
+def test_a_runs_note_is_printed_once_under_the_table(tmp_path: Path) -> None:
+    note = "measured on shared cores"
+    rows = [{**_row("resnet50", "roc_auc_macro", 0.84), "note": note}, {**_row("resnet50", "balanced_accuracy", 0.75), "note": note}]
+    pd.DataFrame(rows).to_csv(tmp_path / "busi.csv", index=False)
+    pd.DataFrame([_row("mtl", "roc_auc_macro", 0.8)]).to_csv(tmp_path / "other.csv", index=False)
+    table = results_table(read_results(tmp_path))
+    assert table.count(f"Note: {note}") == 1 and table.endswith(f"Note: {note}")
