@@ -47,6 +47,9 @@ _AT_THRESHOLD = ("the positive class (malignant) against the rest at a probabili
 _PIXEL = ("per image TP / (TP + FP) over images with a predicted lesion, and TP / (TP + FN) over images with a true "
           "lesion; averaged over those images.")
 _LESION_ONLY = "Dice / IoU restricted to images whose ground truth has a lesion."
+_POOLED = ("pixel-pooled over the fold's test images: TP, FP and FN summed over all images, then Dice 2TP / (2TP + FP "
+           "+ FN), IoU TP / (TP + FP + FN), precision TP / (TP + FP), recall TP / (TP + FN); no empty-mask convention "
+           "applies (a lesion-free image adds only its false positives).")
 _KEY = {"headline": True, "leaderboard": True, "bar": True}  # the key metrics: shown wherever metrics are
 _COMPARED = {"study": True, "paired": True}  # compared across splits, datasets, settings and models
 
@@ -87,6 +90,10 @@ CATALOGUE: tuple[Metric, ...] = (
            glossary=15, leaderboard=True),
     Metric("pixel_precision", SEGMENTATION, _PIXEL, glossary=16, leaderboard=True, per_image="pixel_precision"),
     Metric("pixel_recall", SEGMENTATION, _PIXEL, glossary=16, leaderboard=True, per_image="pixel_recall"),
+    Metric("pooled_dice", SEGMENTATION, _POOLED, glossary=20),
+    Metric("pooled_iou", SEGMENTATION, _POOLED, glossary=20),
+    Metric("pooled_precision", SEGMENTATION, _POOLED, glossary=20),
+    Metric("pooled_recall", SEGMENTATION, _POOLED, glossary=20),
     Metric("hd95", SEGMENTATION, "95th-percentile symmetric Hausdorff distance between the predicted and true lesion "
            "boundaries, in pixels of the preprocessed image; only images where both masks are non-empty.",
            glossary=17, leaderboard=True, per_image="hd95"),

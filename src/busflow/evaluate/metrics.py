@@ -5,7 +5,10 @@ MONAI's ``compute_hausdorff_distance(percentile=95)``, exactly (tests check the 
 here because importing torch + MONAI costs an evaluate job ~20 s on a small CPU machine, for a few lines
 of arithmetic. The HD95 is in pixels of the preprocessed image and undefined when either mask is empty.
 Pixel precision TP / (TP + FP) and recall TP / (TP + FN) are per image, averaged over the images where
-they are defined (a predicted lesion, a true lesion respectively).
+they are defined (a predicted lesion, a true lesion respectively). The pixel-pooled metrics (``pooled_dice``,
+``pooled_iou``, ``pooled_precision``, ``pooled_recall``) sum TP, FP and FN over all test images of the fold
+first, as papers reporting one number over a test set do; pooled Dice is then the F1 of pooled precision and
+recall, and pooled IoU = Dice / (2 − Dice).
 
 Classification: per class one-vs-rest, then macro means (over the classes present in the test part) and
 support-weighted means. The operating point takes the positive class (malignant) against the rest at a
@@ -14,7 +17,8 @@ threshold chosen on the fold's validation images and applies it unchanged to the
 Empty ground-truth masks (normal images) are never dropped silently. Under the ``match`` convention an
 image with an empty ground truth scores Dice = IoU = 1 when the predicted mask is empty as well and 0
 otherwise (MONAI's ``ignore_empty=False``); under ``exclude`` such images leave the Dice/IoU mean. Either
-way, the lesion-only means and the false-positive rate on empty images are reported separately.
+way, the lesion-only means and the false-positive rate on empty images are reported separately. The pooled
+metrics need no convention: an image with an empty ground truth adds only its false-positive pixels.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ def _specificity(matrix: np.ndarray, column: int) -> float | None:
     true_negative = matrix.sum() - matrix[column, :].sum() - matrix[:, column].sum() + matrix[column, column]
     negatives = matrix.sum() - matrix[column, :].sum()
     return float(true_negative / negatives) if negatives else None
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
 
 
 def _mean_defined(values: Sequence[float | None], weights: Sequence[float] | None = None) -> float | None:
@@ -130,12 +138,8 @@ def operating_threshold(is_positive: np.ndarray, scores: np.ndarray, rule: str, 
 def binary_metrics(is_positive: np.ndarray, called_positive: np.ndarray) -> dict[str, Any]:
     """Sensitivity, specificity, PPV, NPV, F1 and accuracy of positive/negative calls, with the counts."""
     tn, fp, fn, tp = confusion_matrix(is_positive, called_positive, labels=[False, True]).ravel().tolist()
-
-    def ratio(numerator: int, denominator: int) -> float | None:
-        return numerator / denominator if denominator else None
-
-    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp),
-            "npv": ratio(tn, tn + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn), "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+    return {"sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp), "ppv": _ratio(tp, tp + fp),
+            "npv": _ratio(tn, tn + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn), "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
             "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
@@ -172,12 +176,32 @@ def per_image_overlap(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndar
     return dice, iou, iou_background
 
 
+def pixel_counts(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image true-positive, false-positive and false-negative pixel counts of boolean masks (N×H×W)."""
+    flat_pred = predicted.reshape(len(predicted), -1).astype(bool)
+    flat_true = truth.reshape(len(truth), -1).astype(bool)
+    return (flat_pred & flat_true).sum(1), (flat_pred & ~flat_true).sum(1), (~flat_pred & flat_true).sum(1)
+
+
+def _precision_recall(true_positive: np.ndarray, false_positive: np.ndarray,
+                      false_negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    true_positive = true_positive.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return true_positive / (true_positive + false_positive), true_positive / (true_positive + false_negative)
+
+
 def pixel_precision_recall(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per image TP / (TP + FP) (NaN when nothing is predicted) and TP / (TP + FN) (NaN without a lesion)."""
-    flat_pred, flat_true = predicted.reshape(len(predicted), -1), truth.reshape(len(truth), -1)
-    true_positive = (flat_pred & flat_true).sum(1).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return true_positive / flat_pred.sum(1), true_positive / flat_true.sum(1)
+    return _precision_recall(*pixel_counts(predicted, truth))
+
+
+def pooled_overlap(true_positive: np.ndarray, false_positive: np.ndarray, false_negative: np.ndarray) -> dict[str, float | None]:
+    """Pixel-pooled Dice, IoU, precision and recall from per-image counts: the counts are summed over the images
+    before dividing (None where a denominator is 0). No empty-mask convention applies: an image without a lesion
+    adds only its false positives."""
+    tp, fp, fn = (float(np.sum(counts)) for counts in (true_positive, false_positive, false_negative))
+    return {"pooled_dice": _ratio(2 * tp, 2 * tp + fp + fn), "pooled_iou": _ratio(tp, tp + fp + fn),
+            "pooled_precision": _ratio(tp, tp + fp), "pooled_recall": _ratio(tp, tp + fn)}
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -203,11 +227,13 @@ def _nanmean_or_none(values: np.ndarray) -> float | None:
 
 
 def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, convention: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Aggregate and per-image segmentation metrics for boolean masks (N×H×W)."""
+    """Aggregate and per-image segmentation metrics for boolean masks (N×H×W). ``convention`` scores empty
+    ground truths in ``dice`` and ``iou_tumour``; the ``pooled_*`` values are pixel-pooled and need none."""
     if convention not in EMPTY_MASK_CONVENTIONS:
         raise ValueError(f"evaluate.empty_mask: unknown convention '{convention}' (choose from {sorted(EMPTY_MASK_CONVENTIONS)})")
     dice, iou, iou_background = per_image_overlap(predicted, truth)
-    precision, recall = pixel_precision_recall(predicted.astype(bool), truth.astype(bool))
+    counts = pixel_counts(predicted, truth)
+    precision, recall = _precision_recall(*counts)
     hd95 = np.array([hausdorff95(p, t) for p, t in zip(predicted.astype(bool), truth.astype(bool))])
     has_lesion = truth.reshape(len(truth), -1).any(1)
     predicted_any = predicted.reshape(len(predicted), -1).any(1)
@@ -220,6 +246,7 @@ def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, convention: s
         "pixel_accuracy": float((predicted == truth).mean()) if len(truth) else None,
         "pixel_precision": _nanmean_or_none(precision),
         "pixel_recall": _nanmean_or_none(recall),
+        **pooled_overlap(*counts),
         "hd95": _nanmean_or_none(hd95),
         "n_hd95_images": int((~np.isnan(hd95)).sum()),
         "dice_lesion_images": float(dice[has_lesion].mean()) if has_lesion.any() else None,

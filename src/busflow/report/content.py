@@ -393,16 +393,24 @@ def reproduction_blocks(tables: ReportTables) -> list[Block]:
         return []
     paper = str(table["paper"].iloc[0])
     display = pd.DataFrame({
-        "model": table["model"], "metric": table["metric"], "paper": [fmt_value(v) for v in table["paper_value"]],
+        "model": table["model"], "metric": table["metric"], "paper": [f"{v:g}" for v in table["paper_value"]],
         "ours (mean ± sd)": [fmt_mean_sd(m, s) if status == "ok" else status
                              for m, s, status in zip(table["ours_mean"], table["ours_sd"], table["status"])],
+        "ours best fold": [fmt_value(v) for v in table["ours_best"]],
         "delta": [NA if is_missing(v) else f"{v:+.3f}" for v in table["delta"]],
         "ours pooled [interval]": [fmt_interval(e, lo, hi) for e, lo, hi in zip(table["ours_pooled"], table["ci_low"], table["ci_high"])],
+        "definition (paper / ours)": table["definition"], "paper's source": table["paper_source"],
         SOURCE: table.get(SOURCE, ""),
     })
+    if table["ours_best"].isna().all():
+        display = display.drop(columns="ours best fold")
+    missing = published()[paper].get("missing") or []
     return [Heading(f"Reproduction of {paper}: {published()[paper]['title']}", 3),
             Para(f"Ours: {table['our_protocol'].iloc[0]}. Paper: {table['paper_protocol'].iloc[0]}. "
-                 "A drop from the published value is expected where the paper's split let duplicates leak."),
+                 "A drop from the published value is expected where the paper's split let duplicates leak; delta "
+                 "is our mean minus the paper's value."),
+            *([Para(f"Not in the paper's text (lost in conversion or given only as figures): {'; '.join(missing)}.")]
+              if missing else []),
             Table(display, "Published vs reproduced (tables/reproduction.csv)", "no published values")]
 
 
@@ -536,8 +544,9 @@ def convention_blocks(run_info: Mapping[str, Any]) -> list[Block]:
         Para(f"Recorded convention: {recorded}"),
         Para("Normal images contain no lesion, so their ground-truth mask is empty and Dice/IoU are 0/0 when the "
              "prediction is empty too; the convention above states how such images are scored in 'dice' and "
-             "'iou_tumour'. dice_lesion_images and iou_lesion_images use lesion images only, and "
-             "empty_image_false_positive_rate reports how often a lesion-free image receives a predicted lesion."),
+             "'iou_tumour'. dice_lesion_images and iou_lesion_images use lesion images only, "
+             "empty_image_false_positive_rate reports how often a lesion-free image receives a predicted lesion, and "
+             "the pixel-pooled pooled_* metrics need no convention (a lesion-free image adds only false positives)."),
     ]
 
 
