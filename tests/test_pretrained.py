@@ -36,6 +36,7 @@ FULL_SIZE = [
     ("resnet50", {}, "torchvision_resnet50"),
     ("mtl_resnet50", {}, "torchvision_resnet50"),
     ("unet_resnet50", {}, "torchvision_resnet50"),
+    ("fcn_resnet50", {}, "torchvision_resnet50"),
     ("fpn", {}, "torchvision_resnet50"),
     ("deeplabv3", {}, "torchvision_resnet101"),
     ("deeplabv3plus", {}, "torchvision_resnet101"),

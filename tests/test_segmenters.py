@@ -34,6 +34,9 @@ FAST_OPTIONS = {
     "deeplabv3plus": {"backbone_depth": 50, "width_factor": 0.125, "output_stride": 8},
     "fpn": {"widen_factor": 0.125, "pyramid_channels": 32, "segmentation_channels": 16},
     "unet_resnet50": {"widen_factor": 0.125, "decoder_channels": [32, 16, 16, 8, 8]},
+    # fcn_resnet50 is left out of EXPECTED_TASKS: its scores start at zero (Long et al., 2015), which leaves its
+    # up-sampling without gradient on the first step; tests/test_paper_networks.py checks it.
+    "fcn_resnet50": {"widen_factor": 0.125},
     "swin_unet": SWIN_T_NARROW,
     "attention_unet": {"channels": [8, 16, 32, 64, 128]},
     "mtl_resunet_p004": {"filters": [8, 16, 32, 64], "bridge": 128, "hidden": 32},
@@ -210,7 +213,9 @@ def test_unetplusplus_deep_supervision_uses_every_head() -> None:
 def test_mtl_resunet_classifier_reads_encoder_bridge_and_decoder() -> None:
     model = _build("mtl_resunet_p004")
     first = model.classifier[0]
-    assert (first.in_features, first.out_features) == (64 + 128 + 64, 32)  # GAP(enc4) + GAP(bridge) + GAP(dec1)
+    # GAP(enc4) + GAP(bridge) + GAP(dec1); each residual unit concatenates its input: enc4 1+8+16+32+64 = 121,
+    # bridge 121+128 = 249, dec1 (64 up + 121 skip) + 64 = 249.
+    assert (first.in_features, first.out_features) == (121 + 249 + 249, 32)
     assert model.classifier[2].p == 0.5
     # Classification loss alone reaches the shared encoder but not the segmentation-only output conv.
     out = model.train()(torch.randn(2, 1, 64, 64))
@@ -236,8 +241,8 @@ def test_mtl_swin_shares_the_swin_encoder() -> None:
 @pytest.mark.parametrize(
     ("arch", "side", "multiple"),
     [("unet_p002", 72, 16), ("unet_vgg19", 72, 16), ("mtl_resunet_p004", 40, 16), ("unetplusplus", 72, 16),
-     ("attention_unet", 72, 16), ("fpn", 80, 32), ("unet_resnet50", 80, 32), ("swin_unet", 80, 32),
-     ("mtl_swin", 48, 32)],
+     ("attention_unet", 72, 16), ("fpn", 80, 32), ("unet_resnet50", 80, 32), ("fcn_resnet50", 80, 32),
+     ("swin_unet", 80, 32), ("mtl_swin", 48, 32)],
 )
 def test_indivisible_size_is_a_clear_value_error(arch: str, side: int, multiple: int) -> None:
     model = _build(arch).eval()

@@ -4,7 +4,8 @@ Each returns ``{"logits": (B, n_classes), "seg": (B, 1, H, W) lesion logits}``.
 
 * ``mtl_resnet50``     ResNet-50 encoder + U-Net decoder (seg) + pooled linear head (cls); hard parameter sharing.
                        With ``upsampling="deconv"`` it is P003's ResNet-50 multi-task network (``unet_resnet50`` + head).
-* ``mtl_resunet_p004`` P004: residual U-Net multi-task network (seg + cls from encoder/bridge/decoder).
+* ``mtl_resunet_p004`` P004: residual U-Net multi-task network (seg + cls from encoder/bridge/decoder); its
+                       residual units concatenate input and body (``merge="concat"``), as the paper's.
 * ``mtl_swin``         P003: Swin-T multi-task network (``swin_unet`` + ``swin_tiny``'s head on the shared encoder).
 
 Parameter counts in the descriptions are at 1 input channel and 2 classes.
@@ -13,6 +14,7 @@ Parameter counts in the descriptions are at 1 input channel and 2 classes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -87,38 +89,54 @@ def build_mtl_resnet50(
 # --------------------------------------------------------------------------- P004: residual multi-task U-Net
 
 
-class ResidualUnit(nn.Module):
-    """Residual unit of P004: three 3x3 conv + BN (+ ReLU) with a shortcut, ReLU after the addition.
+Merge = Literal["add", "concat"]
+MERGES: tuple[str, ...] = get_args(Merge)
 
-    The shortcut is the identity when the width is unchanged, else a 1x1 conv + BN projection.
+
+class ResidualUnit(nn.Module):
+    """Residual unit of P004 (Materials and Methods, Fig. 1(b)), merging its input with its body by ``merge``.
+
+    ``"concat"`` (the paper's: "three convolutions, three batch-normalization, three ReLU, and one concatenation
+    layer"): three 3x3 conv + BN + ReLU, and the unit's input concatenated with their output, so the unit
+    outputs ``in_ch + out_ch`` channels. Figure 1(b) and equation (1), which place the concatenation, were lost;
+    joining the shortcut (the unit's input) to the body's output is busflow's reading.
+    ``"add"``: conv + BN + ReLU twice, conv + BN, plus the shortcut (the identity, or a 1x1 conv + BN projection
+    when the width changes), ReLU after the addition; ``out_ch`` channels.
     """
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, merge: Merge = "add") -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            conv_bn_act(in_ch, out_ch),
-            conv_bn_act(out_ch, out_ch),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch),
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+        self.merge = merge
+        self.out_channels = in_ch + out_ch if merge == "concat" else out_ch
+        last: list[nn.Module] = (
+            [conv_bn_act(out_ch, out_ch)] if merge == "concat"
+            else [nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch)]
         )
-        self.shortcut = (
-            nn.Identity() if in_ch == out_ch
-            else nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
-        )
-        self.act = nn.ReLU(inplace=True)
+        self.body = nn.Sequential(conv_bn_act(in_ch, out_ch), conv_bn_act(out_ch, out_ch), *last)
+        if merge == "add":
+            self.shortcut = (
+                nn.Identity() if in_ch == out_ch
+                else nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
+            )
+            self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merge == "concat":
+            return torch.cat([x, self.body(x)], dim=1)
         return self.act(self.body(x) + self.shortcut(x))
 
 
 class MultiTaskResUNetP004(nn.Module):
-    """P004's residual U-Net multi-task network (9 levels: 4 encoder, bridge, 4 decoder residual units).
+    """P004's residual U-Net multi-task network ("Residual-U-Net": 9 levels, 4 encoder, bridge, 4 decoder units).
 
-    Encoder: residual unit then 2x2 max-pool, widths ``filters``; bridge: residual unit at
-    ``bridge`` width (1/16); decoder: 2x2 stride-2 transposed conv, concatenation with the skip,
-    residual unit; 1x1 conv to the lesion logit. Classification branch: global average pooling of
-    encoder stage 4 (the deepest skip), the bridge and decoder stage 1, concatenated ->
-    dense ``hidden`` + ReLU -> dropout -> dense n_classes.
+    Encoder: residual unit then 2x2 max-pool, body widths ``filters``; bridge: residual unit of ``bridge`` width
+    (1/16); decoder: 2x2 stride-2 transposed conv to the stage's filter width, concatenation with the skip,
+    residual unit; 1x1 conv to the lesion logit. Classification branch: global average pooling of encoder
+    stage 4, the bridge and decoder stage 1 (the paper's stages 4, 5 and 6), concatenated -> dense ``hidden`` +
+    ReLU -> dropout -> dense n_classes, whose softmax (in the loss and at prediction) is the paper's 2-unit
+    softmax for benign/malignant. The paper gives no widths or kernel sizes: U-Net's 64..1024 and 3x3 here.
     """
 
     def __init__(
@@ -129,6 +147,7 @@ class MultiTaskResUNetP004(nn.Module):
         bridge: int = 1024,
         hidden: int = 256,
         dropout: float = 0.5,
+        merge: Merge = "concat",
     ) -> None:
         super().__init__()
         filters = positive_ints("mtl_resunet_p004 'filters'", filters, 4)
@@ -138,22 +157,23 @@ class MultiTaskResUNetP004(nn.Module):
         self.down = nn.ModuleList()
         ch = in_channels
         for f in filters:
-            self.down.append(ResidualUnit(ch, f))
-            ch = f
+            self.down.append(ResidualUnit(ch, f, merge))
+            ch = self.down[-1].out_channels
         self.pool = nn.MaxPool2d(2)
-        self.bridge = ResidualUnit(ch, bridge)
-        ch = bridge
+        self.bridge = ResidualUnit(ch, bridge, merge)
+        ch = self.bridge.out_channels
         self.up, self.dec = nn.ModuleList(), nn.ModuleList()
-        for f in reversed(filters):
+        for f, skip in zip(reversed(filters), reversed([unit.out_channels for unit in self.down])):
             self.up.append(nn.ConvTranspose2d(ch, f, kernel_size=2, stride=2))
-            self.dec.append(ResidualUnit(2 * f, f))
-            ch = f
+            self.dec.append(ResidualUnit(f + skip, f, merge))
+            ch = self.dec[-1].out_channels
         self.head = nn.Conv2d(ch, 1, kernel_size=1)
         self.gap = nn.AdaptiveAvgPool2d(1)
+        pooled = self.down[-1].out_channels + self.bridge.out_channels + self.dec[0].out_channels
         self.classifier = nn.Sequential(
-            nn.Linear(filters[-1] + bridge + filters[-1], hidden),
+            nn.Linear(pooled, hidden),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            nn.Dropout(check_dropout("dropout", dropout)),
             nn.Linear(hidden, n_classes),
         )
 
@@ -177,7 +197,8 @@ class MultiTaskResUNetP004(nn.Module):
 @register(
     "mtl_resunet_p004",
     tasks={"cls", "seg"},
-    description="P004 residual U-Net multi-task: seg decoder + GAP(enc4, bridge, dec1) -> dense 256 -> dropout -> cls",
+    description="P004 residual U-Net multi-task: residual units of three conv-BN-ReLU joined to their input by "
+                "concatenation; seg decoder + GAP(enc4, bridge, dec1) -> dense 256 -> dropout -> cls; 59.7 M parameters",
 )
 def build_mtl_resunet_p004(
     *,
@@ -187,9 +208,12 @@ def build_mtl_resunet_p004(
     bridge: int = 1024,
     hidden: int = 256,
     dropout: float = 0.5,
+    merge: Merge = "concat",
 ) -> nn.Module:
-    """Build P004's multi-task residual U-Net (options: filters (4 encoder widths), bridge width, hidden dense width, dropout)."""
-    return MultiTaskResUNetP004(in_channels, n_classes, filters=filters, bridge=bridge, hidden=hidden, dropout=dropout)
+    """Build P004's multi-task residual U-Net (options: filters (4 encoder widths), bridge width, hidden dense width,
+    dropout, and merge: ``"concat"`` (the paper's residual unit) or ``"add"`` (a ResNet-style addition))."""
+    return MultiTaskResUNetP004(in_channels, n_classes, filters=filters, bridge=bridge, hidden=hidden, dropout=dropout,
+                                merge=merge)
 
 
 # --------------------------------------------------------------------------- P003: Swin multi-task

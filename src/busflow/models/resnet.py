@@ -1,8 +1,10 @@
-"""ResNet family: bottleneck ResNet backbones, the ResNet-50 classifier and the ResNet-50 U-Net.
+"""ResNet family: bottleneck ResNet backbones, the ResNet-50 classifier, the ResNet-50 U-Net and FCN.
 
 * ``resnet50``         ResNet-50 classifier (He et al., 2016), MONAI ``ResNet`` (Bottleneck, layers [3, 4, 6, 3]).
 * ``unet_resnet50``    P003: U-Net with a ResNet-50 encoder and 5 deconvolution blocks (``mtl_resnet50`` with
-                       ``upsampling="deconv"``, without its class head).
+                       ``upsampling="deconv"``, without its class head). With ``upsampling="nearest"`` it is
+                       ``mtl_resnet50``'s segmentation branch alone: P000's single-task UResNet.
+* ``fcn_resnet50``     P000: single-task FCN, FCN-8s (Long et al., 2015) on the same ResNet-50 encoder.
 
 ``make_resnet50``/``make_resnet`` (ResNet-50/101), ``ResNetEncoder`` and ``UNetDecoder`` are also the
 backbone and decoder of ``deeplab``, ``fpn``, the ``multitask`` networks and (the decoder) ``swin_unet``.
@@ -225,3 +227,71 @@ def build_unet_resnet50(
     """Build the ResNet-50 U-Net (options: widen_factor, decoder_channels, upsampling ``"deconv"`` (P003's
     deconvolution blocks) or ``"nearest"``, as mtl_resnet50)."""
     return ResNet50UNet(in_channels, widen_factor=widen_factor, decoder_channels=decoder_channels, upsampling=upsampling)
+
+
+# --------------------------------------------------------------------------- P000: FCN on the ResNet-50 encoder
+
+
+def bilinear_kernel(factor: int) -> torch.Tensor:
+    """(1, 1, 2f, 2f) transposed-convolution kernel of bilinear up-sampling by ``factor`` (Long et al., 2015)."""
+    size = 2 * factor
+    centre = factor - 0.5
+    ramp = 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
+    return torch.outer(ramp, ramp)[None, None]
+
+
+def _bilinear_up2() -> nn.ConvTranspose2d:
+    up = nn.ConvTranspose2d(1, 1, kernel_size=4, stride=2, padding=1, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_kernel(2))
+    return up
+
+
+def _zero_score(in_ch: int) -> nn.Conv2d:
+    score = nn.Conv2d(in_ch, 1, kernel_size=1)
+    nn.init.zeros_(score.weight)
+    nn.init.zeros_(score.bias)
+    return score
+
+
+class FCNResNet50(nn.Module):
+    """FCN-8s (Long et al., 2015, Sec. 4.2) on the ResNet-50 encoder of ``unet_resnet50`` and ``mtl_resnet50``.
+
+    P000 compares its multi-task UResNet with a single-task "FCN" and describes it no further; this is Long et
+    al.'s skip architecture with ResNet-50's layer4, layer3 and layer2 (strides 32, 16, 8) in the places of
+    VGG-16's fc7, pool4 and pool3. A 1x1 conv scores each (zero-initialised, Sec. 4.2-4.3); the stride-32 score
+    is up-sampled x2 by a learned transposed conv (bilinear initialisation) and added to the stride-16 score,
+    that sum likewise to the stride-8 score, and a fixed bilinear transposed conv up-samples x8 to the input.
+    """
+
+    def __init__(self, in_channels: int, widen_factor: float = 1.0) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.encoder = ResNetEncoder(make_resnet50(in_channels, widen_factor, feed_forward=False))
+        deep, mid, shallow = self.encoder.out_channels[4], self.encoder.out_channels[3], self.encoder.out_channels[2]
+        self.score = nn.ModuleList([_zero_score(deep), _zero_score(mid), _zero_score(shallow)])
+        self.up2 = nn.ModuleList([_bilinear_up2(), _bilinear_up2()])
+        self.register_buffer("up8", bilinear_kernel(8), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return ``{"seg": (B, 1, H, W)}``; H and W must be multiples of 32."""
+        check_input(x, self.in_channels, 32, "fcn_resnet50")
+        features = self.encoder(x)
+        fused = self.score[0](features[4])
+        for up, score, skip in zip(self.up2, self.score[1:], (features[3], features[2])):
+            fused = up(fused) + score(skip)
+        return {"seg": nn.functional.conv_transpose2d(fused, self.up8, stride=8, padding=4)}
+
+
+@register("fcn_resnet50", tasks={"seg"},
+          description="P000 single-task FCN: FCN-8s (Long et al., 2015) skip fusion of ResNet-50 layer4/3/2 scores, "
+                      "fixed bilinear x8; 23.5 M parameters",
+          encoder=resnet_encoder_layout("encoder"))
+def build_fcn_resnet50(
+    *,
+    in_channels: int,
+    n_classes: int,  # unused: the lesion mask is binary
+    widen_factor: float = 1.0,
+) -> nn.Module:
+    """Build the FCN-8s segmenter on ResNet-50 (option: widen_factor, as unet_resnet50)."""
+    return FCNResNet50(in_channels, widen_factor=widen_factor)

@@ -1,12 +1,13 @@
 """VGG family: VGG-16/19 classifiers and the VGG-19 U-Net.
 
 * ``vgg16/vgg19``      VGG (Simonyan & Zisserman, 2015), configs "D"/"E", own torch modules (task ``cls``).
-* ``unet_vgg19``       P001: modified U-Net, VGG-19 encoder, transposed-conv decoder with Leaky ReLU (task ``seg``).
+* ``unet_vgg19``       P001: modified U-Net, VGG-19 encoder, mirrored transposed-conv decoder, Leaky ReLU (task ``seg``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -116,14 +117,22 @@ register("vgg19", tasks={"cls"}, description="VGG-19 (config E) classifier, opti
 VGG19_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
 
 
+def _activation(negative_slope: float | None) -> nn.Module:
+    """ReLU, or LeakyReLU(negative_slope) when a slope is given."""
+    return nn.ReLU(inplace=True) if negative_slope is None else nn.LeakyReLU(float(negative_slope), inplace=True)
+
+
 class VGG19Encoder(nn.Module):
-    """VGG-19 convolutional trunk: five blocks of 3x3 conv + (BN +) ReLU, 2x2 max-pool between blocks.
+    """VGG-19 convolutional trunk: five blocks of 3x3 conv + (BN +) activation, 2x2 max-pool between blocks.
 
     The fifth max-pool is dropped: block 5 (all 16 conv layers are kept) is the U-Net bridge at 1/16.
-    Returns the five block outputs (strides 1, 2, 4, 8, 16).
+    Returns the five block outputs (strides 1, 2, 4, 8, 16). ``negative_slope`` swaps VGG's ReLU for a
+    LeakyReLU of that slope (P001's modified U-Net); None keeps ReLU.
     """
 
-    def __init__(self, in_channels: int, width_factor: float = 1.0, batch_norm: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, width_factor: float = 1.0, batch_norm: bool = True, negative_slope: float | None = None
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList()
         self.out_channels: list[int] = []
@@ -132,7 +141,7 @@ class VGG19Encoder(nn.Module):
             layers = []
             for w in widths:
                 out = scaled(w, width_factor)
-                layers.append(conv_bn_act(ch, out, batch_norm=batch_norm))
+                layers.append(conv_bn_act(ch, out, batch_norm=batch_norm, act=_activation(negative_slope)))
                 ch = out
             self.blocks.append(nn.Sequential(*layers))
             self.out_channels.append(ch)
@@ -147,11 +156,12 @@ class VGG19Encoder(nn.Module):
 
 
 class UNetVGG19(nn.Module):
-    """P001's modified U-Net: VGG-19 encoder, transposed-conv decoder with skips, Leaky ReLU in the decoder.
+    """P001's modified U-Net ("Modified U-Net Architecture"): VGG-19 encoder, a decoder that mirrors it with
+    transposed convolutions, a final 1x1 convolution, and Leaky ReLU in place of every ReLU.
 
-    Decoder stage: 2x2 stride-2 transposed conv to the skip's width, concatenation with the VGG block
-    output at that scale, two 3x3 conv + (BN +) LeakyReLU. Four stages back to full resolution
-    (skips from VGG blocks 4, 3, 2, 1), then a 1x1 conv to the lesion logit.
+    Decoder stage, one per VGG block above the bridge (blocks 4, 3, 2, 1): 2x2 stride-2 transposed conv to the
+    block's width, concatenation with the block's output, then as many 3x3 conv + (BN +) LeakyReLU as the block
+    has (4, 4, 2, 2), the first halving the concatenated width. A 1x1 conv gives the lesion logit.
     """
 
     def __init__(
@@ -160,18 +170,16 @@ class UNetVGG19(nn.Module):
         super().__init__()
         check_factor("width_factor", width_factor, 64)
         self.in_channels = in_channels
-        self.encoder = VGG19Encoder(in_channels, width_factor, batch_norm)
+        self.encoder = VGG19Encoder(in_channels, width_factor, batch_norm, negative_slope)
         enc = self.encoder.out_channels
         self.up, self.dec = nn.ModuleList(), nn.ModuleList()
         ch = enc[-1]
-        for skip_ch in reversed(enc[:-1]):
+        for skip_ch, n_convs in zip(reversed(enc[:-1]), (len(b) for b in reversed(VGG19_BLOCKS[:-1]))):
             self.up.append(nn.ConvTranspose2d(ch, skip_ch, kernel_size=2, stride=2))
-            self.dec.append(
-                nn.Sequential(
-                    conv_bn_act(2 * skip_ch, skip_ch, batch_norm=batch_norm, act=nn.LeakyReLU(negative_slope, inplace=True)),
-                    conv_bn_act(skip_ch, skip_ch, batch_norm=batch_norm, act=nn.LeakyReLU(negative_slope, inplace=True)),
-                )
-            )
+            widths = [2 * skip_ch] + [skip_ch] * n_convs
+            self.dec.append(nn.Sequential(*(
+                conv_bn_act(a, b, batch_norm=batch_norm, act=_activation(negative_slope)) for a, b in pairwise(widths)
+            )))
             ch = skip_ch
         self.head = nn.Conv2d(ch, 1, kernel_size=1)
 
@@ -185,7 +193,9 @@ class UNetVGG19(nn.Module):
         return {"seg": self.head(x)}
 
 
-@register("unet_vgg19", tasks={"seg"}, description="P001 modified U-Net: VGG-19 encoder, transposed-conv + LeakyReLU decoder",
+@register("unet_vgg19", tasks={"seg"},
+          description="P001 modified U-Net: VGG-19 encoder, mirrored transposed-conv decoder (4/4/2/2 convs), LeakyReLU "
+                      "throughout; 37.1 M parameters",
           encoder=VGG19_ENCODER)
 def build_unet_vgg19(
     *,
@@ -195,5 +205,6 @@ def build_unet_vgg19(
     batch_norm: bool = True,
     negative_slope: float = 0.01,
 ) -> nn.Module:
-    """Build the VGG-19 U-Net (options: width_factor, batch_norm (VGG-19-BN style), decoder LeakyReLU negative_slope)."""
+    """Build P001's VGG-19 U-Net (options: width_factor, batch_norm after every conv (VGG-19-BN style; P001 does not
+    say), negative_slope of every LeakyReLU (P001 does not give it; 0.01 is PyTorch's default))."""
     return UNetVGG19(in_channels, width_factor=width_factor, batch_norm=batch_norm, negative_slope=negative_slope)
