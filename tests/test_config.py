@@ -107,13 +107,22 @@ def test_presets_are_complete_valid_params() -> None:
 
     expected = {"busi": ("busi", "kfold"), "busbra": ("busbra", "official"), "breast_lesions": ("breast_lesions", "kfold"),
                 "p000": ("busi", "kfold"), "p001": ("busi", "kfold"), "p002": ("busi", "cascade"), "p003": ("busi", "kfold"),
-                "p004": ("busi", "kfold")}
+                "p004": ("busi", "kfold"), "cross": ("busi", "kfold")}
     assert sorted(p.stem for p in (REPO / "config" / "presets").glob("*.yaml")) == sorted(expected)
     for name, (dataset, protocol) in expected.items():
         preset = load_params(REPO / "config" / "presets" / f"{name}.yaml")  # schema, cross-key rules and options
         assert preset["dataset"] == dataset and preset["split"]["protocol"] == protocol
         url = preset["data"][dataset]["url"]  # a dataset published as separate files is fetched by hand
         assert url is None if dataset in MANUAL_DOWNLOADS else url.startswith("https://")
+
+
+def test_the_cross_preset_tests_busi_models_on_the_other_datasets() -> None:
+    """Trained on BUSI's benign and malignant images, every model with both matrix metrics' outputs tested on
+    BUS-BRA and BrEaST-Lesions, which have no normal class."""
+    preset = load_params(REPO / "config" / "presets" / "cross.yaml")
+    assert preset["run"] == "cross" and preset["preprocess"]["classes"] == ["benign", "malignant"]
+    assert preset["external"] == {"datasets": ["busbra", "breast_lesions"], "models": preset["train"]["models"]}
+    assert {"unet", "resnet50", "mtl_resnet50"} <= set(preset["external"]["models"])
 
 
 def test_cascade_segmenter_must_segment(params: dict) -> None:

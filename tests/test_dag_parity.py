@@ -32,6 +32,15 @@ def test_a_preset_switches_both_orchestrators(tmp_path: Path) -> None:
     assert snakemake == dvc_jobs(project)
 
 
+def test_the_cross_preset_dry_runs_with_its_external_job_and_matrix(tmp_path: Path) -> None:
+    project = workflow_copy(tmp_path / "project", REPO / "params.yaml")
+    jobs = snakemake_jobs(project, "--configfile", "config/presets/cross.yaml")
+    external = [j for j in jobs if j.name == "external"]
+    assert len(external) == 1 and external[0].outputs == {"results/cross/external"}
+    report = next(j for j in jobs if j.name == "report")
+    assert {"results/cross/report/tables/cross_dataset.csv", "results/cross/report/figures/cross_dataset.png"} <= report.outputs
+
+
 @pytest.mark.parametrize("params", [REPO / "params.yaml", TINY_PARAMS, *sorted((REPO / "config" / "presets").glob("*.yaml"))],
                          ids=lambda p: p.stem)
 def test_every_param_dvc_tracks_is_in_the_file(tmp_path: Path, params: Path) -> None:

@@ -3,6 +3,7 @@
 Each command reads params.yaml (validated) and the explicit input paths it is given, and writes exactly
 the explicit output paths it is given, atomically. This module only parses arguments and dispatches: the
 work of a stage command is ``busflow.stages.<stage>.run``; predict, package and demo live in ``busflow.serve``.
+``weights`` and ``cross-matrix`` (which joins several runs' reports) work outside the DAG.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_stage_commands(commands)
     _add_serving_commands(commands)
     _add_weights_commands(commands)
+    _add_study_commands(commands)
     return parser
 
 
@@ -185,6 +187,25 @@ def _add_serving_commands(commands: Commands) -> None:
     sub.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted")
     sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
     sub.set_defaults(handler=cmd_demo)
+
+
+def cmd_cross_matrix(args: argparse.Namespace) -> None:
+    from busflow.report.build import build_cross_matrix
+
+    figure = build_cross_matrix(runs=[Path(run) for run in args.runs], out_dir=Path(args.out))
+    print(f"cross-dataset matrix of {len(args.runs)} run(s) written to {Path(args.out) / 'tables'} and {figure}")
+
+
+def _add_study_commands(commands: Commands) -> None:
+    """cross-matrix: joins the reports of several runs, outside any run's DAG."""
+    sub = commands.add_parser("cross-matrix", help="the cross-dataset matrix (trained on A x tested on B) of several runs' reports",
+                              description="Join the one-row cross-dataset tables of several runs (each trained on one "
+                                          "dataset, with external.datasets set) into the full matrix: "
+                                          "tables/cross_dataset.csv and figures/cross_dataset.png under --out.")
+    sub.add_argument("--runs", required=True, nargs="+", metavar="DIR", help="run folders, e.g. results/busi results/busbra")
+    sub.add_argument("--out", required=True, metavar="DIR")
+    sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
+    sub.set_defaults(handler=cmd_cross_matrix)
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> None:

@@ -15,9 +15,10 @@ EVALUATE_OUTPUTS: tuple[str, ...] = ("metrics.json", "per_image.csv")
 # The report's tables and figures, in the order of REPORT_FILES (each computed or drawn by busflow.report.registry).
 REPORT_TABLES: tuple[str, ...] = ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split",
                                   "groups", "label_conflicts", "leakage", "external", "ablation", "reproduction",
-                                  "intervals", "comparisons", "calibration", "failures", "jobs", "leakage_paired")
+                                  "intervals", "comparisons", "calibration", "failures", "jobs", "leakage_paired",
+                                  "cross_dataset")
 REPORT_FIGURES: tuple[str, ...] = ("roc", "metrics_bar", "overlays", "training_curves", "confusion", "leakage",
-                                   "calibration", "pr", "failures", "ablation", "comparisons")
+                                   "calibration", "pr", "failures", "ablation", "comparisons", "cross_dataset")
 
 
 def report_table(name: str) -> str:

@@ -140,6 +140,7 @@ FIGURE_CAPTIONS = {
     "figures/failures.png": "failures.rst",
     "figures/ablation.png": "ablation.rst",
     "figures/comparisons.png": "comparisons.rst",
+    "figures/cross_dataset.png": "cross_dataset.rst",
 }
 
 

@@ -1,4 +1,5 @@
-"""Build the report of a run: tables, figures, ``report.md`` and ``index.html``.
+"""Build the report of a run: tables, figures, ``report.md`` and ``index.html``; and the cross-dataset matrix of
+several runs' reports.
 
 Every file it writes is listed in :data:`busflow.layout.REPORT_FILES` and every directory in
 :data:`busflow.layout.REPORT_DIRS` (relative to ``out_dir``) so workflow orchestrators can declare them as outputs.
@@ -14,9 +15,10 @@ from typing import Any
 
 from busflow import CLASSES
 from busflow.io import write_csv, write_json, write_text
-from busflow.layout import REPORT_METRICS
+from busflow.layout import REPORT_METRICS, report_figure, report_table
 from busflow.report import figures
 from busflow.report.content import build_blocks
+from busflow.report.cross_dataset import TABLE, combine_runs, read_run_table
 from busflow.report.loading import load_results
 from busflow.report.registry import compute_tables, write_figures
 from busflow.report.render import render_html, render_markdown
@@ -55,3 +57,13 @@ def build_report(
     title = f"busflow report — {run_info.get('dataset', 'unknown dataset')}{leaky}"
     subtitle = f"generated {generated} · busflow {run_info.get('busflow_version', 'n/a')}"
     write_text(out_dir / "index.html", render_html(blocks, title, subtitle))
+
+
+def build_cross_matrix(*, runs: Sequence[Path], out_dir: Path) -> Path:
+    """The cross-dataset matrix of several runs (each one row: its report's tables/cross_dataset.csv) as
+    ``tables/cross_dataset.csv`` and ``figures/cross_dataset.png`` under ``out_dir``; returns the figure's path."""
+    table = combine_runs([read_run_table(Path(run)) for run in runs])
+    write_csv(Path(out_dir) / report_table(TABLE), table)
+    figure = Path(out_dir) / report_figure(TABLE)
+    figures.plot_cross_dataset(table, figure)
+    return figure

@@ -13,6 +13,7 @@ import pandas as pd
 
 from busflow.evaluate.catalogue import glossary, names
 from busflow.layout import REPORT_TABLES, report_table
+from busflow.report.cross_dataset import metric_label, tested_datasets
 from busflow.report.findings import findings
 from busflow.report.loading import RunResults
 from busflow.report.render import (
@@ -466,7 +467,8 @@ def external_blocks(tables: ReportTables) -> list[Block]:
     table = tables["external"]
     if table.empty:
         return [Heading("External validation"),
-                Para("No external dataset configured (external.datasets in params.yaml).", "note")]
+                Para("No external dataset configured (external.datasets in params.yaml).", "note"),
+                Figure("figures/cross_dataset.png", "Cross-dataset matrix: no external dataset in this run.")]
     display = pd.DataFrame({
         "dataset": table["dataset"], "model": table["model"], "metric": table["metric"],
         "in-domain (mean ± sd)": [fmt_mean_sd(m, s) for m, s in zip(table["in_domain_mean"], table["in_domain_sd"])],
@@ -478,7 +480,37 @@ def external_blocks(tables: ReportTables) -> list[Block]:
     return [Heading("External validation"),
             Para("Every fold model is tested on all images of the external dataset, preprocessed like this run's; its "
                  "operating threshold stays the one chosen on its in-domain validation images."),
-            Table(display, "In-domain test vs external dataset (tables/external.csv)", "no external results")]
+            Table(display, "In-domain test vs external dataset (tables/external.csv)", "no external results"),
+            *cross_dataset_blocks(tables["cross_dataset"])]
+
+
+def cross_dataset_blocks(cross: pd.DataFrame) -> list[Block]:
+    """The run's row of the cross-dataset matrix as a table and a heat map."""
+    confidence = f"{float(cross['confidence'].iloc[0]):.0%}" if not cross.empty else "95%"
+    return [Heading("Cross-dataset matrix", 3),
+            Para("Trained on this run's dataset (row), tested on each dataset (column): the in-domain column pools the "
+                 "model's own test folds, an external column every fold model's predictions on every image of that "
+                 "dataset. Runs on other datasets (with external.datasets set) give the other rows: "
+                 "busflow cross-matrix --runs results/A results/B --out DIR joins them into the full matrix."),
+            Table(cross_dataset_display(cross), f"Pooled value [{confidence} interval resampling patients or duplicate "
+                                                "groups] per model, metric and tested dataset (tables/cross_dataset.csv)",
+                  "no cross-dataset cells"),
+            Figure("figures/cross_dataset.png", "Cross-dataset heat map per model and metric: pooled value on a 0-1 "
+                                                "colour scale with its interval; outlined cells are in-domain.")]
+
+
+def cross_dataset_display(cross: pd.DataFrame) -> pd.DataFrame:
+    """tables/cross_dataset.csv as a matrix: one row per model, metric and training dataset, one column per tested
+    dataset holding the pooled value with its interval."""
+    trained = set(cross["trained_on"])
+    header = {d: f"{d} (in-domain)" if trained == {d} else d for d in tested_datasets(cross)}
+    rows = []
+    for (model, metric, trained_on), cells in cross.groupby(["model", "metric", "trained_on"], sort=False):
+        values = {c.tested_on: fmt_interval(c.estimate, c.ci_low, c.ci_high) for c in cells.itertuples()}
+        rows.append({"model": model, "metric": metric_label(metric), "trained on": trained_on,
+                     **{label: values.get(dataset, "not tested") for dataset, label in header.items()},
+                     SOURCE: "; ".join(str(v) for v in cells.get(SOURCE, ()) if v)})
+    return pd.DataFrame(rows, columns=["model", "metric", "trained on", *header.values(), SOURCE])
 
 
 def ablation_blocks(tables: ReportTables) -> list[Block]:

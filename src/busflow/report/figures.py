@@ -21,12 +21,14 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
 from busflow.evaluate.catalogue import CLASSIFICATION, SEGMENTATION, names  # noqa: E402
 from busflow.io import atomic_dir, atomic_path, write_csv  # noqa: E402
+from busflow.report.cross_dataset import metric_label, tested_datasets  # noqa: E402
 from busflow.report.loading import RunResults  # noqa: E402
 from busflow.report.tables import DuplicateCluster, card_name, model_classes, one_vs_rest_auc, pooled_per_image, pooled_predictions  # noqa: E402
 
@@ -36,6 +38,8 @@ BAR_SEG_METRICS = names("bar", SEGMENTATION)
 NO_CLS = "no classification models in this run"
 NO_SEG = "no segmentation models in this run"
 NO_LEAKAGE = "no leakage study configured (leakage.models is empty)"
+NO_EXTERNAL = "no external dataset configured (external.datasets is empty)"
+REPORT_WIDTH = 10.4  # inches the HTML report shows at 100 % (its 1150 px column at DPI)
 # Contact sheets: every image scaled to a common height, at most TILES_PER_ROW side by side (sizes in pixels).
 TILE_HEIGHT, TILES_PER_ROW, SHEET_GAP, TILE_TITLE, SHEET_HEADER, SHEET_MIN_WIDTH = 200, 6, 12, 40, 56, 480
 CONFLICT_COLOR = "#b00000"
@@ -183,6 +187,59 @@ def plot_ablation(ablation: pd.DataFrame, target: Path) -> None:
     ax.set_yticklabels([f"{v:g}" for v in means.index], rotation=0)
     fig.tight_layout()
     save_figure(fig, target)
+
+
+# --------------------------------------------------------------------------- cross-dataset matrix
+
+
+def plot_cross_dataset(table: pd.DataFrame, target: Path) -> None:
+    """Heat map of tables/cross_dataset.csv, one panel per model and metric: trained on (rows) × tested on
+    (columns), coloured by the pooled value on a fixed 0-1 scale and labelled with its bootstrap interval; the
+    in-domain cells (own test folds) outlined."""
+    if table.empty:
+        return save_figure(message_figure(NO_EXTERNAL), target)
+    trained, tested = list(dict.fromkeys(table["trained_on"])), tested_datasets(table)
+    panels = list(dict.fromkeys(zip(table["model"], table["metric"])))
+    size = (1.75 * len(tested) + 2.6, 0.7 * len(trained) + 1.7)
+    fig, axes = _grid(len(panels), 2 if 2 * size[0] <= REPORT_WIDTH else 1, size)
+    for ax, (model, metric) in zip(axes, panels):
+        cells = table[(table["model"] == model) & (table["metric"] == metric)]
+        _cross_panel(ax, cells, trained, tested, f"{model}: {metric_label(metric)}")
+    fig.tight_layout()
+    save_figure(fig, target)
+
+
+def _cross_panel(ax: plt.Axes, cells: pd.DataFrame, trained: list[str], tested: list[str], title: str) -> None:
+    def grid(values: pd.Series) -> pd.DataFrame:
+        frame = cells.assign(value=values.to_numpy()).pivot(index="trained_on", columns="tested_on", values="value")
+        return frame.reindex(index=trained, columns=tested)
+
+    text = pd.Series([_cell_text(e, lo, hi) for e, lo, hi in zip(cells["estimate"], cells["ci_low"], cells["ci_high"])])
+    values = grid(cells["estimate"].astype(float)).astype(float)
+    sns.heatmap(values, annot=grid(text).fillna("").to_numpy(), fmt="", cmap="viridis", vmin=0, vmax=1, ax=ax,
+                linewidths=1, linecolor="white", annot_kws={"fontsize": 10}, cbar_kws={"label": "pooled value"})
+    _mark_cells(ax, values, set(zip(cells["trained_on"], cells["tested_on"])))
+    ax.set(title=title, xlabel="tested on (outlined: in-domain test folds)", ylabel="trained on")
+    ax.set_yticklabels(trained, rotation=0)
+    ax.set_xticklabels(tested, rotation=0)
+
+
+def _mark_cells(ax: plt.Axes, values: pd.DataFrame, tested_pairs: set[tuple[str, str]]) -> None:
+    """Outline the in-domain cells; name the empty ones (a pair no run tested, or an undefined statistic)."""
+    ax.set_facecolor("0.88")
+    for row, source in enumerate(values.index):
+        for column, dataset in enumerate(values.columns):
+            if math.isnan(values.loc[source, dataset]):
+                ax.text(column + 0.5, row + 0.5, "n/a" if (source, dataset) in tested_pairs else "not tested",
+                        ha="center", va="center", fontsize=10, color="0.3")
+            elif source == dataset:
+                ax.add_patch(Rectangle((column, row), 1, 1, fill=False, edgecolor="white", linewidth=4))
+                ax.add_patch(Rectangle((column, row), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+
+
+def _cell_text(estimate: float, low: float, high: float) -> str:
+    """``0.81 [0.75, 0.86]``; the estimate alone without an interval."""
+    return f"{estimate:.2f}" if math.isnan(low) or math.isnan(high) else f"{estimate:.2f} [{low:.2f}, {high:.2f}]"
 
 
 # --------------------------------------------------------------------------- calibration

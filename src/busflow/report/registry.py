@@ -17,6 +17,7 @@ import pandas as pd
 from busflow.layout import REPORT_FIGURES, REPORT_TABLES, SPLIT_FILES, report_figure
 from busflow.report import figures, sources
 from busflow.report.content import ReportTables
+from busflow.report.cross_dataset import cross_dataset_table
 from busflow.report.leakage import leakage_paired_table
 from busflow.report.loading import RunResults
 from busflow.report.reproduction import reproduction_table
@@ -103,6 +104,8 @@ TABLES: dict[str, ReportTable] = {
     "failures": ReportTable(lambda c: failure_table(c.run), sources.fold_images),
     "jobs": ReportTable(lambda c: c.run.job_times(), sources.job_log),
     "leakage_paired": ReportTable(lambda c: leakage_paired_table(c.run, c.bootstrap), sources.leakage_images),
+    "cross_dataset": ReportTable(lambda c: cross_dataset_table(c.run, c.params, c["intervals"], c.bootstrap),
+                                 sources.cross_dataset_images),
 }
 
 Plot = Callable[[RunResults, ReportTables, Path], None]  # (run, tables, target PNG)
@@ -119,6 +122,7 @@ FIGURES: dict[str, Plot] = {
     "failures": lambda run, tables, target: figures.plot_failures(tables["failures"], run.arrays_path, target),
     "ablation": lambda run, tables, target: figures.plot_ablation(tables["ablation"], target),
     "comparisons": lambda run, tables, target: figures.plot_comparisons(tables["comparisons"], run.models, target),
+    "cross_dataset": lambda run, tables, target: figures.plot_cross_dataset(tables["cross_dataset"], target),
 }
 
 

@@ -70,6 +70,15 @@ def external_metrics(run: RunResults, row: Any) -> str:
     return _joined(run, [r for r in run.external[row.dataset] if r.model == row.model])
 
 
+def cross_dataset_images(run: RunResults, row: Any) -> str:
+    """An in-domain cell's per-image files; an external cell's per-image files and the predictions.csv files
+    that group its images."""
+    if row.in_domain:
+        return model_images(run, row)
+    tested = [r for r in run.external[row.tested_on] if r.model == row.model]
+    return "; ".join([_joined(run, tested, "per_image.csv"), _joined(run, tested, "predictions.csv")])
+
+
 def ablation_metrics(run: RunResults, row: Any) -> str:
     return _joined(run, run.ablation[(float(row.lr), row.options)])
 

@@ -8,7 +8,7 @@ Resamples draw whole groups (patients or duplicate clusters, the ``group_id`` of
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,17 +64,42 @@ def model_cases(run: RunResults, model: str) -> pd.DataFrame:
 
 def results_cases(run: RunResults, model: str, results: Sequence[FoldResult]) -> pd.DataFrame:
     """:func:`model_cases` of some fold results of ``model`` (e.g. its image-level folds)."""
+    frame = _pooled_rows(results)
+    if not frame.empty:
+        frame["group_id"] = group_ids(run, model, frame["image_id"])
+    return frame
+
+
+def external_cases(results: Sequence[FoldResult]) -> pd.DataFrame:
+    """One row per fold model and image of an external dataset (every fold model tested every image, so an image
+    counts once per fold model), grouped by the external dataset's patients, or by image where it names none: the
+    ``group_id`` the external stage wrote into predictions.csv. A resampled group brings all its rows along."""
+    for result in results:
+        path = result.directory / "predictions.csv"
+        if result.predictions is None or "group_id" not in result.predictions:
+            raise DatasetError(f"{path}: no group_id column to resample by")
+        missing = sorted(set(result.per_image["image_id"].astype(str)) - set(result.predictions["image_id"].astype(str)))
+        if missing:
+            raise DatasetError(f"{path}: no group_id for {len(missing)} image(s) of per_image.csv: {missing[:10]}")
+    frame = _pooled_rows(results, ("group_id",))
+    if not frame.empty:
+        frame["group_id"] = frame["group_id"].astype(str)
+    return frame
+
+
+def _pooled_rows(results: Sequence[FoldResult], keep: Sequence[str] = ()) -> pd.DataFrame:
+    """The per_image.csv rows of ``results`` with their fold, and the class probabilities (and the ``keep``
+    columns) of predictions.csv."""
     parts = []
     for result in results:
         cases = result.per_image.assign(fold=result.fold)
         if result.predictions is not None:
-            probs = [c for c in result.predictions.columns if c.startswith("prob_")]
-            cases = cases.merge(result.predictions[["image_id", *probs]], on="image_id", how="left")
+            columns = [*keep, *(c for c in result.predictions.columns if c.startswith("prob_"))]
+            cases = cases.merge(result.predictions[["image_id", *columns]], on="image_id", how="left")
         parts.append(cases)
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if not frame.empty:
         frame["image_id"] = frame["image_id"].astype(str)
-        frame["group_id"] = group_ids(run, model, frame["image_id"])
     return frame
 
 
@@ -154,18 +179,29 @@ def statistics_of(run: RunResults, model: str, cases: pd.DataFrame, weights: np.
 def interval_table(run: RunResults, settings: BootstrapSettings) -> pd.DataFrame:
     """Per model and pooled statistic: the estimate on all test images and its group-bootstrap interval."""
     rows = []
-    for number, model in enumerate(run.models):
+    for model in run.models:
         cases = model_cases(run, model)
-        if cases.empty:
-            continue
-        draw = GroupBootstrap.draw(cases["group_id"], settings.resamples, settings.seed + number)
-        estimates = statistics_of(run, model, cases, np.ones((1, len(cases))))
-        for metric, samples in statistics_of(run, model, cases, draw.weights).items():
-            low, high = percentile_interval(samples, settings.confidence)
-            rows.append({"model": model, "metric": metric, "n_images": len(cases), "n_groups": draw.n_groups,
-                         "estimate": float(estimates[metric][0]), "ci_low": low, "ci_high": high,
-                         "confidence": settings.confidence, "resamples": settings.resamples})
+        if not cases.empty:
+            rows += interval_rows(run, model, cases, settings)
     return pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
+
+
+def interval_rows(run: RunResults, model: str, cases: pd.DataFrame, settings: BootstrapSettings,
+                  metrics: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of :data:`INTERVAL_COLUMNS`: every pooled statistic of ``model`` (or those of ``metrics``) on ``cases``
+    and its group-bootstrap interval; the model's place in the run seeds the resampling."""
+    seed = settings.seed + (run.models.index(model) if model in run.models else 0)
+    draw = GroupBootstrap.draw(cases["group_id"], settings.resamples, seed)
+    estimates = statistics_of(run, model, cases, np.ones((1, len(cases))))
+    rows = []
+    for metric, samples in statistics_of(run, model, cases, draw.weights).items():
+        if metrics is not None and metric not in metrics:
+            continue
+        low, high = percentile_interval(samples, settings.confidence)
+        rows.append({"model": model, "metric": metric, "n_images": len(cases), "n_groups": draw.n_groups,
+                     "estimate": float(estimates[metric][0]), "ci_low": low, "ci_high": high,
+                     "confidence": settings.confidence, "resamples": settings.resamples})
+    return rows
 
 
 def comparison_table(run: RunResults, reference: str | None, settings: BootstrapSettings) -> pd.DataFrame:
