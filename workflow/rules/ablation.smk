@@ -23,6 +23,7 @@ rule train_ablation:
         accelerator=ACCELERATOR,
         out=lambda wildcards: ablation_dir(RUN, wildcards.model, wildcards.lr, wildcards.variant, wildcards.fold),
     threads: 1
+    priority: training_priority
     resources:
         gpu=GPU_JOB,
         gpu_percent=GPU_PERCENT,

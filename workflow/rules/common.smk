@@ -73,6 +73,12 @@ def model_params(wildcards):
     return config["models"][wildcards.model]
 
 
+def training_priority(wildcards):
+    """Longer training first (a model's epochs stand in for its cost), so that a short job, not a long one,
+    finishes last while the other cores idle."""
+    return int(model_spec(config, wildcards.model)["epochs"])
+
+
 PRETRAINED = f"{RESULTS}/pretrain"
 
 

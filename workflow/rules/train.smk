@@ -79,6 +79,7 @@ rule train:
         accelerator=ACCELERATOR,
         out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold),
     threads: 1
+    priority: training_priority
     resources:
         gpu=GPU_JOB,
         gpu_percent=GPU_PERCENT,
