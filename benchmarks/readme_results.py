@@ -61,8 +61,9 @@ def results_table(results: pd.DataFrame) -> str:
                      f" | {int(record['images'])} | {record['wall_min']:.0f} |")
         commands.append(record["command"])
         notes += [note for note in rows["note"].dropna().astype(str) if note.strip()]
-    text = ["", "Cells: pooled over all test images [95 % group-bootstrap interval] · mean ± sd over folds; run (min): the "
-            "model's training (and pretraining) jobs' minutes summed. Reproduce with:", ""]
+    legend = ("Cells: pooled over all test images [95 % group-bootstrap interval] · mean ± sd over folds; run (min): the "
+              "model's training (and pretraining) jobs' minutes summed. Reproduce with:")
+    text = ["", legend, ""]
     text += [f"    {command}" for command in dict.fromkeys(commands)]
     text += ["", *(f"Note: {note}" for note in dict.fromkeys(notes))] if notes else []
     return "\n".join(lines + text)
