@@ -55,11 +55,15 @@ def model_colours(models: Sequence[str]) -> dict[str, tuple[float, float, float]
     return {model: palette[i % len(palette)] for i, model in enumerate(models)}
 
 
-def save_figure(fig: Figure, target: Path) -> None:
-    """Write ``fig`` as PNG through an atomic temp file, then close it."""
+def save_figure(fig: Figure, target: Path, tight: bool = True) -> None:
+    """Write ``fig`` as PNG through an atomic temp file, then close it.
+
+    ``tight`` crops to the drawn content, at the cost of drawing the figure twice; a figure laid out in
+    pixels (a contact sheet) needs no cropping.
+    """
     try:
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight" if tight else None, metadata={"Software": None})
     finally:
         plt.close(fig)
 
@@ -603,7 +607,7 @@ def write_contact_sheets(run: RunResults, clusters: Sequence[DuplicateCluster], 
         for cluster in clusters:
             tiles = [read_tile(index, image_id) for image_id in cluster.image_ids]
             problems += [f"{i}: {t.error}" for i, t in zip(cluster.image_ids, tiles) if t.error]
-            save_figure(contact_sheet(cluster, tiles), tmp / Path(cluster.sheet).name)
+            save_figure(contact_sheet(cluster, tiles), tmp / Path(cluster.sheet).name, tight=False)
     return problems
 
 
@@ -633,33 +637,40 @@ def _displayable(img: Image.Image) -> Image.Image:
 
 
 def contact_sheet(cluster: DuplicateCluster, tiles: Sequence[Tile]) -> Figure:
-    """The tiles side by side (rows of TILES_PER_ROW) under a title with the labels and link scores."""
+    """The tiles side by side (rows of TILES_PER_ROW) under a title with the labels and link scores.
+
+    Laid out in pixels: every tile is placed unscaled with ``figimage`` and captioned with figure text, so a
+    sheet needs no axes (BUSI's report draws over a hundred of them).
+    """
     rows = [list(range(k, min(k + TILES_PER_ROW, len(tiles)))) for k in range(0, len(tiles), TILES_PER_ROW)]
-    width = max(SHEET_MIN_WIDTH, *(sum(tiles[i].width + SHEET_GAP for i in row) + SHEET_GAP for row in rows))
+    row_widths = [sum(tiles[i].width + SHEET_GAP for i in row) + SHEET_GAP for row in rows]
     row_height = TILE_TITLE + TILE_HEIGHT
     height = SHEET_HEADER + row_height * len(rows) + SHEET_GAP
-    fig = plt.figure(figsize=(width / DPI, height / DPI))
+    fig = plt.figure(figsize=(SHEET_MIN_WIDTH / DPI, height / DPI), dpi=DPI)
+    title = fig.suptitle(sheet_title(cluster), y=1 - 6 / height, va="top", fontsize=9,
+                         color=CONFLICT_COLOR if cluster.label_conflict else "black")
+    title_width = title.get_window_extent(renderer=fig.canvas.get_renderer()).width + 2 * SHEET_GAP
+    width = math.ceil(max(SHEET_MIN_WIDTH, title_width, *row_widths))
+    fig.set_size_inches(width / DPI, height / DPI)
     for r, row in enumerate(rows):
-        left, bottom = SHEET_GAP, height - SHEET_HEADER - (r + 1) * row_height
+        left, bottom = (width - row_widths[r]) // 2 + SHEET_GAP, height - SHEET_HEADER - (r + 1) * row_height
         for i in row:
-            ax = fig.add_axes((left / width, bottom / height, tiles[i].width / width, TILE_HEIGHT / height))
-            _tile_panel(ax, tiles[i])
+            _place_tile(fig, tiles[i], left, bottom)
             left += tiles[i].width + SHEET_GAP
-    fig.suptitle(sheet_title(cluster), y=1 - 6 / height, va="top", fontsize=9,
-                 color=CONFLICT_COLOR if cluster.label_conflict else "black")
     return fig
 
 
-def _tile_panel(ax: plt.Axes, tile: Tile) -> None:
-    ax.set_axis_off()
-    ax.set_title(tile.caption, fontsize=7.5)
+def _place_tile(fig: Figure, tile: Tile, left: int, bottom: int) -> None:
+    """One tile with its lower left corner at pixel (``left``, ``bottom``) and its caption above it."""
+    width, height = fig.bbox.width, fig.bbox.height
+    pixels = tile.pixels if tile.pixels is not None else np.full((TILE_HEIGHT, TILE_HEIGHT), 225, np.uint8)
+    fig.figimage(pixels, xo=left, yo=bottom, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255,
+                 origin="upper")
+    centre = (left + tile.width / 2) / width
+    fig.text(centre, (bottom + TILE_HEIGHT + 4) / height, tile.caption, ha="center", va="bottom", fontsize=7.5)
     if tile.pixels is None:
-        ax.imshow(np.full((TILE_HEIGHT, TILE_HEIGHT), 225, np.uint8), cmap="gray", vmin=0, vmax=255)
-        ax.text(0.5, 0.5, textwrap.fill(tile.error, 30, max_lines=6), ha="center", va="center", fontsize=7,
-                color=CONFLICT_COLOR, transform=ax.transAxes)
-        return
-    ax.imshow(tile.pixels, cmap="gray" if tile.pixels.ndim == 2 else None, vmin=0, vmax=255,
-              interpolation="nearest")
+        fig.text(centre, (bottom + TILE_HEIGHT / 2) / height, textwrap.fill(tile.error, 30, max_lines=6),
+                 ha="center", va="center", fontsize=7, color=CONFLICT_COLOR)
 
 
 def sheet_title(cluster: DuplicateCluster, max_links: int = 3) -> str:
