@@ -43,6 +43,9 @@ def _port_in_use(port: int) -> bool:
 
 
 def _config(state: Path) -> str:
+    # The node offers twice its cores (config_overrides lets slurmd accept that): a job of the tiny pipeline
+    # spends much of its life starting Snakemake and srun, so two per core keep the cores busy. Every
+    # training job still runs one thread, so the outputs stay those of the local run.
     memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
     return f"""{MARKER}
 ClusterName=busflowtest
@@ -64,11 +67,12 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
+SlurmdParameters=config_overrides
 MinJobAge=600
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
-NodeName=localhost CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN
+NodeName=localhost CPUs={2 * (os.cpu_count() or 1)} RealMemory={memory_mb} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
