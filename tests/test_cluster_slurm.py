@@ -17,10 +17,12 @@ pytestmark = pytest.mark.slow
 
 # Layered over workflow/profiles/slurm: sizes for this machine, one thread per training job as in the local
 # run (torch's results depend on the thread count), no account, squeue for job states (no accounting here).
+# The first status check comes 8 s after a submission, by when a short job (start-up included) is done: the
+# plugin waits 10 s longer after every check that finds no job finished, so an early miss costs most.
 TEST_PROFILE = """\
 slurm-no-account: true
 slurm-status-command: squeue
-slurm-init-seconds-before-status-checks: 2
+slurm-init-seconds-before-status-checks: 8
 seconds-between-status-checks: 2
 default-resources: {runtime: 30, mem_mb: 1000, cpus_per_task: 1}
 set-threads: {train: 1, train_ablation: 1, cascade: 1, external: 1, group: 1}
