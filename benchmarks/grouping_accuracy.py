@@ -1,0 +1,122 @@
+"""Grouping without patient IDs: how well the group stage's detector recovers the true patients.
+
+    python benchmarks/grouping_accuracy.py [--phantom-patients 60] [--busbra ../shared/datasets/busbra-subset/BUSBRA]
+                                           [--csv docs/results/grouping_accuracy.csv]
+
+Two sources whose patients are known, with the patients hidden from the detector (it sees image ids, files
+and class labels only):
+
+- phantoms: every patient 1-3 views (shift, zoom, rotation, fresh speckle), files renamed in a shuffled
+  order so that no name carries its patient;
+- BUS-BRA: the ``Case`` column dropped; its two-view patients are the left and right halves of one screen
+  (two planes through the lesion).
+
+Against the true patients: pair precision and pair recall (over image pairs put in one group / of one
+patient) and the adjusted Rand index of the groups, with the detector's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score
+
+from busflow.data.busbra import ingest_busbra
+from busflow.data.folder import ingest_folder
+from busflow.data.synthetic import generate_phantoms
+from busflow.split.dedup import duplicate_clusters, find_duplicate_links
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BUSBRA = REPO.parent / "shared" / "datasets" / "busbra-subset" / "BUSBRA"
+COLUMNS = ["source", "detector", "images", "patients", "true_pairs", "linked_pairs", "pair_precision", "pair_recall",
+           "ari", "groups", "seconds"]
+
+# detector name -> links between images of an index (image_id, image_path, label), patients hidden
+DETECTORS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
+    "near-duplicates (default)": lambda index: find_duplicate_links(index["image_id"].tolist(), index["image_path"].tolist()),
+}
+
+
+def pair_counts(truth: pd.Series, groups: pd.Series) -> tuple[int, int, int]:
+    """(true pairs, linked pairs, pairs both linked and true) over all image pairs; both series by image."""
+    def pairs(sizes: pd.Series) -> int:
+        return int((sizes * (sizes - 1) // 2).sum())
+
+    joint = pd.DataFrame({"truth": truth, "group": groups.reindex(truth.index)})
+    return pairs(joint.groupby("truth").size()), pairs(joint.groupby("group").size()), pairs(joint.groupby(["truth", "group"]).size())
+
+
+def grouping_scores(truth: pd.Series, groups: pd.Series) -> dict[str, float | int]:
+    """Pair precision, pair recall and adjusted Rand index of ``groups`` against ``truth`` (image -> id).
+
+    With no linked pair, precision is 1 (no false link was made); with no true pair, recall is 1.
+    """
+    true_pairs, linked, both = pair_counts(truth, groups)
+    return {"true_pairs": true_pairs, "linked_pairs": linked,
+            "pair_precision": both / linked if linked else 1.0, "pair_recall": both / true_pairs if true_pairs else 1.0,
+            "ari": float(adjusted_rand_score(truth.to_numpy(), groups.reindex(truth.index).to_numpy()))}
+
+
+def phantom_source(folder: Path, n_patients: int, seed: int,
+                   image_size: tuple[int, int] = (160, 200)) -> tuple[pd.DataFrame, pd.Series]:
+    """Phantoms with anonymous file names: (index without patients, true patient by image)."""
+    raw = folder / "raw"
+    patients = generate_phantoms(raw, n_patients=n_patients, seed=seed, image_size=image_size)
+    patients = patients.set_index("image_id")["patient_id"]
+    names = dict(zip(patients.index, (f"img{k:04d}" for k in np.random.default_rng(seed).permutation(len(patients)))))
+    for image_id, name in names.items():
+        label_dir = next(raw.glob(f"*/{image_id}.png")).parent
+        (label_dir / f"{image_id}.png").rename(label_dir / f"{name}.png")
+        (label_dir / f"{image_id}_mask.png").rename(label_dir / f"{name}_mask.png")
+    (raw / "patients.csv").unlink()
+    index = ingest_folder(raw)
+    truth = pd.Series({names[i]: p for i, p in patients.items()}).reindex(index["image_id"])
+    return index[["image_id", "image_path", "label"]], truth
+
+
+def busbra_source(root: Path) -> tuple[pd.DataFrame, pd.Series]:
+    index = ingest_busbra(root)
+    return index[["image_id", "image_path", "label"]], index.set_index("image_id")["patient_id"].astype(str)
+
+
+def evaluate(source: str, index: pd.DataFrame, truth: pd.Series) -> list[dict[str, object]]:
+    rows = []
+    for name, detector in DETECTORS.items():
+        started = time.perf_counter()
+        links = detector(index)
+        seconds = time.perf_counter() - started
+        groups = pd.Series(duplicate_clusters(index["image_id"].tolist(), links))
+        rows.append({"source": source, "detector": name, "images": len(index), "patients": truth.nunique(),
+                     **grouping_scores(truth, groups), "groups": groups.nunique(), "seconds": round(seconds, 1)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phantom-patients", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--busbra", type=Path, default=DEFAULT_BUSBRA, help="BUS-BRA folder (skipped when absent)")
+    parser.add_argument("--csv", type=Path, help="write the table here")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        rows += evaluate("phantoms", *phantom_source(Path(scratch), args.phantom_patients, args.seed))
+    if args.busbra.is_dir():
+        rows += evaluate("BUS-BRA", *busbra_source(args.busbra))
+    else:
+        print(f"{args.busbra}: not found, BUS-BRA skipped")
+    table = pd.DataFrame(rows, columns=COLUMNS).round({"pair_precision": 3, "pair_recall": 3, "ari": 3})
+    print(table.to_string(index=False))
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.csv, index=False)
+
+
+if __name__ == "__main__":
+    main()
