@@ -44,8 +44,10 @@ def test_pooled_dice_is_the_f1_of_pooled_precision_and_recall() -> None:
 
 
 def test_pooled_metrics_need_no_empty_mask_convention() -> None:
-    match, _ = segmentation_metrics(*_masks(), convention="match")
+    match, per_image = segmentation_metrics(*_masks(), convention="match")
     exclude, _ = segmentation_metrics(*_masks(), convention="exclude")
+    # per_image.csv keeps each image's pixel counts, from which the report resamples the pooled metrics
+    assert [per_image[c].tolist() for c in ("tp_pixels", "fp_pixels", "fn_pixels")] == [[64, 0, 0], [0, 0, 3], [0, 4, 0]]
     pooled = [f"pooled_{m}" for m in ("dice", "iou", "precision", "recall")]
     assert {k: match[k] for k in pooled} == {k: exclude[k] for k in pooled}
     assert match["dice"] != exclude["dice"]

@@ -172,7 +172,9 @@ def _write_model_fold(root: Path, rng: np.random.Generator, model: str, fold: in
         denom = area_t + area_p
         dice = np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
         iou = np.where(denom > 0, inter / np.maximum(denom - inter, 1), 1.0)
-        per_image = per_image.assign(dice=dice, iou=iou, area_true=area_t.astype(int), area_pred=area_p.astype(int))
+        per_image = per_image.assign(dice=dice, iou=iou, area_true=area_t.astype(int), area_pred=area_p.astype(int),
+                                     tp_pixels=inter.astype(int), fp_pixels=(area_p - inter).astype(int),
+                                     fn_pixels=(area_t - inter).astype(int))
         with open(out / "predictions.npz", "wb") as fh:
             np.savez(fh, image_ids=test["image_id"].to_numpy(str), mask_probs=(prob * 255).astype(np.uint8))
         metrics["segmentation"] = _seg_metrics(rng, int((area_t > 0).sum()), int((area_t == 0).sum()))
@@ -283,6 +285,22 @@ def test_pooled_values_carry_group_bootstrap_intervals(full: tuple[Path, Path]) 
     assert lb.loc["unet", "dice_pooled"] == pytest.approx(dice["estimate"])
     assert lb.loc["unet", "dice_ci_low"] == pytest.approx(dice["ci_low"])
     assert "[" in (out / "report.md").read_text()  # the pooled leaderboard shows the intervals
+
+
+def test_pixel_pooled_metrics_are_resampled_from_the_per_image_pixel_counts(full: tuple[Path, Path]) -> None:
+    results, out = full
+    intervals = pd.read_csv(out / "tables" / "intervals.csv").set_index(["model", "metric"])
+    cases = pd.concat(pd.read_csv(results / "models" / "unet" / f"fold{k}" / "per_image.csv") for k in (0, 1))
+    tp, fp, fn = (float(cases[f"{kind}_pixels"].sum()) for kind in ("tp", "fp", "fn"))
+    expected = {"pooled_dice": 2 * tp / (2 * tp + fp + fn), "pooled_iou": tp / (tp + fp + fn),
+                "pooled_precision": tp / (tp + fp), "pooled_recall": tp / (tp + fn)}
+    for name, value in expected.items():
+        row = intervals.loc[("unet", f"segmentation.{name}")]
+        assert row["estimate"] == pytest.approx(value), name
+        assert row["ci_low"] < value < row["ci_high"] and row["ci_high"] - row["ci_low"] < 0.5, name
+    # pixels pooled over all images differ from the mean of per-image Dice
+    assert intervals.loc[("unet", "segmentation.pooled_dice"), "estimate"] != pytest.approx(
+        intervals.loc[("unet", "segmentation.dice"), "estimate"])
 
 
 def test_models_are_compared_with_the_reference_on_shared_metrics(full: tuple[Path, Path]) -> None:

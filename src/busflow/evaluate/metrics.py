@@ -45,6 +45,8 @@ EMPTY_MASK_CONVENTIONS = {
     "match": "an image with an empty ground-truth mask scores Dice = IoU = 1 if the predicted mask is empty too, else 0",
     "exclude": "images with an empty ground-truth mask are left out of Dice/IoU (their false-positive rate is reported separately)",
 }
+# per_image.csv's pixel counts of each test image, from which the report resamples the pixel-pooled metrics
+PIXEL_COUNT_COLUMNS = ("tp_pixels", "fp_pixels", "fn_pixels")
 
 
 def lesion_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -195,13 +197,21 @@ def pixel_precision_recall(predicted: np.ndarray, truth: np.ndarray) -> tuple[np
     return _precision_recall(*pixel_counts(predicted, truth))
 
 
+def pooled_ratios(tp: np.ndarray | float, fp: np.ndarray | float, fn: np.ndarray | float) -> dict[str, np.ndarray]:
+    """Pixel-pooled Dice, IoU, precision and recall of pixel counts already summed over images (scalars, or one
+    total per bootstrap resample); NaN where a denominator is 0."""
+    tp, fp, fn = (np.asarray(total, dtype=np.float64) for total in (tp, fp, fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"pooled_dice": 2 * tp / (2 * tp + fp + fn), "pooled_iou": tp / (tp + fp + fn),
+                "pooled_precision": tp / (tp + fp), "pooled_recall": tp / (tp + fn)}
+
+
 def pooled_overlap(true_positive: np.ndarray, false_positive: np.ndarray, false_negative: np.ndarray) -> dict[str, float | None]:
     """Pixel-pooled Dice, IoU, precision and recall from per-image counts: the counts are summed over the images
     before dividing (None where a denominator is 0). No empty-mask convention applies: an image without a lesion
     adds only its false positives."""
-    tp, fp, fn = (float(np.sum(counts)) for counts in (true_positive, false_positive, false_negative))
-    return {"pooled_dice": _ratio(2 * tp, 2 * tp + fp + fn), "pooled_iou": _ratio(tp, tp + fp + fn),
-            "pooled_precision": _ratio(tp, tp + fp), "pooled_recall": _ratio(tp, tp + fn)}
+    totals = (float(np.sum(counts)) for counts in (true_positive, false_positive, false_negative))
+    return {name: _nan_to_none(float(value)) for name, value in pooled_ratios(*totals).items()}
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -258,5 +268,6 @@ def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, convention: s
     pixel_accuracy = (predicted == truth).reshape(len(truth), -1).mean(1)
     per_image = {"dice": dice, "iou": iou, "pixel_accuracy": pixel_accuracy, "pixel_precision": precision, "pixel_recall": recall, "hd95": hd95,
                  "area_true": truth.reshape(len(truth), -1).sum(1),
-                 "area_pred": predicted.reshape(len(predicted), -1).sum(1)}
+                 "area_pred": predicted.reshape(len(predicted), -1).sum(1),
+                 **dict(zip(PIXEL_COUNT_COLUMNS, counts))}
     return summary, per_image

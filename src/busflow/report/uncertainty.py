@@ -17,6 +17,7 @@ import pandas as pd
 
 from busflow.errors import DatasetError
 from busflow.evaluate.catalogue import CATALOGUE
+from busflow.evaluate.metrics import PIXEL_COUNT_COLUMNS, pooled_ratios
 from busflow.evaluate.statistics import (
     GroupBootstrap,
     binary_auc,
@@ -159,6 +160,9 @@ def _segmentation_statistics(cases: pd.DataFrame, convention: str, weights: np.n
     out["segmentation.iou_lesion_images"] = weighted_mean(np.where(has_lesion, cases["iou"], np.nan), weights)
     predicted_any = cases["area_pred"].to_numpy(float) > 0
     out["segmentation.empty_image_false_positive_rate"] = weighted_mean(np.where(has_lesion, np.nan, predicted_any), weights)
+    if set(PIXEL_COUNT_COLUMNS) <= set(cases.columns):  # per_image.csv written before the counts has none
+        totals = (weights @ cases[column].to_numpy(np.float64) for column in PIXEL_COUNT_COLUMNS)
+        out.update({f"segmentation.{name}": value for name, value in pooled_ratios(*totals).items()})
     return out
 
 
