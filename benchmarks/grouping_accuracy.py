@@ -1,4 +1,4 @@
-"""Grouping without patient IDs: how well the group stage's detector recovers the true patients.
+"""Grouping without patient IDs: how well the group stage's detectors recover the true patients.
 
     python benchmarks/grouping_accuracy.py [--phantom-patients 60] [--busbra ../shared/datasets/busbra-subset/BUSBRA]
                                            [--csv docs/results/grouping_accuracy.csv]
@@ -11,8 +11,9 @@ and class labels only):
 - BUS-BRA: the ``Case`` column dropped; its two-view patients are the left and right halves of one screen
   (two planes through the lesion).
 
-Against the true patients: pair precision and pair recall (over image pairs put in one group / of one
-patient) and the adjusted Rand index of the groups, with the detector's wall time.
+Detectors: near-duplicates (``split.grouping: duplicates``), views of one lesion (:mod:`busflow.split.views`)
+and both (``duplicates+views``). Against the true patients: pair precision and pair recall (over image pairs
+put in one group / of one patient) and the adjusted Rand index of the groups, with each detector's wall time.
 """
 
 from __future__ import annotations
@@ -31,16 +32,37 @@ from busflow.data.busbra import ingest_busbra
 from busflow.data.folder import ingest_folder
 from busflow.data.synthetic import generate_phantoms
 from busflow.split.dedup import duplicate_clusters, find_duplicate_links
+from busflow.split.views import ViewSettings, find_view_links
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUSBRA = REPO.parent / "shared" / "datasets" / "busbra-subset" / "BUSBRA"
-COLUMNS = ["source", "detector", "images", "patients", "true_pairs", "linked_pairs", "pair_precision", "pair_recall",
-           "ari", "groups", "seconds"]
+COLUMNS = ["source", "detector", "settings", "images", "patients", "true_pairs", "linked_pairs", "pair_precision",
+           "pair_recall", "ari", "groups", "seconds"]
+# BUS-BRA's classes hold hundreds of images: views are searched among file numbers at most 3 apart there
+# (every pair of a class would take about a quarter of an hour); the phantoms' shuffled numbers mean nothing.
+VIEW_SETTINGS = {"phantoms": ViewSettings(), "BUS-BRA": ViewSettings(max_number_gap=3)}
 
-# detector name -> links between images of an index (image_id, image_path, label), patients hidden
-DETECTORS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
-    "near-duplicates (default)": lambda index: find_duplicate_links(index["image_id"].tolist(), index["image_path"].tolist()),
-}
+Detector = Callable[[pd.DataFrame], pd.DataFrame]  # links between images of an index (image_id, image_path, label)
+
+
+def near_duplicates(index: pd.DataFrame) -> pd.DataFrame:
+    return find_duplicate_links(index["image_id"].tolist(), index["image_path"].tolist())
+
+
+def views(settings: ViewSettings) -> Detector:
+    return lambda index: find_view_links(index["image_id"].tolist(), index["image_path"].tolist(),
+                                         index["label"].tolist(), settings)
+
+
+def detectors(source: str) -> dict[str, tuple[str, Detector]]:
+    """Detector name -> (its settings in words, the detector) for one source, patients hidden."""
+    settings = VIEW_SETTINGS[source]
+    words = "defaults" if settings == ViewSettings() else f"max_number_gap={settings.max_number_gap}"
+    return {
+        "near-duplicates": ("defaults", near_duplicates),
+        "views": (words, views(settings)),
+        "near-duplicates + views": (words, lambda index: pd.concat([near_duplicates(index), views(settings)(index)])),
+    }
 
 
 def pair_counts(truth: pd.Series, groups: pd.Series) -> tuple[int, int, int]:
@@ -87,20 +109,21 @@ def busbra_source(root: Path) -> tuple[pd.DataFrame, pd.Series]:
 
 def evaluate(source: str, index: pd.DataFrame, truth: pd.Series) -> list[dict[str, object]]:
     rows = []
-    for name, detector in DETECTORS.items():
+    for name, (settings, detector) in detectors(source).items():
         started = time.perf_counter()
         links = detector(index)
         seconds = time.perf_counter() - started
         groups = pd.Series(duplicate_clusters(index["image_id"].tolist(), links))
-        rows.append({"source": source, "detector": name, "images": len(index), "patients": truth.nunique(),
-                     **grouping_scores(truth, groups), "groups": groups.nunique(), "seconds": round(seconds, 1)})
+        rows.append({"source": source, "detector": name, "settings": settings, "images": len(index),
+                     "patients": truth.nunique(), **grouping_scores(truth, groups), "groups": groups.nunique(),
+                     "seconds": round(seconds, 1)})
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phantom-patients", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=11, help="phantom seed (the view thresholds were chosen on seed 3)")
     parser.add_argument("--busbra", type=Path, default=DEFAULT_BUSBRA, help="BUS-BRA folder (skipped when absent)")
     parser.add_argument("--csv", type=Path, help="write the table here")
     args = parser.parse_args()

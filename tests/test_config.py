@@ -163,6 +163,16 @@ def test_duplicate_settings_in_the_schema_match_the_detector() -> None:
     assert set(schema) == {f.name for f in dataclasses.fields(DuplicateSettings)}
 
 
+def test_view_settings_in_the_schema_match_the_detector() -> None:
+    import dataclasses
+
+    from busflow.config import load_schema
+    from busflow.split.views import ViewSettings
+
+    schema = load_schema()["properties"]["split"]["properties"]["views"]["properties"]
+    assert set(schema) == {f.name for f in dataclasses.fields(ViewSettings)}
+
+
 def test_the_package_schema_is_the_workflow_schema() -> None:
     """One schema: the package's copy (read by every busflow command) is the workflow's (documented) file."""
     from busflow.config import SCHEMA_PATH

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from grouping_accuracy import grouping_scores, phantom_source  # noqa: E402
+from grouping_accuracy import grouping_scores, phantom_source
 
 
 def test_pair_precision_recall_and_ari_of_a_known_grouping() -> None:

@@ -42,7 +42,7 @@ def _folder(root: Path, patients: bool) -> Path:
 
 def test_without_patients_duplicates_form_the_groups(tmp_path: Path, split_params: dict) -> None:
     index = ingest_folder(_folder(tmp_path / "raw", patients=False))
-    assert grouping_sources("auto", index) == (False, True)
+    assert grouping_sources("auto", index) == (False, True, False)
     groups, links = build_groups(index, split_params)
     group_of = groups.set_index("image_id")["group_id"]
     assert group_of["b1"] == group_of["m1"] == "dup:b1"

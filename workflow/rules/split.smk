@@ -8,6 +8,7 @@ rule group:
         params_yaml=PARAMS_FILE,
         grouping=config["split"]["grouping"],
         duplicates=config["split"]["duplicates"],
+        views=config["split"]["views"],
     threads: 2
     conda:
         "../envs/busflow.yaml"

@@ -306,7 +306,7 @@ def grouping_mode(run: RunResults, run_info: Mapping[str, Any]) -> str:
         return "n/a"
     if mode != "auto":
         return str(mode)
-    use_patients, _ = grouping_sources(mode, run.index)
+    use_patients, _, _ = grouping_sources(mode, run.index)
     return f"auto → {'patients' if use_patients else 'near-duplicates'}"
 
 

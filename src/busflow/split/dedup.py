@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -337,7 +338,7 @@ def screen_pairs(image_ids: Sequence[str], image_paths: Sequence[str | Path],
     Returns:
         Columns of ``find_duplicate_links`` plus ``accepted`` (bool), sorted by image_a, image_b.
     """
-    ids, paths = _sorted_inputs(image_ids, image_paths)
+    ids, paths = sorted_inputs(image_ids, image_paths)
     digests, features = _load(paths, settings)
     groups = _exact_groups(digests)
     exact = [_exact_row(ids[rep], ids[index]) for index, rep in groups.items() if rep != index]
@@ -369,7 +370,8 @@ def find_duplicate_links(image_ids: Sequence[str], image_paths: Sequence[str | P
     return table[table["accepted"]][LINK_COLUMNS].reset_index(drop=True)
 
 
-def _sorted_inputs(image_ids: Sequence[str], image_paths: Sequence[str | Path]) -> tuple[list[str], list[str | Path]]:
+def sorted_inputs(image_ids: Sequence[str], image_paths: Sequence[Any]) -> tuple[list[str], list[Any]]:
+    """The ids as strings and their paths (or any per-image items), ordered by id; ids must be unique."""
     if len(image_ids) != len(image_paths):
         raise ValueError(f"{len(image_ids)} image ids but {len(image_paths)} paths")
     if len(set(image_ids)) != len(image_ids):

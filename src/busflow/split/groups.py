@@ -1,11 +1,13 @@
 """The ``group`` stage: which images must stay together in every split (split/groups.csv).
 
-Images are linked when they share a patient (where the source knows patients) and/or when they show the same
-frame (exact or near-duplicate, :mod:`busflow.split.dedup`); each connected component is one group.
-``split.grouping``:
+Images are linked when they share a patient (where the source knows patients), when they show the same
+frame (exact or near-duplicate, :mod:`busflow.split.dedup`) and, on request, when they are views of one
+lesion (neighbouring sweep frames, other probe positions: :mod:`busflow.split.views`); each connected
+component is one group. ``split.grouping``:
 
 - ``auto``: patients where every image has a known patient, near-duplicates otherwise (BUSI, plain folders);
-- ``patient``, ``duplicates``, ``patient+duplicates``: as named.
+- ``patient``, ``duplicates``, ``patient+duplicates``: as named;
+- ``duplicates+views``, ``patient+duplicates+views``: the same with view links (``split.views``).
 
 A duplicate cluster whose images are filed under different classes is a label conflict; ``split.label_conflicts``
 (drop / keep / flag) decides what the split does with it.
@@ -20,20 +22,30 @@ import pandas as pd
 
 from busflow.data.folder import patients_known
 from busflow.split.dedup import LINK_COLUMNS, DuplicateSettings, duplicate_clusters, find_duplicate_links
+from busflow.split.views import ViewSettings, find_view_links
 
 GROUPS_COLUMNS = ["image_id", "group_id", "reason", "linked_to", "score", "label_conflict"]
 
 
-def grouping_sources(grouping: str, index: pd.DataFrame) -> tuple[bool, bool]:
-    """(use patients, use duplicates) for the ``split.grouping`` setting and this index."""
+def grouping_sources(grouping: str, index: pd.DataFrame) -> tuple[bool, bool, bool]:
+    """(use patients, use duplicates, use views) for the ``split.grouping`` setting and this index."""
     if grouping == "auto":
         known = patients_known(index)
-        return known, not known
-    return "patient" in grouping, "duplicates" in grouping
+        return known, not known, False
+    sources = set(grouping.split("+"))
+    return "patient" in sources, "duplicates" in sources, "views" in sources
 
 
 def duplicate_links(index: pd.DataFrame, settings: Mapping[str, Any]) -> pd.DataFrame:
     links = find_duplicate_links(index["image_id"].tolist(), index["image_path"].tolist(), DuplicateSettings(**settings))
+    return links[LINK_COLUMNS]
+
+
+def view_links(index: pd.DataFrame, settings: Mapping[str, Any]) -> pd.DataFrame:
+    """Links between views of one lesion; the YAML lists of ``settings`` become the detector's tuples."""
+    options = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
+    links = find_view_links(index["image_id"].tolist(), index["image_path"].tolist(), index["label"].astype(str).tolist(),
+                            ViewSettings(**options))
     return links[LINK_COLUMNS]
 
 
@@ -80,9 +92,10 @@ def label_conflicts(index: pd.DataFrame, duplicates: pd.DataFrame) -> pd.Series:
 
 def build_groups(index: pd.DataFrame, split: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(groups table, links table) for the index under ``split.grouping``."""
-    use_patients, use_duplicates = grouping_sources(split["grouping"], index)
+    use_patients, use_duplicates, use_views = grouping_sources(split["grouping"], index)
     duplicates = duplicate_links(index, split["duplicates"]) if use_duplicates else pd.DataFrame(columns=LINK_COLUMNS)
-    links = pd.concat([patient_links(index) if use_patients else None, duplicates], ignore_index=True)
+    views = view_links(index, split.get("views") or {}) if use_views else None
+    links = pd.concat([patient_links(index) if use_patients else None, duplicates, views], ignore_index=True)
     links = links.astype({"score": float, "scale": float, "overlap": float})
     components = duplicate_clusters(index["image_id"].tolist(), links)
     names = _group_names(index, components, use_patients)

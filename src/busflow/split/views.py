@@ -1,0 +1,225 @@
+"""Views of one lesion: links between images of one patient that are not copies of one frame.
+
+Neighbouring frames of a sweep and other probe positions over the same lesion show the same anatomy moved,
+rotated and zoomed, under fresh speckle; the near-duplicate detector (:mod:`busflow.split.dedup`) rightly
+refuses them as copies. Here every image becomes a small band-pass thumbnail (a difference of Gaussians:
+speckle below the band, the breast's layer layout above it), and two images of one class are a view pair
+when one of them, rotated, scaled and shifted (phase correlation) onto the other, matches it well:
+
+1. candidates: every pair of images of one class, or where ``max_number_gap`` is set, of one class and
+   with file numbers at most that far apart (sources that number the frames of a sweep consecutively, as
+   BUSI does; the cost grows with the square of a class's size otherwise);
+2. alignment: a grid of rotations and scales, the shift from phase correlation, scored by the median
+   normalised cross-correlation of small tiles of the overlap (local, so the layout that all scans share
+   does not count);
+3. a pair is linked when its overlap is large enough and either its score reaches ``strong_correlation``
+   or it reaches ``min_correlation`` and each image ranks the other among its ``mutual_rank`` best-scoring
+   candidates (a weaker match counts only as one of an image's nearest; the frames of a long sweep match
+   each other strongly and chain).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from busflow.data.preprocess import load_grayscale
+from busflow.split.dedup import LINK_COLUMNS, sorted_inputs
+
+VIEW_REASON = "same-lesion"
+LOAD_THREADS = 2
+NUMBER = re.compile(r"(\d+)\D*$")  # the last number in an image id: BUSI's "benign (131)", BUS-BRA's "bus_0003-l"
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """Thresholds of the view detector; the defaults are measured on phantoms with their patients hidden.
+
+    Attributes:
+        thumb_size: Longest side (pixels) of the thumbnail everything is measured on.
+        fine_sigma: Gaussian sigma (thumbnail pixels) that removes speckle.
+        coarse_sigma: Gaussian sigma of the background subtracted (the layer layout all scans share).
+        max_number_gap: Only images whose ids' last numbers differ by at most this are paired (None: all).
+        rotations: Rotations (degrees) of the alignment grid.
+        scales: Scales of the alignment grid.
+        tile_size: Side (thumbnail pixels) of the tiles whose correlations are pooled by the median.
+        min_tiles: Fewer textured tiles inside the overlap than this gives a score of 0.
+        min_correlation: Median tile correlation a view pair needs (with the mutual rank).
+        strong_correlation: Median tile correlation that links a pair whatever its rank.
+        min_overlap: Fraction of the smaller image the aligned other must cover.
+        mutual_rank: Each image of a pair must rank the other among this many of its best candidates.
+    """
+
+    thumb_size: int = 64
+    fine_sigma: float = 1.0
+    coarse_sigma: float = 4.0
+    max_number_gap: int | None = None
+    rotations: tuple[float, ...] = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)
+    scales: tuple[float, ...] = (0.77, 0.88, 1.0, 1.14, 1.3)
+    tile_size: int = 8
+    min_tiles: int = 6
+    min_correlation: float = 0.65
+    strong_correlation: float = 0.8
+    min_overlap: float = 0.4
+    mutual_rank: int = 2
+
+
+def band_pass_thumbnail(gray: np.ndarray, settings: ViewSettings) -> np.ndarray:
+    """The image area-resized to ``thumb_size`` on its longest side, as a difference of Gaussians (float32)."""
+    factor = settings.thumb_size / max(gray.shape)
+    size = (max(1, round(gray.shape[1] * factor)), max(1, round(gray.shape[0] * factor)))
+    small = cv2.resize(gray.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(small, (0, 0), settings.fine_sigma) - cv2.GaussianBlur(small, (0, 0), settings.coarse_sigma)
+
+
+def file_number(image_id: str) -> int | None:
+    """The last number in an image id, or None."""
+    match = NUMBER.search(image_id)
+    return int(match.group(1)) if match else None
+
+
+def candidate_pairs(image_ids: Sequence[str], labels: Sequence[str], max_number_gap: int | None) -> list[tuple[int, int]]:
+    """Index pairs (first < second) of images with one label and, when ``max_number_gap`` is set, numbers that
+    close (an image without a number pairs with no one then)."""
+    numbers = [file_number(i) for i in image_ids]
+    by_label: dict[str, list[int]] = {}
+    for position, label in enumerate(labels):
+        by_label.setdefault(str(label), []).append(position)
+    pairs = []
+    for members in by_label.values():
+        for k, a in enumerate(members):
+            for b in members[k + 1:]:
+                if max_number_gap is None or (numbers[a] is not None and numbers[b] is not None
+                                              and abs(numbers[a] - numbers[b]) <= max_number_gap):
+                    pairs.append((min(a, b), max(a, b)))
+    return sorted(pairs)
+
+
+def _block_sums(image: np.ndarray, size: int) -> np.ndarray:
+    """Sums over the non-overlapping ``size`` x ``size`` tiles (a partial last row or column of tiles is dropped)."""
+    rows, columns = image.shape[0] // size, image.shape[1] // size
+    return image[: rows * size, : columns * size].reshape(rows, size, columns, size).sum(axis=(1, 3), dtype=np.float64)
+
+
+def tile_correlation(x: np.ndarray, y: np.ndarray, inside: np.ndarray, floor: float, settings: ViewSettings) -> float:
+    """Median normalised cross-correlation of the tiles lying wholly inside the overlap whose variance in both
+    images exceeds ``floor`` (flat tiles carry no evidence)."""
+    size = settings.tile_size
+    area = float(size * size)
+    full = _block_sums(inside.astype(np.float32), size) >= area
+    mean_x, mean_y = _block_sums(x, size) / area, _block_sums(y, size) / area
+    var_x = _block_sums(x * x, size) / area - mean_x**2
+    var_y = _block_sums(y * y, size) / area - mean_y**2
+    valid = full & (var_x > floor) & (var_y > floor)
+    if int(valid.sum()) < settings.min_tiles:
+        return 0.0
+    cov = _block_sums(x * y, size) / area - mean_x * mean_y
+    return float(np.median(cov[valid] / np.sqrt(var_x[valid] * var_y[valid])))
+
+
+def _padded(image: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    canvas, inside = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
+    canvas[: image.shape[0], : image.shape[1]] = image
+    inside[: image.shape[0], : image.shape[1]] = 1
+    return canvas, inside
+
+
+def _score(fixed: np.ndarray, fixed_inside: np.ndarray, moving: np.ndarray, transform: np.ndarray, floor: float,
+           settings: ViewSettings) -> tuple[float, float]:
+    """Tile correlation and overlap (fraction of the smaller image) of ``moving`` mapped by ``transform``."""
+    height, width = fixed.shape
+    warped = cv2.warpAffine(moving, transform, (width, height), flags=cv2.INTER_LINEAR)
+    covered = cv2.warpAffine(np.ones(moving.shape, np.uint8), transform, (width, height), flags=cv2.INTER_NEAREST)
+    inside = fixed_inside & covered
+    scale = math.sqrt(abs(float(np.linalg.det(transform[:, :2]))))
+    overlap = float(inside.sum()) / max(min(float(fixed_inside.sum()), moving.size * scale**2), 1.0)
+    inside = cv2.erode(inside, np.ones((3, 3), np.uint8))
+    return tile_correlation(fixed, warped, inside, floor, settings), min(overlap, 1.0)
+
+
+def align_views(first: np.ndarray, second: np.ndarray, settings: ViewSettings) -> tuple[float, float, float, float]:
+    """Best (score, overlap, scale, rotation) of ``second`` rotated and scaled about its centre, then shifted onto
+    ``first`` by phase correlation: the grid of ``rotations`` x ``scales``, then half steps around its best."""
+    shape = (max(first.shape[0], second.shape[0]), max(first.shape[1], second.shape[1]))
+    fixed, fixed_inside = _padded(first, shape)
+    window = cv2.createHanningWindow((shape[1], shape[0]), cv2.CV_32F)
+    floor = 1e-3 * max(float(np.var(first)), float(np.var(second)), 1e-12)
+
+    def attempt(rotation: float, scale: float) -> tuple[float, float, float, float]:
+        transform = cv2.getRotationMatrix2D((second.shape[1] / 2, second.shape[0] / 2), rotation, scale)
+        turned = cv2.warpAffine(second, transform, (shape[1], shape[0]), flags=cv2.INTER_LINEAR)
+        (dx, dy), _ = cv2.phaseCorrelate(turned, fixed, window)
+        transform[:, 2] += (dx, dy)
+        return (*_score(fixed, fixed_inside, second, transform, floor, settings), scale, rotation)
+
+    best = max((attempt(r, s) for r in settings.rotations for s in settings.scales), key=lambda found: found[0])
+    rotation_step = _half_step(settings.rotations)
+    scale_step = math.exp(_half_step(np.log(settings.scales)))  # half a step on the log scale
+    refined = [attempt(best[3] + dr, best[2] * ds) for dr in (-rotation_step, 0.0, rotation_step)
+               for ds in (1 / scale_step, 1.0, scale_step) if (dr, ds) != (0.0, 1.0)]
+    return max([best, *refined], key=lambda found: found[0])
+
+
+def _half_step(values: Sequence[float]) -> float:
+    """Half the smallest spacing of a grid axis (0 for a single value)."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    return float(np.diff(ordered).min()) / 2 if len(ordered) > 1 else 0.0
+
+
+def _thumbnail(path: str | Path, settings: ViewSettings) -> tuple[np.ndarray, float]:
+    """The band-pass thumbnail and its size relative to the original (thumbnail pixels per image pixel)."""
+    gray = load_grayscale(path)
+    return band_pass_thumbnail(gray, settings), settings.thumb_size / max(gray.shape)
+
+
+def screen_views(image_ids: Sequence[str], image_paths: Sequence[str | Path], labels: Sequence[str],
+                 settings: ViewSettings = ViewSettings()) -> pd.DataFrame:
+    """Every aligned candidate pair with its score, overlap, ranks and an ``accepted`` flag (sorted by ids).
+
+    Raises:
+        ValueError: Ids, paths and labels differ in length, or ids are not unique.
+        DatasetError: An image cannot be decoded.
+    """
+    if len(image_paths) != len(labels):
+        raise ValueError(f"{len(image_paths)} paths but {len(labels)} labels")
+    ids, items = sorted_inputs(image_ids, list(zip(image_paths, labels)))
+    paths, classes = [path for path, _ in items], [str(label) for _, label in items]
+    with ThreadPoolExecutor(max_workers=LOAD_THREADS) as pool:
+        thumbnails, factors = zip(*pool.map(lambda path: _thumbnail(path, settings), paths)) if paths else ((), ())
+    pairs = candidate_pairs(ids, classes, settings.max_number_gap)
+    aligned = [align_views(thumbnails[a], thumbnails[b], settings) for a, b in pairs]
+    rows = [{"image_a": ids[a], "image_b": ids[b], "reason": VIEW_REASON, "score": score,
+             "scale": scale * factors[b] / factors[a], "overlap": overlap}
+            for (a, b), (score, overlap, scale, _) in zip(pairs, aligned)]
+    table = pd.DataFrame(rows, columns=LINK_COLUMNS).astype({"score": float, "scale": float, "overlap": float})
+    return _accept(table, settings)
+
+
+def _accept(table: pd.DataFrame, settings: ViewSettings) -> pd.DataFrame:
+    """Rank each pair among both images' candidates (best score first) and flag the accepted ones."""
+    as_a = table[["image_a", "image_b", "score"]].rename(columns={"image_a": "image", "image_b": "other"})
+    as_b = table[["image_b", "image_a", "score"]].rename(columns={"image_b": "image", "image_a": "other"})
+    both = pd.concat([as_a, as_b], ignore_index=True).sort_values(["image", "score", "other"], ascending=[True, False, True],
+                                                                   kind="stable")
+    both["rank"] = both.groupby("image").cumcount() + 1
+    rank = both.set_index(["image", "other"])["rank"]
+    table = table.assign(rank_a=rank.reindex(pd.MultiIndex.from_arrays([table["image_a"], table["image_b"]])).to_numpy(),
+                         rank_b=rank.reindex(pd.MultiIndex.from_arrays([table["image_b"], table["image_a"]])).to_numpy())
+    near = (table["score"] >= settings.min_correlation) & (table[["rank_a", "rank_b"]].max(axis=1) <= settings.mutual_rank)
+    table["accepted"] = (near | (table["score"] >= settings.strong_correlation)) & (table["overlap"] >= settings.min_overlap)
+    return table.sort_values(["image_a", "image_b"], kind="stable").reset_index(drop=True)
+
+
+def find_view_links(image_ids: Sequence[str], image_paths: Sequence[str | Path], labels: Sequence[str],
+                    settings: ViewSettings = ViewSettings()) -> pd.DataFrame:
+    """Links (``LINK_COLUMNS``, reason ``same-lesion``) between views of one lesion; see :func:`screen_views`."""
+    table = screen_views(image_ids, image_paths, labels, settings)
+    return table[table["accepted"]][LINK_COLUMNS].reset_index(drop=True)

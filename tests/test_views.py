@@ -1,0 +1,71 @@
+"""Views of one lesion: phantoms with their patients hidden are grouped by patient, a patient's sweep lands in
+one group, different patients of one class stay apart, and the group stage links views on request."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from busflow.config import load_params
+from busflow.data.folder import ingest_folder
+from busflow.data.synthetic import generate_phantoms
+from busflow.split.dedup import duplicate_clusters
+from busflow.split.groups import build_groups
+from busflow.split.views import VIEW_REASON, candidate_pairs, file_number, find_view_links
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from grouping_accuracy import grouping_scores, phantom_source
+
+MIN_PAIR_PRECISION = MIN_PAIR_RECALL = 0.95
+
+
+def _links(index: pd.DataFrame) -> pd.DataFrame:
+    return find_view_links(index["image_id"].tolist(), index["image_path"].tolist(), index["label"].tolist())
+
+
+def test_phantom_views_are_grouped_by_their_hidden_patients(tmp_path: Path) -> None:
+    index, truth = phantom_source(tmp_path, n_patients=24, seed=5)  # 1-3 views each, names shuffled
+    links = _links(index)
+    assert set(links["reason"]) == {VIEW_REASON}
+    scores = grouping_scores(truth, pd.Series(duplicate_clusters(index["image_id"].tolist(), links)))
+    assert scores["true_pairs"] >= 20
+    assert scores["pair_precision"] >= MIN_PAIR_PRECISION and scores["pair_recall"] >= MIN_PAIR_RECALL, scores
+
+
+def test_a_sweep_of_one_lesion_is_one_group_and_other_patients_of_its_class_stay_apart(tmp_path: Path) -> None:
+    generate_phantoms(tmp_path / "sweep", n_patients=1, seed=8, class_mix={"malignant": 1.0}, views_per_patient=(5, 5))
+    generate_phantoms(tmp_path / "others", n_patients=6, seed=9, class_mix={"malignant": 1.0}, views_per_patient=(1, 1))
+    index = pd.concat([ingest_folder(tmp_path / "sweep").assign(image_id=lambda f: "sweep_" + f["image_id"]),
+                       ingest_folder(tmp_path / "others").assign(image_id=lambda f: "other_" + f["image_id"])],
+                      ignore_index=True)
+    clusters = pd.Series(duplicate_clusters(index["image_id"].tolist(), _links(index)))
+    sweep = clusters[clusters.index.str.startswith("sweep_")]
+    others = clusters[clusters.index.str.startswith("other_")]
+    assert len(sweep) == 5 and sweep.nunique() == 1
+    assert others.nunique() == 6 and not set(others) & set(sweep)
+
+
+def test_candidates_share_a_class_and_lie_within_the_number_gap() -> None:
+    ids = ["benign (4)", "benign (5)", "benign (12)", "malignant (5)", "scan"]
+    labels = ["benign", "benign", "benign", "malignant", "benign"]
+    assert [file_number(i) for i in ids] == [4, 5, 12, 5, None]
+    assert candidate_pairs(ids, labels, None) == [(0, 1), (0, 2), (0, 4), (1, 2), (1, 4), (2, 4)]
+    assert candidate_pairs(ids, labels, 1) == [(0, 1)]  # an image without a number pairs with no one then
+    assert file_number("bus_0003-l") == 3
+
+
+@pytest.mark.parametrize("grouping", ["duplicates+views", "patient+duplicates+views"])
+def test_the_group_stage_links_views_on_request(tmp_path: Path, grouping: str) -> None:
+    generate_phantoms(tmp_path, n_patients=4, seed=8, class_mix={"benign": 1.0}, views_per_patient=(2, 2))
+    index = ingest_folder(tmp_path).assign(patient_id=lambda f: f["image_id"])  # every view its own "patient"
+    split = {**load_params(REPO / "params.yaml", check_registry=False)["split"], "grouping": grouping}
+    groups, links = build_groups(index, split)
+    assert (links["reason"] == VIEW_REASON).sum() == 4
+    assert groups["group_id"].nunique() == 4 and set(groups["reason"]) == {VIEW_REASON}
+    without, _ = build_groups(index, {**split, "grouping": grouping.replace("+views", "")})
+    assert without["group_id"].nunique() == 8
