@@ -254,8 +254,8 @@ def test_bad_params_name_the_key(workspace: Workspace, change: dict, message: st
 
 
 @pytest.mark.parametrize(("split", "message"), [
-    ({"n_folds": 12, "val_fraction": 0.25, "grouping": "auto", "duplicates": {}}, "too few for 12 folds"),
-    ({"n_folds": 3, "val_fraction": 0.5, "grouping": "auto", "duplicates": {}}, "part holds only class"),
+    ({"n_folds": 12, "val_fraction": 0.25, "grouping": "auto", "duplicates": {}, "views": {}}, "too few for 12 folds"),
+    ({"n_folds": 3, "val_fraction": 0.5, "grouping": "auto", "duplicates": {}, "views": {}}, "part holds only class"),
 ])
 def test_split_problems_name_the_index_and_the_remedy(workspace: Workspace, split: dict, message: str, capsys) -> None:
     if message.startswith("part holds"):  # one benign and one malignant patient among normals: a test fold of one class
