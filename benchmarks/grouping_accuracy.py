@@ -1,7 +1,7 @@
 """Grouping without patient IDs: how well the group stage's detectors recover the true patients.
 
     python benchmarks/grouping_accuracy.py [--phantom-patients 60] [--busbra ../shared/datasets/busbra-subset/BUSBRA]
-                                           [--csv docs/results/grouping_accuracy.csv]
+                                           [--csv docs/benchmarks/grouping_accuracy.csv]
 
 Two sources whose patients are known, with the patients hidden from the detector (it sees image ids, files
 and class labels only):
