@@ -44,7 +44,11 @@ def mask_pixels(mask: Image.Image) -> np.ndarray:
     alpha ignored), so a white, red or green lesion drawn on black counts alike; anti-aliased edges count
     from half intensity up.
     """
-    brightest = np.asarray(mask.convert("RGB")).max(axis=2)
+    if mask.mode in ("1", "L"):  # gray: its RGB rendering repeats the value, so it is its own brightest channel
+        brightest = np.asarray(mask.convert("L"))
+    else:  # an elementwise maximum of the channel planes (numpy's max over a length-3 last axis is far slower)
+        rgb = np.asarray(mask.convert("RGB"))
+        brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
     return brightest == 1 if brightest.max() == 1 else brightest >= 128
 
 
