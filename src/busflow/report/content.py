@@ -314,10 +314,10 @@ def cluster_blocks(tables: ReportTables, unreadable: Sequence[str]) -> list[Bloc
     """The contact sheets of the duplicate clusters (capped at MAX_SHEETS)."""
     blocks: list[Block] = [Heading("Duplicate-cluster contact sheets")]
     if not tables.clusters:
-        return [*blocks, Para("no exact or near-duplicate links: no contact sheets", "note")]
-    blocks.append(Para("One sheet per cluster of images joined by exact or near-duplicate links (patient links "
-                       "aside), each image at its original resolution scaled to a common height; the titles of "
-                       "label-conflict clusters are red. Files: clusters/."))
+        return [*blocks, Para("no exact, near-duplicate or same-lesion links: no contact sheets", "note")]
+    blocks.append(Para("One sheet per cluster of images joined by exact, near-duplicate or same-lesion (view) links "
+                       "(patient links aside), each image at its original resolution scaled to a common height; the "
+                       "titles of label-conflict clusters are red. Files: clusters/."))
     if len(tables.clusters) > MAX_SHEETS:
         blocks.append(Para(f"Capped: {MAX_SHEETS} of {len(tables.clusters)} clusters have a sheet (label conflicts "
                            "and larger clusters first); all are listed in tables/groups.csv.", "bad"))

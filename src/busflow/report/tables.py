@@ -118,7 +118,7 @@ def groups_table(run: RunResults) -> pd.DataFrame:
 
 
 def duplicate_links(links: pd.DataFrame) -> pd.DataFrame:
-    """The exact and near-duplicate links (same frame), not the patient links."""
+    """The links found in the images (exact, near-duplicate, same-lesion views), not the patient links."""
     return links[links["reason"].astype(str) != "patient"]
 
 
