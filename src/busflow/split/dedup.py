@@ -244,33 +244,34 @@ def _photometric(first: _Features, second: _Features, transform: np.ndarray,
     inside = cv2.warpAffine(np.ones_like(second.image), transform, (width, height), flags=cv2.INTER_NEAREST)
     overlap = float(inside.sum()) / min(first.image.size, second.image.size * scale**2)
     inside = cv2.erode(inside, np.ones((5, 5), np.uint8))
-    return _tile_correlation(warped, target, inside, settings), min(overlap, 1.0)
+    correlation = tile_correlation(warped, target, inside, settings.tile_size, settings.min_tile_std**2,
+                                   settings.min_tiles)
+    return correlation, min(overlap, 1.0)
 
 
-def _tile_correlation(x: np.ndarray, y: np.ndarray, inside: np.ndarray, settings: DuplicateSettings) -> float:
-    """Median normalised cross-correlation of the textured tiles lying wholly inside the overlap.
+def _block_sums(image: np.ndarray, size: int) -> np.ndarray:
+    """Sums over the non-overlapping ``size`` x ``size`` tiles (a partial last row or column of tiles is dropped)."""
+    rows, columns = image.shape[0] // size, image.shape[1] // size
+    return image[: rows * size, : columns * size].reshape(rows, size, columns, size).sum(axis=(1, 3), dtype=np.float64)
+
+
+def tile_correlation(x: np.ndarray, y: np.ndarray, inside: np.ndarray, size: int, floor: float, min_tiles: int) -> float:
+    """Median normalised cross-correlation of the ``size`` x ``size`` tiles lying wholly inside the overlap whose
+    variance exceeds ``floor`` in both images; 0 with fewer than ``min_tiles`` such tiles.
 
     Local rather than global: shared text or calipers sway a few tiles only, and the coarse layout that
     all breast scans share (bright skin on top, dark shadow below) does not count.
     """
-    size = settings.tile_size
-    mean_x, mean_y = _box(x, size), _box(y, size)
-    var_x = _box(x * x, size) - mean_x**2
-    var_y = _box(y * y, size) - mean_y**2
-    cov = _box(x * y, size) - mean_x * mean_y
-    centre = slice(size // 2, None, size)
-    full = _box(inside.astype(np.float32), size)[centre, centre] > 0.999
-    floor = settings.min_tile_std**2
-    valid = full & (var_x[centre, centre] > floor) & (var_y[centre, centre] > floor)
-    if int(valid.sum()) < settings.min_tiles:
+    area = float(size * size)
+    full = _block_sums(inside.astype(np.float32), size) >= area
+    mean_x, mean_y = _block_sums(x, size) / area, _block_sums(y, size) / area
+    var_x = _block_sums(x * x, size) / area - mean_x**2
+    var_y = _block_sums(y * y, size) / area - mean_y**2
+    valid = full & (var_x > floor) & (var_y > floor)
+    if int(valid.sum()) < min_tiles:
         return 0.0
-    ncc = cov[centre, centre][valid] / np.sqrt(var_x[centre, centre][valid] * var_y[centre, centre][valid])
-    return float(np.median(ncc))
-
-
-def _box(image: np.ndarray, size: int) -> np.ndarray:
-    """Mean over the ``size`` x ``size`` window around each pixel (zeros outside the image)."""
-    return cv2.boxFilter(image, cv2.CV_32F, (size, size), borderType=cv2.BORDER_CONSTANT)
+    cov = _block_sums(x * y, size) / area - mean_x * mean_y
+    return float(np.median(cov[valid] / np.sqrt(var_x[valid] * var_y[valid])))
 
 
 def _verify(first: _Features, second: _Features, settings: DuplicateSettings) -> dict[str, float] | None:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from busflow.data.preprocess import load_grayscale
-from busflow.split.dedup import LINK_COLUMNS, sorted_inputs
+from busflow.split.dedup import LINK_COLUMNS, sorted_inputs, tile_correlation
 
 VIEW_REASON = "same-lesion"
 LOAD_THREADS = 2
@@ -99,30 +99,8 @@ def candidate_pairs(image_ids: Sequence[str], labels: Sequence[str], max_number_
             for b in members[k + 1:]:
                 if max_number_gap is None or (numbers[a] is not None and numbers[b] is not None
                                               and abs(numbers[a] - numbers[b]) <= max_number_gap):
-                    pairs.append((min(a, b), max(a, b)))
+                    pairs.append((a, b))  # members ascend, so a < b
     return sorted(pairs)
-
-
-def _block_sums(image: np.ndarray, size: int) -> np.ndarray:
-    """Sums over the non-overlapping ``size`` x ``size`` tiles (a partial last row or column of tiles is dropped)."""
-    rows, columns = image.shape[0] // size, image.shape[1] // size
-    return image[: rows * size, : columns * size].reshape(rows, size, columns, size).sum(axis=(1, 3), dtype=np.float64)
-
-
-def tile_correlation(x: np.ndarray, y: np.ndarray, inside: np.ndarray, floor: float, settings: ViewSettings) -> float:
-    """Median normalised cross-correlation of the tiles lying wholly inside the overlap whose variance in both
-    images exceeds ``floor`` (flat tiles carry no evidence)."""
-    size = settings.tile_size
-    area = float(size * size)
-    full = _block_sums(inside.astype(np.float32), size) >= area
-    mean_x, mean_y = _block_sums(x, size) / area, _block_sums(y, size) / area
-    var_x = _block_sums(x * x, size) / area - mean_x**2
-    var_y = _block_sums(y * y, size) / area - mean_y**2
-    valid = full & (var_x > floor) & (var_y > floor)
-    if int(valid.sum()) < settings.min_tiles:
-        return 0.0
-    cov = _block_sums(x * y, size) / area - mean_x * mean_y
-    return float(np.median(cov[valid] / np.sqrt(var_x[valid] * var_y[valid])))
 
 
 def _padded(image: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +120,7 @@ def _score(fixed: np.ndarray, fixed_inside: np.ndarray, moving: np.ndarray, tran
     scale = math.sqrt(abs(float(np.linalg.det(transform[:, :2]))))
     overlap = float(inside.sum()) / max(min(float(fixed_inside.sum()), moving.size * scale**2), 1.0)
     inside = cv2.erode(inside, np.ones((3, 3), np.uint8))
-    return tile_correlation(fixed, warped, inside, floor, settings), min(overlap, 1.0)
+    return tile_correlation(fixed, warped, inside, settings.tile_size, floor, settings.min_tiles), min(overlap, 1.0)
 
 
 def align_views(first: np.ndarray, second: np.ndarray, settings: ViewSettings) -> tuple[float, float, float, float]:
