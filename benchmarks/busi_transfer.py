@@ -51,8 +51,7 @@ def benchmark_params(root: Path, size: int, epochs: int, pretrain_epochs: int, v
     params["models"] = {name: {**scratch, **started}[name] for name in models}
     params["pretrain"] = {ENCODER: {"arch": "resnet50", "options": dict(scratch["resnet50"]["options"]),
                                     "epochs": pretrain_epochs, "view_size": view_size}}
-    params["cascade"]["segmenter"] = "mtl_resnet50"
-    params["cascade"]["classifier"]["epochs"] = epochs
+    params["cascades"] = []  # the pairs are whole-image networks
     return params
 
 

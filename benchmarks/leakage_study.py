@@ -34,8 +34,9 @@ def study_params(root: Path, size: int, epochs: int, folds: int) -> dict:
     params["leakage"] = {"models": list(CPU_NETWORKS)}
     params["models"] = {name: {**params["models"][name], "options": options, "epochs": epochs, "patience": 4, "lr": 1.0e-3}
                         for name, options in CPU_NETWORKS.items()}
-    params["cascade"]["crop_size"] = 64
-    params["cascade"]["classifier"].update(epochs=epochs, patience=4, lr=1.0e-3)
+    for cascade in params["cascades"]:
+        cascade["crop_size"] = 64
+        cascade["classifier"].update(epochs=epochs, patience=4, lr=1.0e-3)
     return params
 
 

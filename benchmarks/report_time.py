@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 from pipeline_walltime import REPO, keep_or_remove, run, scratch_project
 
+from busflow.config import cascade_settings
+
 KINDS = ("unet", "resnet50", "mtl_resnet50")
 
 
@@ -32,7 +34,8 @@ def benchmark_params(n_models: int, n_folds: int, n_patients: int) -> dict:
     params["leakage"] = {"models": []}
     params["ensembles"] = {}
     params["ablation"] = {"model": None, "lr": [], "options": {}}
-    params["cascade"]["segmenter"] = names[0]
+    for cascade in params["cascades"]:
+        cascade["segmenter"] = names[0]
     return params
 
 
@@ -41,7 +44,7 @@ def time_statistics(results: Path, params: dict) -> tuple[float, float]:
     from busflow.report.loading import load_results
     from busflow.report.uncertainty import bootstrap_settings, comparison_table, interval_table
 
-    models = [*params["train"]["models"], params["cascade"]["name"]]
+    models = [*params["train"]["models"], *cascade_settings(params)]
     run_results = load_results(results, models, params["train"]["folds"], ["normal", "benign", "malignant"])
     settings = bootstrap_settings(params)
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from busflow.config import load_params
+from busflow.config import cascade_settings, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "config" / "presets").glob("p00*.yaml"))
@@ -54,7 +54,7 @@ def preset_rows(preset: Path, uncompiled: Mapping[str, float], compiled: Mapping
     train, validation = fold_images(params, total)
     folds = len(params["train"]["folds"])
     models = {name: params["models"][name] for name in params["train"]["models"]}
-    models[params["cascade"]["name"]] = params["cascade"]["classifier"]
+    models |= {name: cascade["classifier"] for name, cascade in cascade_settings(params).items()}
     rows = []
     for name, spec in models.items():
         rates = compiled if params["accelerator"]["compile"] and spec["arch"] in compiled else uncompiled

@@ -126,8 +126,22 @@ def test_the_cross_preset_tests_busi_models_on_the_other_datasets() -> None:
 
 
 def test_cascade_segmenter_must_segment(params: dict) -> None:
-    params["cascade"]["segmenter"] = "resnet50"
-    assert "cascade.segmenter: model 'resnet50' has no segmentation output" in _error(params)
+    params["cascades"][0]["segmenter"] = "resnet50"
+    assert "cascades.cascade.segmenter: model 'resnet50' has no segmentation output" in _error(params)
+
+
+def test_cascade_names_are_unique_and_their_classifiers_classify(params: dict) -> None:
+    twin = {**params["cascades"][0], "classifier": {**params["cascades"][0]["classifier"], "arch": "unet", "options": {}}}
+    params["cascades"].append(twin)
+    error = _error(params)
+    assert "cascades: the name 'cascade' is used by 2 cascades" in error
+    twin["name"] = "cascade_unet"
+    assert "cascades.cascade_unet.classifier.arch: the cascade classifier needs a classification output" in _error(params)
+
+
+def test_a_run_without_a_cascade_is_valid(params: dict) -> None:
+    params["cascades"] = []
+    assert validate_params(params)["cascades"] == []
 
 
 def test_cli_reports_invalid_params_and_exits_nonzero(tmp_path: Path, params: dict, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, TINY_PARAMS, tool_env, workflow_copy
 from dag import Job, dvc_jobs, dvc_missing_params, snakemake_jobs
 
@@ -19,6 +21,37 @@ def test_snakemake_and_dvc_describe_the_same_dag(tmp_path: Path, params: Path) -
     only_snakemake = sorted(snakemake - dvc, key=str)
     only_dvc = sorted(dvc - snakemake, key=str)
     assert not only_snakemake and not only_dvc, f"Snakemake only: {only_snakemake}\nDVC only: {only_dvc}"
+
+
+def _cascade_variants(tmp_path: Path, cascades: list[dict]) -> Path:
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["cascades"] = cascades
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_no_cascade_and_two_cascades_give_the_same_dag_in_both_orchestrators(tmp_path: Path) -> None:
+    """`cascades: []` switches the cascade off; two cascades with their own segmenter and classifier train side by
+    side, each cropping its own segmenter's masks."""
+    base = yaml.safe_load(TINY_PARAMS.read_text())["cascades"][0]
+    other = {**base, "name": "cascade_mtl", "segmenter": "mtl_resnet50",
+             "classifier": {**base["classifier"], "options": {"filters": [4, 8, 8, 16]}}}
+    folds = len(yaml.safe_load(TINY_PARAMS.read_text())["train"]["folds"])
+    for cascades in ([], [base, other]):
+        project = workflow_copy(tmp_path / f"cascades{len(cascades)}", _cascade_variants(tmp_path, cascades))
+        snakemake, dvc = snakemake_jobs(project), dvc_jobs(project)
+        assert snakemake == dvc
+        trained = [j for j in snakemake if j.name == "cascade"]
+        assert len(trained) == folds * len(cascades)
+        assert not any("/models/cascade" in output for j in snakemake if j.name != "cascade" and j.name.startswith("train")
+                       for output in j.outputs)
+        for job in trained:
+            name = re.search(r"--model (\w+)", job.command).group(1)
+            segmenter = {"cascade": base["segmenter"], "cascade_mtl": "mtl_resnet50"}[name]
+            assert f"/models/{segmenter}/fold" in job.command.split("--segmenter ")[1].split()[0]
+        report = next(j for j in snakemake if j.name == "report")
+        assert report.outputs  # the report runs either way
 
 
 def test_a_preset_switches_both_orchestrators(tmp_path: Path) -> None:

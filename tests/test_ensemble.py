@@ -57,7 +57,7 @@ def _params(ensembles: dict) -> dict:
     params["train"]["models"] = ["good", "poor"]
     params["train"]["folds"] = [0]
     params["models"] = {"good": copy.deepcopy(params["models"]["unet"]), "poor": copy.deepcopy(params["models"]["mtl_resnet50"])}
-    params["cascade"]["segmenter"] = "good"
+    params["cascades"][0]["segmenter"] = "good"
     params["leakage"]["models"] = []
     params["ablation"] = {"model": None, "lr": [], "options": {}}
     params["ensembles"] = ensembles

@@ -58,8 +58,8 @@ def test_p002_cascade_protocol_runs_end_to_end_on_busi(tmp_path: Path, busi_root
     params["ablation"] = {"model": None, "lr": [], "options": {}}  # the grid runs in the tiny end-to-end test
     params["preprocess"]["size"] = 64
     params["models"]["unet_p002"].update(epochs=1, options={"filters": [8, 16, 32, 64], "bottleneck": 128})
-    params["cascade"].update(crop_size=32)
-    params["cascade"]["classifier"].update(epochs=1)
+    params["cascades"][0].update(crop_size=32)
+    params["cascades"][0]["classifier"].update(epochs=1)
     scratch = tmp_path / "params.yaml"
     scratch.write_text(yaml.safe_dump(params, sort_keys=False))
     project = workflow_copy(tmp_path / "project", scratch)

@@ -27,13 +27,22 @@ models:
   unet: &base
     epochs: 60                  # Deviation: 500 in the paper
     batch_size: 16
-cascade:
-  crop_size: 128                # busflow's choice
+cascades:
+  - name: wide
+    crop_size: 128              # busflow's choice
+    classifier:
+      epochs: 9                 # deviation: 90 in the paper
+  - segmenter: unet             # busflow's choice: an unnamed item
+evaluate:
+  threshold: 0.4                # busflow's choice
 """
     assert settings_notes(text) == [
         SettingNote("preprocess.size", "224", "busflow's choice", "ViT-B/16 patch grid"),
         SettingNote("models.unet.epochs", "60", "deviation", "500 in the paper"),
-        SettingNote("cascade.crop_size", "128", "busflow's choice", "not stated"),
+        SettingNote("cascades.wide.crop_size", "128", "busflow's choice", "not stated"),
+        SettingNote("cascades.wide.classifier.epochs", "9", "deviation", "90 in the paper"),
+        SettingNote("cascades.-.segmenter", "unet", "busflow's choice", "an unnamed item"),
+        SettingNote("evaluate.threshold", "0.4", "busflow's choice", "not stated"),
     ]
 
 

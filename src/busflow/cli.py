@@ -111,9 +111,9 @@ def _add_stage_commands(commands: Commands) -> None:
                          help="GPUs the scheduler granted this job (Snakemake passes its gpu resource); with 1 the job "
                               "stops if it finds no GPU instead of computing on the CPU")
 
-    def model_and_fold(sub: argparse.ArgumentParser, *, model: bool = True) -> None:
+    def model_and_fold(sub: argparse.ArgumentParser, *, model: bool = True, model_help: str | None = None) -> None:
         if model:
-            sub.add_argument("--model", required=True)
+            sub.add_argument("--model", required=True, help=model_help)
         sub.add_argument("--fold", required=True, type=int)
 
     command("validate", cmd_validate, "check params.yaml against the schema and the model registry")
@@ -133,16 +133,16 @@ def _add_stage_commands(commands: Commands) -> None:
     granted_gpus(sub)
     sub = command("init-weights", Stage("init_weights", ("pretrained", "out"), ("model",), check_registry=False),
                   "record where one model's encoder starts (scratch, or a verified weight file, fetched if a catalogue name)")
-    sub.add_argument("--model", required=True, help="a model of models:, or the cascade's name")
+    sub.add_argument("--model", required=True, help="a model of models:, or a cascade's name")
     sub = command("train", Stage("train", ("arrays", "folds", "init", "out"), ("model", "fold", "lr", "variant", "gpus")),
                   "train one model on one fold; predict its test part")
     model_and_fold(sub)
     granted_gpus(sub)
     sub.add_argument("--lr", type=float, help="ablation cell: this learning rate (with --variant)")
     sub.add_argument("--variant", help="ablation cell: this option set of ablation.options (with --lr)")
-    sub = command("cascade", Stage("cascade", ("arrays", "folds", "segmenter", "init", "out"), ("fold", "gpus")),
-                  "crop predicted lesions and train/test the cascade classifier on one fold")
-    model_and_fold(sub, model=False)
+    sub = command("cascade", Stage("cascade", ("arrays", "folds", "segmenter", "init", "out"), ("model", "fold", "gpus")),
+                  "crop predicted lesions and train/test one cascade's classifier on one fold")
+    model_and_fold(sub, model_help="a cascade of cascades: (its name)")
     granted_gpus(sub)
     command("ensemble", Stage("ensemble", ("arrays", "folds", "models", "out"), check_registry=False),
             "combine and evaluate the predictions of trained models: every ensemble, every fold")

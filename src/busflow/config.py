@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +64,13 @@ def check_consistency(params: Mapping[str, Any], source: str = "params") -> None
         if name not in models:
             problems.append(f"train.models: unknown model '{name}' (defined under models: {sorted(models)})")
     problems += _split_problems(params)
-    cascade = params["cascade"]
-    if cascade["segmenter"] not in params["train"]["models"]:
-        problems.append(f"cascade.segmenter: '{cascade['segmenter']}' is not one of train.models")
-    if cascade["name"] in models:
-        problems.append(f"cascade.name: '{cascade['name']}' clashes with a model of the same name")
+    problems += _cascade_problems(params)
     problems += _ensemble_problems(params)
     problems += _external_problems(params)
     problems += _ablation_problems(params)
     reference = params["evaluate"]["reference_model"]
-    if reference is not None and reference not in {*params["train"]["models"], params["cascade"]["name"], *params["ensembles"]}:
-        problems.append(f"evaluate.reference_model: '{reference}' is not a model, the cascade or an ensemble of this run")
+    if reference is not None and reference not in {*params["train"]["models"], *cascade_settings(params), *params["ensembles"]}:
+        problems.append(f"evaluate.reference_model: '{reference}' is not a model, a cascade or an ensemble of this run")
     dataset = params["dataset"]
     if dataset not in params["data"]:
         problems.append(f"data.{dataset}: settings for dataset '{dataset}' are missing")
@@ -110,13 +106,31 @@ def _external_problems(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def cascade_settings(params: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The run's cascades (``cascades:``) by name, in params order."""
+    return {cascade["name"]: cascade for cascade in params["cascades"]}
+
+
+def _cascade_problems(params: Mapping[str, Any]) -> list[str]:
+    problems = []
+    names = [cascade["name"] for cascade in params["cascades"]]
+    problems += [f"cascades: the name '{name}' is used by {names.count(name)} cascades" for name in sorted(set(names)) if names.count(name) > 1]
+    for cascade in params["cascades"]:
+        key = f"cascades.{cascade['name']}"
+        if cascade["segmenter"] not in params["train"]["models"]:
+            problems.append(f"{key}.segmenter: '{cascade['segmenter']}' is not one of train.models")
+        if cascade["name"] in params["models"]:
+            problems.append(f"{key}: the name clashes with a model of the same name")
+    return problems
+
+
 def _ensemble_problems(params: Mapping[str, Any]) -> list[str]:
     problems = []
-    taken = {*params["models"], params["cascade"]["name"]}
+    taken = {*params["models"], *cascade_settings(params)}
     for name, spec in params["ensembles"].items():
         key = f"ensembles.{name}"
         if name in taken:
-            problems.append(f"{key}: the name clashes with a model or the cascade of the same name")
+            problems.append(f"{key}: the name clashes with a model or a cascade of the same name")
         problems += [f"{key}.members: '{m}' is not one of train.models" for m in spec["members"] if m not in params["train"]["models"]]
         weights = spec["weights"]
         if isinstance(weights, str) and weights not in ENSEMBLE_WEIGHTS:
@@ -225,7 +239,7 @@ def check_architectures(params: Mapping[str, Any], source: str = "params") -> No
 
     problems: list[str] = []
     specs = {f"models.{n}": s for n, s in params["models"].items()}
-    specs["cascade.classifier"] = params["cascade"]["classifier"]
+    specs |= {f"cascades.{name}.classifier": cascade["classifier"] for name, cascade in cascade_settings(params).items()}
     for key, spec in specs.items():
         try:
             allowed = model_options(spec["arch"])
@@ -236,22 +250,30 @@ def check_architectures(params: Mapping[str, Any], source: str = "params") -> No
                      for name in sorted(set(spec.get("options") or {}) - set(allowed))]
         problems += _init_problems(key, spec, params)
     problems += _pretrain_section_problems(params)
-    segmenter = params["cascade"]["segmenter"]
-    if segmenter in params["models"] and "seg" not in model_tasks(params["models"][segmenter]["arch"]):
-        problems.append(f"cascade.segmenter: model '{segmenter}' has no segmentation output")
-    if "cls" not in model_tasks(params["cascade"]["classifier"]["arch"]):
-        problems.append("cascade.classifier.arch: the cascade classifier needs a classification output")
     ablation = params["ablation"]
     if ablation["model"] in params["models"]:
         allowed = model_options(params["models"][ablation["model"]]["arch"]) if not problems else {}
         problems += [f"ablation.options.{name}.{option}: not an option of {params['models'][ablation['model']]['arch']}"
                      for name, options in ablation["options"].items() for option in options if allowed and option not in allowed]
     if not problems:  # every arch is registered
+        problems += _cascade_role_problems(params, model_tasks)
         problems += [f"ensembles.{name}.members: the members share no output (all need masks or all class probabilities)"
                      for name, ensemble in params["ensembles"].items()
                      if not frozenset.intersection(*(model_tasks(params["models"][m]["arch"]) for m in ensemble["members"]))]
     if problems:
         raise ParamsError("invalid parameters:\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def _cascade_role_problems(params: Mapping[str, Any], model_tasks: Callable[[str], frozenset[str]]) -> list[str]:
+    """Each cascade segments with a segmenter and classifies with a classifier (archs known to be registered)."""
+    problems = []
+    for name, cascade in cascade_settings(params).items():
+        segmenter = cascade["segmenter"]
+        if segmenter in params["models"] and "seg" not in model_tasks(params["models"][segmenter]["arch"]):
+            problems.append(f"cascades.{name}.segmenter: model '{segmenter}' has no segmentation output")
+        if "cls" not in model_tasks(cascade["classifier"]["arch"]):
+            problems.append(f"cascades.{name}.classifier.arch: the cascade classifier needs a classification output")
+    return problems
 
 
 def validate_params(params: dict[str, Any], source: str = "params", *, check_registry: bool = True) -> dict[str, Any]:
@@ -283,9 +305,10 @@ def params_sha256(params: Mapping[str, Any]) -> str:
 
 
 def model_spec(params: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """Training spec of a trained model name or of the cascade classifier."""
-    if model == params["cascade"]["name"]:
-        return params["cascade"]["classifier"]
+    """Training spec of a trained model name or of a cascade's crop classifier."""
+    cascades = cascade_settings(params)
+    if model in cascades:
+        return cascades[model]["classifier"]
     if model not in params["models"]:
         raise ParamsError(f"models.{model}: unknown model (defined: {sorted(params['models'])})")
     return params["models"][model]

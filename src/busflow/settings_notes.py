@@ -8,7 +8,7 @@ open, so the report's table of them is generated from the file and cannot drift 
 
 Each note gets its setting's dotted path (from the indentation of the keys above it), its value as written
 and the reason. No YAML parser keeps comments, hence this line reader; it expects the block style the
-presets use (two-space indentation, one key per line).
+presets use (two-space indentation, one key per line; a list item is named by its ``name:``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 KINDS = {"busflow's choice": "busflow's choice", "deviation": "deviation"}
 _NOTE = re.compile(r"#\s*(busflow's choice|deviation)\b\s*[:(-]?\s*(?P<reason>.*?)\)?\s*$", re.IGNORECASE)
-_KEY = re.compile(r"^(?P<indent>\s*)(?:-\s+)?(?P<key>[A-Za-z0-9_<]+):(?P<value>[^#]*)")
+_KEY = re.compile(r"^(?P<indent>\s*)(?P<item>-\s+)?(?P<key>[A-Za-z0-9_<]+):(?P<value>[^#]*)")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ def settings_notes(text: str) -> list[SettingNote]:
         indent = len(found.group("indent"))
         while stack and stack[-1][0] >= indent:
             stack.pop()
+        if found.group("item"):  # a list item's first key: the item is named by its `name:` (e.g. cascades.cascade)
+            stack.append((indent, found.group("value").strip() if found.group("key") == "name" else "-"))
+            indent += len(found.group("item"))
         stack.append((indent, found.group("key")))
         note = _NOTE.search(line[found.end("value"):]) if "#" in line else None
         if note:

@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import ExecMode
 
-from busflow.config import model_spec, validate_params
+from busflow.config import cascade_settings, model_spec, validate_params
 from busflow.gpus import GpuPlan, visible_gpu_count
 from busflow.layout import INIT_DIR, DATA_FILES, EVALUATE_OUTPUTS, LEAKY_SPLIT, REPORT_DIRS, REPORT_FILES, SPLIT_FILES, TRAIN_LIVE_METRICS, TRAIN_OUTPUTS, TRAIN_PLOTS, ablation_dir, fold_dir, results_root, run_dir_of
 from busflow.weights import init_source
@@ -38,8 +38,8 @@ RUN = config["run"]
 RESULTS = results_root(RUN)
 MODELS = config["train"]["models"]
 FOLDS = config["train"]["folds"]
-CASCADE = config["cascade"]["name"]
-SEGMENTER = config["cascade"]["segmenter"]
+CASCADES = cascade_settings(config)  # name -> settings; empty: the run has no cascade
+CASCADE_NAMES = "|".join(CASCADES) or "^$"  # wildcard constraint matching exactly the cascades' names
 LEAKAGE_MODELS = config.get("leakage", {}).get("models", [])
 ENSEMBLES = config["ensembles"]
 EXTERNAL = config["external"]
@@ -116,7 +116,7 @@ def report_outputs():
 
 
 def report_inputs(wildcards):
-    models = [*MODELS, CASCADE]
+    models = [*MODELS, *CASCADES]
     files = [rules.preprocess.output.index, rules.preprocess.output.arrays, rules.preprocess.output.skipped, *rules.group.output, *rules.split.output,
              *rules.audit.output]
     for model in models:

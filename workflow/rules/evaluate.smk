@@ -21,7 +21,7 @@ rule evaluate:
 
 use rule evaluate as evaluate_cascade with:
     wildcard_constraints:
-        model=CASCADE,
+        model=CASCADE_NAMES,
 
 
 use rule evaluate as evaluate_leaky with:

@@ -8,7 +8,7 @@ rule report:
         params_yaml=PARAMS_FILE,
         models=MODELS,
         folds=FOLDS,
-        cascade=CASCADE,
+        cascades=list(CASCADES),
         ensembles=list(ENSEMBLES),
         leakage=LEAKAGE_MODELS,
         reproduces=config["reproduces"],

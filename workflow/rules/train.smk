@@ -55,7 +55,7 @@ rule init_weights:
 
 use rule init_weights as init_weights_cascade with:
     wildcard_constraints:
-        model=CASCADE,
+        model=CASCADE_NAMES,
 
 
 rule train:

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from busflow.config import cascade_settings
 from busflow.data.rois import extract_rois
+from busflow.errors import ParamsError
 from busflow.evaluate.metrics import lesion_mask
 from busflow.model_card import CascadeLink
 from busflow.predictions import load_predictions
@@ -32,11 +34,13 @@ def predicted_masks(segmenter_predictions: Path, image_ids: np.ndarray, threshol
     return lesion_mask(test.outputs["mask_probs"], threshold)
 
 
-def run(params: Mapping[str, Any], *, fold: int, arrays: Path, folds: Path, segmenter: Path, init: Path, out: Path,
+def run(params: Mapping[str, Any], *, model: str, fold: int, arrays: Path, folds: Path, segmenter: Path, init: Path, out: Path,
         gpus: int = 0) -> None:
-    """Train the cascade's crop classifier on fold ``fold`` and test it on crops of ``segmenter``'s predicted masks
-    (``gpus``: what the scheduler granted the job)."""
-    settings = params["cascade"]
+    """Train the crop classifier of cascade ``model`` (one of ``cascades:``) on fold ``fold`` and test it on crops of
+    ``segmenter``'s predicted masks (``gpus``: what the scheduler granted the job)."""
+    settings = cascade_settings(params).get(model)
+    if settings is None:
+        raise ParamsError(f"cascades: no cascade named '{model}' (defined: {sorted(cascade_settings(params)) or 'none'})")
     link = CascadeLink(segmenter=settings["segmenter"], margin=settings["margin"],
                        empty_roi_fraction=settings["empty_roi_fraction"], threshold=params["evaluate"]["threshold"])
     inputs = FoldData.load(arrays, folds, fold, stage="cascade")

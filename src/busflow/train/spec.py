@@ -1,4 +1,4 @@
-"""The typed training spec of one network: a ``models.<name>`` entry of params.yaml (or ``cascade.classifier``)
+"""The typed training spec of one network: a ``models.<name>`` entry of params.yaml (or a cascade's ``classifier``)
 after schema validation, as one frozen value that the loop, the losses and the augmentation read.
 
 The schema (``workflow/schemas/params.schema.yaml``, ``$defs/training``) fills every default before a spec is
