@@ -107,13 +107,26 @@ def test_presets_are_complete_valid_params() -> None:
 
     expected = {"busi": ("busi", "kfold"), "busbra": ("busbra", "official"), "breast_lesions": ("breast_lesions", "kfold"),
                 "p000": ("busi", "kfold"), "p001": ("busi", "kfold"), "p002": ("busi", "cascade"), "p003": ("busi", "kfold"),
-                "p004": ("busi", "kfold"), "cross": ("busi", "kfold")}
+                "p004": ("busi", "kfold"), "p004_3class": ("busi", "kfold"), "cross": ("busi", "kfold")}
     assert sorted(p.stem for p in (REPO / "config" / "presets").glob("*.yaml")) == sorted(expected)
     for name, (dataset, protocol) in expected.items():
         preset = load_params(REPO / "config" / "presets" / f"{name}.yaml")  # schema, cross-key rules and options
         assert preset["dataset"] == dataset and preset["split"]["protocol"] == protocol
         url = preset["data"][dataset]["url"]  # a dataset published as separate files is fetched by hand
         assert url is None if dataset in MANUAL_DOWNLOADS else url.startswith("https://")
+
+
+def test_p004_runs_the_papers_protocol_and_its_three_class_experiment_apart() -> None:
+    """Benign vs malignant for all 500 epochs (no early stopping, the last epoch kept); the three-class preset
+    differs only in its classes and run name."""
+    main, three = (load_params(REPO / "config" / "presets" / f"{name}.yaml") for name in ("p004", "p004_3class"))
+    assert main["preprocess"]["classes"] == ["benign", "malignant"]
+    assert three["preprocess"]["classes"] == ["normal", "benign", "malignant"]
+    for spec in main["models"].values():
+        assert (spec["epochs"], spec["patience"], spec["restore_best"]) == (500, 0, False)
+        assert spec["lr_step"] == {"epochs": 20, "gamma": 0.1} and spec["batch_size"] == 16
+    differing = {key for key in main if main[key] != three[key]}
+    assert differing == {"run", "preprocess"} and main["preprocess"] | {"classes": three["preprocess"]["classes"]} == three["preprocess"]
 
 
 def test_the_cross_preset_tests_busi_models_on_the_other_datasets() -> None:

@@ -18,6 +18,18 @@ from busflow.report.reproduction import BEST_FOLD, published, reproduction_table
 from busflow.report.uncertainty import INTERVAL_COLUMNS
 
 NO_INTERVALS = pd.DataFrame(columns=INTERVAL_COLUMNS)
+BINARY, THREE = ("benign", "malignant"), ("normal", "benign", "malignant")
+
+
+def classes_of(paper: str) -> tuple[str, ...]:
+    """The classes of the paper's published numbers where its rows say, else of its preset."""
+    declared = {tuple(row["classes"]) for row in published()[paper]["rows"] if "classes" in row}
+    if declared:
+        return declared.pop()
+    import yaml
+
+    preset = Path(__file__).resolve().parents[1] / "config" / "presets" / f"{paper}.yaml"
+    return tuple(yaml.safe_load(preset.read_text())["preprocess"]["classes"])
 
 
 def _masks() -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +81,7 @@ def test_p000_segmentation_rows_read_the_pixel_pooled_metrics() -> None:
     assert {row["metric"] for row in rows} == {f"segmentation.pooled_{m}" for m in ("dice", "iou", "precision", "recall")}
     metrics = {"segmentation": {"dice": 0.5, "pooled_dice": 0.8, "pooled_iou": 0.8 / 1.2}}
     results = [FoldResult("mtl_resnet50", 0, Path("."), metrics, pd.DataFrame(), pd.DataFrame(), None)]
-    table = reproduction_table("p000", results, "busflow kfold", NO_INTERVALS).set_index("metric")
+    table = reproduction_table("p000", results, "busflow kfold", NO_INTERVALS, classes=BINARY).set_index("metric")
     assert table.loc["Dice", "ours_mean"] == pytest.approx(0.8) and table.loc["IoU", "ours_mean"] == pytest.approx(2 / 3)
     assert table.loc["Dice", "definition"].startswith("pixel-pooled over the test set")
     assert "pixel-pooled on each test fold" in table.loc["Dice", "definition"]
@@ -82,7 +94,7 @@ def _classifier(model: str, fold: int, accuracy: float, specificity: float) -> F
 
 @pytest.mark.parametrize("paper", sorted(published()))
 def test_reproduction_rows_name_both_definitions_and_the_source(paper: str) -> None:
-    table = reproduction_table(paper, [], "busflow kfold", NO_INTERVALS)
+    table = reproduction_table(paper, [], "busflow kfold", NO_INTERVALS, classes=classes_of(paper))
     assert len(table) == len(published()[paper]["rows"])
     assert table["definition"].str.contains(r"\(paper\) / .+ \(ours\)$").all()
     assert (table["paper_source"].str.len() > 0).all() and (table["paper_model"].str.len() > 0).all()
@@ -91,7 +103,7 @@ def test_reproduction_rows_name_both_definitions_and_the_source(paper: str) -> N
 
 def test_best_fold_rows_give_our_best_fold() -> None:
     results = [_classifier("mtl_resnet50", 0, 0.80, 0.96), _classifier("mtl_resnet50", 1, 0.90, 0.94)]
-    table = reproduction_table("p003", results, "busflow kfold", NO_INTERVALS).set_index(["model", "metric"])
+    table = reproduction_table("p003", results, "busflow kfold", NO_INTERVALS, classes=BINARY).set_index(["model", "metric"])
     accuracy, fpr = table.loc[("mtl_resnet50", "ACC")], table.loc[("mtl_resnet50", "FPR")]
     assert accuracy["ours_best"] == pytest.approx(0.90) and fpr["ours_best"] == pytest.approx(0.04)  # lowest FPR
     assert accuracy["definition"] == ("best fold, malignant as the positive class (paper) / "
@@ -100,13 +112,13 @@ def test_best_fold_rows_give_our_best_fold() -> None:
 
 
 def test_validation_score_is_set_beside_our_test_score() -> None:
-    row = reproduction_table("p001", [], "busflow kfold", NO_INTERVALS).set_index("model").loc["vgg19"]
+    row = reproduction_table("p001", [], "busflow kfold", NO_INTERVALS, classes=THREE).set_index("model").loc["vgg19"]
     assert "validation split" in row["definition"] and "on each test fold" in row["definition"]
 
 
 def test_models_busflow_lacks_keep_the_papers_name() -> None:
     results = [_classifier("cascade", 0, 0.9, 0.9)]
-    table = reproduction_table("p002", results, "busflow cascade", NO_INTERVALS)
+    table = reproduction_table("p002", results, "busflow cascade", NO_INTERVALS, classes=BINARY)
     lacking = {row["model"] for row in published()["p002"]["rows"] if row.get("in_busflow") is False}
     assert lacking and set(table.loc[table["model"].isin(lacking), "status"]) == {"model not in this run"}
     assert set(table.loc[table["model"] == "cascade", "paper_model"]) == {"SegNet, Experiment 2 (lr 0.00001, filters 16-64)"}
@@ -115,7 +127,7 @@ def test_models_busflow_lacks_keep_the_papers_name() -> None:
 def test_report_shows_definitions_best_fold_and_lost_tables() -> None:
     results = [_classifier("mtl_resnet50", 0, 0.80, 0.96), _classifier("mtl_resnet50", 1, 0.90, 0.94)]
     for paper, best_fold_shown in (("p003", True), ("p004", False)):
-        table = reproduction_table(paper, results, "busflow kfold", NO_INTERVALS)
+        table = reproduction_table(paper, results, "busflow kfold", NO_INTERVALS, classes=classes_of(paper))
         blocks = reproduction_blocks(ReportTables({"reproduction": table}))
         shown = next(b.frame for b in blocks if isinstance(b, Table))
         assert ("ours best fold" in shown.columns) is best_fold_shown

@@ -13,6 +13,18 @@ from busflow.report.reproduction import metric_value, published, reproduction_ta
 from busflow.report.uncertainty import INTERVAL_COLUMNS
 
 NO_INTERVALS = pd.DataFrame(columns=INTERVAL_COLUMNS)
+BINARY, THREE = ("benign", "malignant"), ("normal", "benign", "malignant")
+
+
+def classes_of(paper: str) -> tuple[str, ...]:
+    """The classes of the paper's published numbers where its rows say, else of its preset."""
+    declared = {tuple(row["classes"]) for row in published()[paper]["rows"] if "classes" in row}
+    if declared:
+        return declared.pop()
+    import yaml
+
+    preset = Path(__file__).resolve().parents[1] / "config" / "presets" / f"{paper}.yaml"
+    return tuple(yaml.safe_load(preset.read_text())["preprocess"]["classes"])
 
 
 def _result(model: str, fold: int, accuracy: float, malignant_specificity: float) -> FoldResult:
@@ -32,7 +44,7 @@ def test_metric_paths_and_false_positive_rate() -> None:
 
 def test_p003_table_sets_published_beside_ours() -> None:
     results = [_result("mtl_resnet50", 0, 0.80, 0.96), _result("mtl_resnet50", 1, 0.90, 0.94)]
-    table = reproduction_table("p003", results, "busflow kfold", NO_INTERVALS).set_index(["model", "metric"])
+    table = reproduction_table("p003", results, "busflow kfold", NO_INTERVALS, classes=BINARY).set_index(["model", "metric"])
     accuracy = table.loc[("mtl_resnet50", "ACC")]
     assert accuracy["paper_value"] == 0.9461 and accuracy["ours_mean"] == pytest.approx(0.85)
     assert accuracy["delta"] == pytest.approx(0.85 - 0.9461) and accuracy["folds"] == 2 and accuracy["status"] == "ok"
@@ -43,14 +55,24 @@ def test_p003_table_sets_published_beside_ours() -> None:
 
 
 def test_metrics_a_run_does_not_compute_are_said_so() -> None:
-    table = reproduction_table("p001", [_result("vgg19", 0, 0.9, 0.9)], "busflow kfold", NO_INTERVALS)
+    table = reproduction_table("p001", [_result("vgg19", 0, 0.9, 0.9)], "busflow kfold", NO_INTERVALS, classes=THREE)
     assert table.set_index("model").loc["vgg19", "status"] == "metric not computed"
 
 
+def test_a_number_over_other_classes_is_listed_without_ours() -> None:
+    """P004's surviving numbers are over three classes: a benign-vs-malignant run does not set its own beside them."""
+    results = [_result("mtl_resunet_p004", 0, 0.9, 0.9)]
+    three = reproduction_table("p004", results, "busflow kfold", NO_INTERVALS, classes=THREE).set_index("metric")
+    assert three.loc["ACC", "status"] == "ok" and three.loc["ACC", "ours_mean"] == 0.9
+    two = reproduction_table("p004", results, "busflow kfold", NO_INTERVALS, classes=BINARY).set_index("metric")
+    assert set(two["status"]) == {"paper's value is over normal, benign, malignant; this run has benign, malignant"}
+    assert two["ours_mean"].isna().all() and two["paper_value"].notna().all()
+
+
 def test_no_paper_gives_an_empty_table_and_unknown_paper_an_error() -> None:
-    assert reproduction_table(None, [], "x", NO_INTERVALS).empty
+    assert reproduction_table(None, [], "x", NO_INTERVALS, classes=BINARY).empty
     with pytest.raises(ValueError, match="no published values for 'p999'"):
-        reproduction_table("p999", [], "x", NO_INTERVALS)
+        reproduction_table("p999", [], "x", NO_INTERVALS, classes=BINARY)
 
 
 def test_every_published_model_is_a_model_of_its_preset() -> None:
@@ -71,5 +93,5 @@ def test_pooled_value_and_interval_sit_beside_the_fold_mean() -> None:
                                "estimate": 0.86, "ci_low": 0.79, "ci_high": 0.92, "confidence": 0.95, "resamples": 1000}],
                              columns=INTERVAL_COLUMNS)
     results = [_result("mtl_resnet50", 0, 0.80, 0.96), _result("mtl_resnet50", 1, 0.90, 0.94)]
-    row = reproduction_table("p003", results, "busflow kfold", intervals).set_index(["model", "metric"]).loc[("mtl_resnet50", "ACC")]
+    row = reproduction_table("p003", results, "busflow kfold", intervals, classes=BINARY).set_index(["model", "metric"]).loc[("mtl_resnet50", "ACC")]
     assert (row["ours_pooled"], row["ci_low"], row["ci_high"]) == (0.86, 0.79, 0.92)

@@ -95,7 +95,7 @@ TABLES: dict[str, ReportTable] = {
     "external": ReportTable(lambda c: external_table(c.run), sources.external_metrics),
     "ablation": ReportTable(lambda c: ablation_table(c.run), sources.ablation_metrics),
     "reproduction": ReportTable(lambda c: reproduction_table(c.params.get("reproduces"), c.run.results,
-                                                             our_protocol(c.run), c["intervals"]),
+                                                             our_protocol(c.run), c["intervals"], classes=c.run.classes),
                                 sources.model_metrics),
     "intervals": ReportTable(lambda c: interval_table(c.run, c.bootstrap), sources.model_images),
     "comparisons": ReportTable(lambda c: comparison_table(c.run, c.reference_model, c.bootstrap),

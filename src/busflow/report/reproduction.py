@@ -74,12 +74,23 @@ def _best(values: pd.Series, metric: str) -> float:
     return float(values.min() if metric.rpartition(".")[2] in LOWER_IS_BETTER else values.max())
 
 
+def _class_mismatch(entry: Mapping[str, Any], classes: Sequence[str]) -> str | None:
+    """Why a published number over other classes than the run's is not set beside ours (None: comparable)."""
+    if "classes" not in entry or set(entry["classes"]) == set(classes):
+        return None
+    return f"paper's value is over {', '.join(entry['classes'])}; this run has {', '.join(classes)}"
+
+
 def _row(paper: str, entry: dict[str, Any], results: Sequence[FoldResult], our_protocol: str, paper_protocol: str,
-         pooled: Mapping[tuple[str, str], tuple[float, float, float]]) -> dict[str, Any]:
-    values = pd.Series([metric_value(r.metrics, entry["metric"]) for r in results if r.model == entry["model"]], dtype=float)
+         pooled: Mapping[tuple[str, str], tuple[float, float, float]], classes: Sequence[str]) -> dict[str, Any]:
+    mismatch = _class_mismatch(entry, classes)
+    compared = [] if mismatch else [r for r in results if r.model == entry["model"]]
+    values = pd.Series([metric_value(r.metrics, entry["metric"]) for r in compared], dtype=float)
     defined = values.dropna()
     mean = float(defined.mean()) if len(defined) else math.nan
-    status = ("model not in this run" if values.empty else "metric not computed" if defined.empty else "ok")
+    status = mismatch or ("model not in this run" if values.empty else "metric not computed" if defined.empty else "ok")
+    if mismatch:
+        pooled = {}
     aggregate = entry.get("aggregate")
     return {"paper": paper, "model": entry["model"], "paper_model": entry["paper_model"], "metric": entry["label"],
             "paper_value": float(entry["value"]), "ours_mean": mean,
@@ -91,15 +102,17 @@ def _row(paper: str, entry: dict[str, Any], results: Sequence[FoldResult], our_p
             "paper_source": entry["source"], "our_protocol": our_protocol, "paper_protocol": paper_protocol}
 
 
-def reproduction_table(paper: str | None, results: Sequence[FoldResult], our_protocol: str, intervals: pd.DataFrame) -> pd.DataFrame:
+def reproduction_table(paper: str | None, results: Sequence[FoldResult], our_protocol: str, intervals: pd.DataFrame, *,
+                       classes: Sequence[str]) -> pd.DataFrame:
     """One row per published number of ``paper`` (empty when the run reproduces no paper): ours as mean ± sd
     over folds (and the best fold where the paper gives its best fold), as the pooled value with its bootstrap
-    interval (tables/intervals.csv), and both definitions with the paper's table or section."""
+    interval (tables/intervals.csv), and both definitions with the paper's table or section. A number the paper
+    gives over other ``classes`` than the run's (an entry's ``classes:``) is listed without ours beside it."""
     if not paper:
         return pd.DataFrame(columns=REPRODUCTION_COLUMNS)
     if paper not in published():
         raise ValueError(f"reproduces: no published values for '{paper}' (known: {sorted(published())})")
     source = published()[paper]
     pooled = interval_lookup(intervals)
-    rows = [_row(paper, entry, results, our_protocol, source["protocol"], pooled) for entry in source["rows"]]
+    rows = [_row(paper, entry, results, our_protocol, source["protocol"], pooled, classes) for entry in source["rows"]]
     return pd.DataFrame(rows, columns=REPRODUCTION_COLUMNS)
