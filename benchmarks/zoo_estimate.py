@@ -48,13 +48,23 @@ def fold_images(params: Mapping[str, Any], total: Mapping[str, int]) -> tuple[fl
     return pool - validation, validation
 
 
+def trained_networks(params: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every network a preset trains: its models and its cascades' crop classifiers, by name."""
+    networks = {name: params["models"][name] for name in params["train"]["models"]}
+    return networks | {name: cascade["classifier"] for name, cascade in cascade_settings(params).items()}
+
+
+def image_passes(params: Mapping[str, Any], spec: Mapping[str, Any], total: Mapping[str, int]) -> float:
+    """Training image passes of one network over all its folds, a validation pass counted at a third."""
+    train, validation = fold_images(params, total)
+    return spec["epochs"] * len(params["train"]["folds"]) * (train + VALIDATION_STEP_SHARE * validation)
+
+
 def preset_rows(preset: Path, uncompiled: Mapping[str, float], compiled: Mapping[str, float], size: int | None,
                 total: Mapping[str, int]) -> list[dict[str, Any]]:
     params = load_params(preset)
-    train, validation = fold_images(params, total)
     folds = len(params["train"]["folds"])
-    models = {name: params["models"][name] for name in params["train"]["models"]}
-    models |= {name: cascade["classifier"] for name, cascade in cascade_settings(params).items()}
+    models = trained_networks(params)
     rows = []
     for name, spec in models.items():
         rates = compiled if params["accelerator"]["compile"] and spec["arch"] in compiled else uncompiled
@@ -68,7 +78,7 @@ def preset_rows(preset: Path, uncompiled: Mapping[str, float], compiled: Mapping
                                              size is not None and params["preprocess"]["size"] != size)) if applies]
         hours = None
         if rate:
-            hours = spec["epochs"] * folds * (train + VALIDATION_STEP_SHARE * validation) / rate / 3600
+            hours = image_passes(params, spec, total) / rate / 3600
         rows.append({"preset": preset.stem, "model": name, "arch": spec["arch"], "epochs": spec["epochs"], "folds": folds,
                      "images_per_s": rate, "hours": None if hours is None else round(hours, 3),
                      "note": "; ".join(notes) if rate else "not measured"})
