@@ -909,8 +909,8 @@ def stage_commands(final: Path, stage: Path) -> Iterator[list[str]]:
            "--skipped", str(stage / "skipped.csv")]
     yield ["group", *params, "--index", index, "--groups", str(stage / "groups.csv"), "--links", str(stage / "links.csv")]
     yield ["split", *params, "--index", index, "--groups", str(stage / "groups.csv"), "--folds", folds,
-           "--leaky", str(stage / "leaky.csv"), "--conflicts", str(stage / "conflicts.csv")]
-    yield ["audit", *params, "--index", index, "--arrays", arrays, "--folds", folds, "--leaky", str(stage / "leaky.csv"),
+           "--conflicts", str(stage / "conflicts.csv")]
+    yield ["audit", *params, "--index", index, "--arrays", arrays, "--folds", folds,
            "--out", str(stage / "audit.json"), "--counts", str(stage / "counts.csv")]
     yield ["init-weights", *params, "--model", MODEL, "--pretrained", str(stage / "pretrain"), "--out", str(final / "init" / MODEL)]
 

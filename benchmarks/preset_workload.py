@@ -37,7 +37,8 @@ def preset_passes(preset: Path) -> float:
     """Image passes of every training job: networks, their leaky-split twins and the ablation grid's cells."""
     params = load_params(preset)
     passes = sum(image_passes(params, spec, BUSI_IMAGES) for spec in trained_networks(params).values())
-    passes += sum(image_passes(params, params["models"][name], BUSI_IMAGES) for name in params["leakage"]["models"])
+    draws = len(params["leakage"]["seeds"])  # every leakage model trains on each draw of the image-level split
+    passes += draws * sum(image_passes(params, params["models"][name], BUSI_IMAGES) for name in params["leakage"]["models"])
     ablation = params["ablation"]
     if ablation["model"] is not None:
         cells = len(ablation["lr"]) * len(ablation["options"])

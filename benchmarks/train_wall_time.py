@@ -81,7 +81,7 @@ def main() -> None:
         _busflow(project, "group", "--params", "params.yaml", "--index", "data/index.csv", "--groups", "split/groups.csv",
                  "--links", "split/links.csv", "--log", "logs/group.log")
         _busflow(project, "split", "--params", "params.yaml", "--index", "data/index.csv", "--groups", "split/groups.csv",
-                 "--folds", "split/folds.csv", "--leaky", "split/leaky.csv", "--conflicts", "split/conflicts.csv",
+                 "--folds", "split/folds.csv", "--conflicts", "split/conflicts.csv",
                  "--log", "logs/split.log")
         prepared = time.perf_counter() - started
         out = project / "model"

@@ -269,9 +269,9 @@ def test_split_problems_name_the_index_and_the_remedy(workspace: Workspace, spli
     assert workspace.run("group", "--index", str(data / "index.csv"), "--groups", str(data / "groups.csv"),
                          "--links", str(data / "links.csv")) == 0
     capsys.readouterr()
-    outputs = [str(data / name) for name in ("folds.csv", "leaky.csv", "conflicts.csv")]
+    outputs = [str(data / name) for name in ("folds.csv", "conflicts.csv")]
     assert workspace.run("split", "--index", str(data / "index.csv"), "--groups", str(data / "groups.csv"),
-                         "--folds", outputs[0], "--leaky", outputs[1], "--conflicts", outputs[2]) == 2
+                         "--folds", outputs[0], "--conflicts", outputs[1]) == 2
     error = capsys.readouterr().err
     assert str(data / "index.csv") in error and message in error, error
     assert not any(Path(p).exists() for p in outputs)

@@ -165,12 +165,21 @@ def test_noop_rerun_and_one_model_change_reruns_only_its_chain(tiny_project_copy
     _scale_lr(project, "unet", 2)
     # unet is also the ablation model: its grid cells inherit its settings, so they rerun too.
     assert _planned_jobs(project) == sorted(["all:1", "cascade:2", "ensembles:1", "evaluate:2", "evaluate_ablation:4",
-                                             "evaluate_cascade:2", "evaluate_leaky:2", "external:1", "report:1", "train:2",
-                                             "train_ablation:4", "train_leaky:2"])
+                                             "evaluate_cascade:2", "evaluate_leaky:4", "external:1", "report:1", "train:2",
+                                             "train_ablation:4", "train_leaky:4"])  # leaky: 2 seeds x 2 folds
     planned = run_tool(["snakemake", "--dry-run", "--cores", "2"], project).stdout
     assert "model=unet" in planned and "model=resnet50" not in planned and "model=mtl_resnet50" not in planned
     _scale_lr(project, "unet", 0.5)
     assert _planned_jobs(project) == []
+
+    # Another seed for the leakage study redraws the image-level split and retrains only the leaky runs.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["leakage"]["seeds"].append(7)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _planned_jobs(project) == sorted(["all:1", "audit_leaky:1", "evaluate_leaky:6", "leaky_split:1", "report:1",
+                                             "train_leaky:6"])
+    params["leakage"]["seeds"].pop()
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # DVC on the same outputs: record them (metrics files go to git, as DVC expects; `dvc commit` rewrites the
     # outputs, so after the Snakemake checks), then start another model from a pretrained file and reproduce for real.

@@ -98,7 +98,7 @@ def test_no_encoder_configured_writes_the_pool_alone_without_torch(tiny_project:
     ({"pretrain": {}}, "no encoder 'simclr' in the pretrain section"),
     ({"pretrain": {"simclr": {**ENCODER, "arch": "vit", "options": {}}}}, "simclr pretrains a vit encoder, this network has a resnet"),
     ({"pretrain": {"simclr": {**ENCODER, "arch": "unet", "options": {}}}}, "unet is not a classifier with a pretrained-encoder layout"),
-    ({"leakage": {"models": ["resnet50"]}}, "resnet50 is a leakage.models model"),
+    ({"leakage": {"models": ["resnet50"], "seeds": [1, 2]}}, "resnet50 is a leakage.models model"),
 ])
 def test_bad_pretrain_settings_are_refused(change: dict, message: str) -> None:
     with pytest.raises(ParamsError, match=message):

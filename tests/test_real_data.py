@@ -58,8 +58,9 @@ def test_p002_cascade_protocol_runs_end_to_end_on_busi(tmp_path: Path, busi_root
     params["ablation"] = {"model": None, "lr": [], "options": {}}  # the grid runs in the tiny end-to-end test
     params["preprocess"]["size"] = 64
     params["models"]["unet_p002"].update(epochs=1, options={"filters": [8, 16, 32, 64], "bottleneck": 128})
-    params["cascades"][0].update(crop_size=32)
-    params["cascades"][0]["classifier"].update(epochs=1)
+    for cascade in params["cascades"]:  # Table 2's three SegNet experiments, each a cascade on the same U-Net
+        cascade.update(crop_size=32)
+        cascade["classifier"].update(epochs=1)
     scratch = tmp_path / "params.yaml"
     scratch.write_text(yaml.safe_dump(params, sort_keys=False))
     project = workflow_copy(tmp_path / "project", scratch)
@@ -69,6 +70,11 @@ def test_p002_cascade_protocol_runs_end_to_end_on_busi(tmp_path: Path, busi_root
     classified = pd.read_csv(results / "models" / "cascade" / "fold0" / "predictions.csv")["image_id"]
     segmented = pd.read_csv(results / "models" / "unet_p002" / "fold0" / "predictions.csv")["image_id"]
     assert set(classified) == set(folds.index[folds["cascade0"] == "test"])
+    for other in ("cascade_exp1", "cascade_exp3"):  # the same crops of the same test part
+        assert set(pd.read_csv(results / "models" / other / "fold0" / "predictions.csv")["image_id"]) == set(classified)
+    reproduction = pd.read_csv(results / "report" / "tables" / "reproduction.csv")
+    table2 = reproduction[reproduction["model"].str.startswith("cascade")]
+    assert set(table2["model"]) == {"cascade", "cascade_exp1", "cascade_exp3"} and (table2["status"] == "ok").all()
     assert (folds.loc[classified, "fold0"] == "test").all()  # never a segmenter training/validation image
     assert set(segmented) == set(folds.index[folds["fold0"] == "test"])
     assert set(folds["label"]) == {"benign", "malignant"}  # the binary task left the normals out

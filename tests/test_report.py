@@ -18,13 +18,13 @@ from busflow.split.audit import audit_split
 from busflow.split.groups import build_groups, conflict_summary
 from busflow.io import write_csv, write_json
 from busflow.errors import DatasetError
-from busflow.layout import LEAKY_SPLIT, REPORT_DIRS, REPORT_FIGURES, REPORT_FILES, REPORT_TABLES, SPLIT_FILES
+from busflow.layout import LEAKY_SPLIT, REPORT_DIRS, REPORT_FIGURES, REPORT_FILES, REPORT_TABLES, SPLIT_FILES, leaky_part
 from busflow.report import registry
 from busflow.report.build import build_report
 from busflow.report.figures import read_tile
 from busflow.report.loading import load_results
 from busflow.report.uncertainty import model_cases
-from busflow.split.protocols import make_split
+from busflow.split.protocols import image_level_split, leaky_stage, make_split
 
 CLASSES = ["normal", "benign", "malignant"]
 SIZE = 32
@@ -32,6 +32,7 @@ N_IMAGES = 30
 TASKS = {"unet": ["seg"], "resnet50": ["cls"], "mtl": ["cls", "seg"]}
 FIGURES = [f for f in REPORT_FILES if f.startswith("figures/")]
 LEAKAGE = ("unet",)
+LEAKAGE_SEEDS = (1, 2)  # the image-level split is drawn twice
 
 
 # --------------------------------------------------------------------------- fake results tree
@@ -109,14 +110,16 @@ def _write_split(root: Path, index: pd.DataFrame, split: dict) -> tuple[pd.DataF
     with mock.patch.object(busflow.split.groups, "duplicate_links", lambda *_: _planted_links(index)):
         groups, links = build_groups(index, split)
     folds = make_split(index, groups, split, seed=0)
-    leaky = make_split(index, groups, split, seed=0, protocol="random_image")
+    leaky = image_level_split(index, groups, split, LEAKAGE_SEEDS)
     with np.load(root / "data" / "arrays.npz") as npz:
-        audit, counts = audit_split({"main": folds, "leakage_study": leaky}, index, npz["image_ids"], npz["images"])
-    files = {"groups": groups, "links": links, "folds": folds, "leaky": leaky, "counts": counts,
+        audit, counts = audit_split({"main": folds}, index, npz["image_ids"], npz["images"])
+        leaky_audit, leaky_counts = audit_split({"leakage_study": leaky}, index, npz["image_ids"], npz["images"])
+    files = {"groups": groups, "links": links, "folds": folds, "leaky": leaky, "counts": counts, "leaky_counts": leaky_counts,
              "conflicts": conflict_summary(groups, index, split["label_conflicts"])}
     for key, frame in files.items():
         write_csv(root / SPLIT_FILES[key], frame)
     write_json(root / SPLIT_FILES["audit"], audit)
+    write_json(root / SPLIT_FILES["leaky_audit"], leaky_audit)
     return folds, leaky
 
 
@@ -142,9 +145,8 @@ def _seg_metrics(rng: np.random.Generator, n_lesion: int, n_empty: int) -> dict:
 
 
 def _write_model_fold(root: Path, rng: np.random.Generator, model: str, fold: int, test: pd.DataFrame,
-                      arrays: dict[str, np.ndarray], nan_auc: bool, split: str = "main") -> None:
-    leaky = (LEAKY_SPLIT,) if split == LEAKY_SPLIT else ()
-    out = root.joinpath("models", model, *leaky, f"fold{fold}")
+                      arrays: dict[str, np.ndarray], nan_auc: bool, split: str = "main", split_seed: int | None = None) -> None:
+    out = root / "models" / model / f"{leaky_part(split, split_seed)}fold{fold}"
     out.mkdir(parents=True)
     tasks = TASKS[model]
     y_true = test["label"].map(CLASSES.index).to_numpy()
@@ -194,18 +196,19 @@ def make_results(root: Path, models: list[str], folds: list[int], protocol: str 
     main, leaky = _write_split(root, index, _split_params(protocol, max(2, max(folds) + 1)))
     with np.load(root / "data" / "arrays.npz") as npz:
         arrays = {"masks": npz["masks"], "row": {str(i): k for k, i in enumerate(npz["image_ids"])}}
-    runs = [(m, main, "main") for m in models] + [(m, leaky, LEAKY_SPLIT) for m in leakage]
-    for model, table, split in runs:
+    runs = [(m, main, "main", None, "fold") for m in models]
+    runs += [(m, leaky, LEAKY_SPLIT, s, leaky_stage(s)) for m in leakage for s in LEAKAGE_SEEDS]
+    for model, table, split, split_seed, stage in runs:
         for j, fold in enumerate(folds):
-            test = table[table[f"fold{fold}"] == "test"]
+            test = table[table[f"{stage}{fold}"] == "test"]
             _write_model_fold(root, rng, model, fold, test, arrays, nan_auc=(model == "resnet50" and j == 1),
-                              split=split)
+                              split=split, split_seed=split_seed)
     return root
 
 
 def run_info(protocol: str = "kfold", leakage: tuple[str, ...] = ()) -> dict:
     params = {"seed": 1, "train": {"lr": 0.001}, "split": _split_params(protocol, 2),
-              "leakage": {"models": list(leakage)}}
+              "leakage": {"models": list(leakage), "seeds": list(LEAKAGE_SEEDS)}}
     return {"dataset": "synthetic", "params_sha256": "ab" * 32, "busflow_version": "0.1.0", "classes": CLASSES,
             "empty_mask_convention": "Dice = 1 when both masks are empty", "params": params}
 
@@ -376,16 +379,18 @@ def test_seg_only_model_has_na_classification(full: tuple[Path, Path]) -> None:
 def test_split_table_carries_counts_and_audit_crossings(full: tuple[Path, Path]) -> None:
     results, out = full
     split = pd.read_csv(out / "tables" / "split.csv", keep_default_na=False)
-    counts = pd.read_csv(results / SPLIT_FILES["counts"], keep_default_na=False)
+    counts = pd.concat([pd.read_csv(results / SPLIT_FILES[key], keep_default_na=False) for key in ("counts", "leaky_counts")],
+                       ignore_index=True)
     pd.testing.assert_frame_equal(split.drop(columns=["crossings", "source"]), counts)
     main, study = split[split["split"] == "main"], split[split["split"] == "leakage_study"]
     assert (main["crossings"] == "none").all() and set(main["protocol"]) == {"kfold"}
-    audit = json.loads((results / SPLIT_FILES["audit"]).read_text())
-    fold0 = next(c for s in audit["splits"] if s["split"] == "leakage_study" for c in s["columns"]
-                 if c["column"] == "fold0")
+    audit = json.loads((results / SPLIT_FILES["leaky_audit"]).read_text())
+    column = f"{leaky_stage(LEAKAGE_SEEDS[0])}0"
+    fold0 = next(c for s in audit["splits"] if s["split"] == "leakage_study" for c in s["columns"] if c["column"] == column)
     n_patients = fold0["patients across test|train+val"]
     assert n_patients > 0  # the image-level split puts the two images of a patient on both sides
-    for text in study.loc[study["column"] == "fold0", "crossings"]:
+    assert set(study["column"]) == {f"{leaky_stage(s)}{k}" for s in LEAKAGE_SEEDS for k in range(2)}
+    for text in study.loc[study["column"] == column, "crossings"]:
         assert f"{n_patients} patients across test|train+val" in text
     assert (main.groupby("column")["images"].sum() == N_IMAGES).all()
     html = (out / "index.html").read_text()
@@ -484,8 +489,8 @@ def test_leakage_table_and_inflation(full: tuple[Path, Path]) -> None:
     for _, row in leakage.iterrows():
         grouped = [json.loads((results / "models" / "unet" / f"fold{k}" / "metrics.json").read_text())
                    ["segmentation"][row["metric"]] for k in (0, 1)]
-        leaky = [json.loads((results / "models" / "unet" / LEAKY_SPLIT / f"fold{k}" / "metrics.json").read_text())
-                 ["segmentation"][row["metric"]] for k in (0, 1)]
+        leaky = [json.loads((results / "models" / "unet" / LEAKY_SPLIT / f"seed{s}" / f"fold{k}" / "metrics.json").read_text())
+                 ["segmentation"][row["metric"]] for s in LEAKAGE_SEEDS for k in (0, 1)]
         assert row["grouped_mean"] == pytest.approx(np.mean(grouped), abs=1e-5)
         assert row["image_level_mean"] == pytest.approx(np.mean(leaky), abs=1e-5)
         assert row["image_level_sd"] == pytest.approx(np.std(leaky, ddof=1), abs=1e-5)
@@ -654,26 +659,35 @@ def test_a_leaked_sibling_is_a_group_mate_in_the_training_part_of_the_image_leve
 
 
 def test_the_paired_leakage_table_is_the_mean_per_image_difference_on_shared_test_images(full: tuple[Path, Path]) -> None:
-    from busflow.report.leakage import leaked_siblings
+    """Every (image, seed) pair: the image's score from its image-level fold model of that seed minus its grouped
+    score; a pair has a leaked sibling when that seed's split put a group mate into the training part."""
+    from busflow.report.leakage import leaked_siblings, seed_folds
 
     results, out = full
     paired = pd.read_csv(out / "tables" / "leakage_paired.csv")
     rows = paired[paired["model"] == "unet"].set_index("subset")
     assert set(rows.index) == {"all", "with a leaked sibling", "without a leaked sibling"}
     grouped = pd.concat([pd.read_csv(results / f"models/unet/fold{k}/per_image.csv") for k in (0, 1)]).set_index("image_id")
-    leaky = pd.concat([pd.read_csv(results / f"models/unet/random_image/fold{k}/per_image.csv") for k in (0, 1)]).set_index("image_id")
-    common = sorted(set(grouped.index) & set(leaky.index))
-    difference = leaky.loc[common, "dice"] - grouped.loc[common, "dice"]
-    assert rows.loc["all", "n_images"] == len(common)
+    folds = pd.read_csv(results / "split/folds.csv")
+    leaky_folds = pd.read_csv(results / "split/folds_random_image.csv")
+    differences, exposures, images = [], [], set()
+    for split_seed in LEAKAGE_SEEDS:
+        leaky = pd.concat([pd.read_csv(results / f"models/unet/random_image/seed{split_seed}/fold{k}/per_image.csv")
+                           for k in (0, 1)]).set_index("image_id")
+        common = sorted(set(grouped.index) & set(leaky.index))
+        images |= set(common)
+        differences.append(leaky.loc[common, "dice"] - grouped.loc[common, "dice"])
+        exposures.append(leaked_siblings(seed_folds(leaky_folds, split_seed), dict(zip(folds["image_id"], folds["group_id"])), common))
+    difference, exposed = pd.concat(differences).to_numpy(), np.concatenate(exposures)
+    assert rows.loc["all", "n_images"] == len(images) and rows.loc["all", "n_pairs"] == len(difference)
+    assert rows.loc["all", "n_seeds"] == len(LEAKAGE_SEEDS)
     assert rows.loc["all", "difference"] == pytest.approx(difference.mean(), abs=1e-5)
     assert rows.loc["all", "ci_low"] <= rows.loc["all", "difference"] <= rows.loc["all", "ci_high"]
-    folds = pd.read_csv(results / "split/folds.csv")
-    exposed = leaked_siblings(pd.read_csv(results / "split/folds_random_image.csv"),
-                              dict(zip(folds["image_id"], folds["group_id"])), common)
-    assert rows.loc["with a leaked sibling", "n_images"] == exposed.sum()
+    assert rows.loc["with a leaked sibling", "n_pairs"] == exposed.sum()
     assert rows.loc["with a leaked sibling", "difference"] == pytest.approx(difference[exposed].mean(), abs=1e-5)
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "Leakage, unet Dice on the same test images, image-level minus grouped: all (" in html
+    assert f"x {len(LEAKAGE_SEEDS)} seeds)" in html
 
 
 def test_every_model_has_a_card_with_its_panels(full: tuple[Path, Path]) -> None:

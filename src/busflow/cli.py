@@ -123,10 +123,14 @@ def _add_stage_commands(commands: Commands) -> None:
             "index the raw folder; grayscale, resize, normalise, union masks")
     command("group", Stage("group", ("index", "groups", "links"), check_registry=False),
             "group images that must stay together: patients and near-duplicate frames")
-    command("split", Stage("split", ("index", "groups", "folds", "leaky", "conflicts"), check_registry=False),
-            "grouped, stratified split of the configured protocol (and its leaky image-level twin)")
-    command("audit", Stage("audit", ("index", "arrays", "folds", "leaky", "out", "counts"), reads_params=False),
-            "fail if any group, patient or identical image crosses a split boundary; count roles")
+    command("split", Stage("split", ("index", "groups", "folds", "conflicts"), check_registry=False),
+            "grouped, stratified split of the configured protocol")
+    command("leaky-split", Stage("leaky_split", ("index", "groups", "leaky"), check_registry=False),
+            "the leakage study's image-level folds (ignoring groups), one draw per seed of leakage.seeds")
+    sub = command("audit", Stage("audit", ("index", "arrays", "folds", "out", "counts"), ("leakage_study",), reads_params=False),
+                  "fail if any group, patient or identical image crosses a split boundary; count roles")
+    sub.add_argument("--leakage-study", action="store_true",
+                     help="the folds are the leakage study's image-level split: record its crossings, do not fail")
     sub = command("pretrain", Stage("pretrain", ("arrays", "folds", "out"), ("fold", "gpus")),
                   "pretrain every encoder of the pretrain section on one fold's training images (self-supervised, no labels)")
     model_and_fold(sub, model=False)
@@ -134,10 +138,11 @@ def _add_stage_commands(commands: Commands) -> None:
     sub = command("init-weights", Stage("init_weights", ("pretrained", "out"), ("model",), check_registry=False),
                   "record where one model's encoder starts (scratch, or a verified weight file, fetched if a catalogue name)")
     sub.add_argument("--model", required=True, help="a model of models:, or a cascade's name")
-    sub = command("train", Stage("train", ("arrays", "folds", "init", "out"), ("model", "fold", "lr", "variant", "gpus")),
+    sub = command("train", Stage("train", ("arrays", "folds", "init", "out"), ("model", "fold", "lr", "variant", "split_seed", "gpus")),
                   "train one model on one fold; predict its test part")
     model_and_fold(sub)
     granted_gpus(sub)
+    sub.add_argument("--split-seed", type=int, help="leakage study: fold --fold of the image-level split drawn with this seed")
     sub.add_argument("--lr", type=float, help="ablation cell: this learning rate (with --variant)")
     sub.add_argument("--variant", help="ablation cell: this option set of ablation.options (with --lr)")
     sub = command("cascade", Stage("cascade", ("arrays", "folds", "segmenter", "init", "out"), ("model", "fold", "gpus")),

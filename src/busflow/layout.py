@@ -53,6 +53,8 @@ SPLIT_FILES: dict[str, str] = {
     "conflicts": "split/label_conflicts.csv",
     "audit": "split/audit.json",
     "counts": "split/split_counts.csv",
+    "leaky_audit": f"split/audit_{LEAKY_SPLIT}.json",
+    "leaky_counts": f"split/split_counts_{LEAKY_SPLIT}.csv",
 }
 
 
@@ -66,10 +68,19 @@ def init_dir(run: str, model: str) -> str:
     return f"{results_root(run)}/models/{model}/{INIT_DIR}"
 
 
-def fold_dir(run: str, model: str, fold: int | str, split: str = "main") -> str:
-    """Outputs of one model on one test fold; runs on the leaky split live beside them under ``random_image/``."""
-    leaky = f"{LEAKY_SPLIT}/" if split == LEAKY_SPLIT else ""
-    return f"{results_root(run)}/models/{model}/{leaky}fold{fold}"
+def fold_dir(run: str, model: str, fold: int | str, split: str = "main", split_seed: int | str | None = None) -> str:
+    """Outputs of one model on one test fold; runs on the leaky split live beside them under
+    ``random_image/seed<S>/``, one folder per seed the image-level split was drawn with."""
+    return f"{results_root(run)}/models/{model}/{leaky_part(split, split_seed)}fold{fold}"
+
+
+def leaky_part(split: str, split_seed: int | str | None) -> str:
+    """``random_image/seed<S>/`` for a run on the leaky split, else nothing."""
+    if split != LEAKY_SPLIT:
+        return ""
+    if split_seed is None:
+        raise ValueError("a run on the image-level split needs the seed that split was drawn with")
+    return f"{LEAKY_SPLIT}/seed{split_seed}/"
 
 
 def ablation_cell(lr: float | str, variant: str) -> str:

@@ -40,7 +40,10 @@ MODELS = config["train"]["models"]
 FOLDS = config["train"]["folds"]
 CASCADES = cascade_settings(config)  # name -> settings; empty: the run has no cascade
 CASCADE_NAMES = "|".join(CASCADES) or "^$"  # wildcard constraint matching exactly the cascades' names
-LEAKAGE_MODELS = config.get("leakage", {}).get("models", [])
+LEAKAGE_MODELS = config["leakage"]["models"]
+LEAKAGE_SEEDS = config["leakage"]["seeds"]
+# One leakage-study run: a model on one fold of the image-level split drawn with one seed.
+LEAKY_RUN = f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/seed{{split_seed}}/fold{{fold}}"
 ENSEMBLES = config["ensembles"]
 EXTERNAL = config["external"]
 ABLATION = config["ablation"]
@@ -63,10 +66,11 @@ if GPU_PLAN.on_gpu and workflow.exec_mode == ExecMode.DEFAULT:
 
 wildcard_constraints:
     fold=r"\d+",
+    split_seed=r"\d+",
 
 
-def model_files(model, fold, names, split="main"):
-    return [f"{fold_dir(RUN, model, fold, split)}/{name}" for name in names]
+def model_files(model, fold, names, split="main", split_seed=None):
+    return [f"{fold_dir(RUN, model, fold, split, split_seed)}/{name}" for name in names]
 
 
 def model_params(wildcards):
@@ -118,7 +122,8 @@ def report_outputs():
 def report_inputs(wildcards):
     models = [*MODELS, *CASCADES]
     files = [rules.preprocess.output.index, rules.preprocess.output.arrays, rules.preprocess.output.skipped, *rules.group.output, *rules.split.output,
-             *rules.audit.output]
+             *rules.leaky_split.output, *rules.audit.output,
+             *rules.audit_leaky.output]
     for model in models:
         for fold in FOLDS:
             files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS))
@@ -129,8 +134,9 @@ def report_inputs(wildcards):
                 cell = ablation_dir(RUN, ABLATION["model"], lr, variant, fold)
                 files += [f"{cell}/{name}" for name in (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS)]
     for model in LEAKAGE_MODELS:
-        for fold in FOLDS:
-            files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS), LEAKY_SPLIT)
+        for split_seed in LEAKAGE_SEEDS:
+            for fold in FOLDS:
+                files += model_files(model, fold, (*TRAIN_OUTPUTS, TRAIN_LIVE_METRICS, *EVALUATE_OUTPUTS), LEAKY_SPLIT, split_seed)
     return [*files, rules.download.output[0]]  # contact sheets show the original images
 
 

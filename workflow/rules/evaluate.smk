@@ -27,15 +27,15 @@ use rule evaluate as evaluate_cascade with:
 use rule evaluate as evaluate_leaky with:
     input:
         arrays=rules.preprocess.output.arrays,
-        predictions=f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/predictions.npz",
+        predictions=f"{LEAKY_RUN}/predictions.npz",
     output:
-        multiext(f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/", *EVALUATE_OUTPUTS),
+        multiext(f"{LEAKY_RUN}/", *EVALUATE_OUTPUTS),
     wildcard_constraints:
         model="|".join(LEAKAGE_MODELS) or "^$",
     params:
         params_yaml=PARAMS_FILE,
         evaluate=config["evaluate"],
-        out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold, LEAKY_SPLIT),
+        out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold, LEAKY_SPLIT, wildcards.split_seed),
     log:
-        f"{RESULTS}/logs/evaluate/{{model}}_{LEAKY_SPLIT}_fold{{fold}}.log",
+        f"{RESULTS}/logs/evaluate/{{model}}_{LEAKY_SPLIT}_seed{{split_seed}}_fold{{fold}}.log",
 

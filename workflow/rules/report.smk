@@ -11,6 +11,7 @@ rule report:
         cascades=list(CASCADES),
         ensembles=list(ENSEMBLES),
         leakage=LEAKAGE_MODELS,
+        leakage_seeds=LEAKAGE_SEEDS,
         reproduces=config["reproduces"],
         bootstrap=config["evaluate"]["bootstrap"],
         reference=config["evaluate"]["reference_model"],

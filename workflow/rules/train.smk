@@ -92,17 +92,18 @@ rule train:
         "--arrays {input.arrays} --folds {input.folds} --init {input.init} --out {params.out} --gpus {resources.gpu} --log {log}"
 
 
-# The leakage study: the same model and settings on the image-level split (deliberately leaky).
-use rule train as train_leaky with:
+# The leakage study: the same model and settings on the image-level split (deliberately leaky), one run per
+# seed of leakage.seeds the split was drawn with and per fold.
+rule train_leaky:
     input:
         arrays=rules.preprocess.output.arrays,
-        folds=rules.split.output.leaky,
-        audit=rules.audit.output.audit,
+        folds=rules.leaky_split.output.leaky,
+        audit=rules.audit_leaky.output.audit,
         init=f"{RESULTS}/models/{{model}}/{INIT_DIR}",
     output:
-        multiext(f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/", *TRAIN_OUTPUTS),
-        f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/{TRAIN_LIVE_METRICS}",
-        directory(f"{RESULTS}/models/{{model}}/{LEAKY_SPLIT}/fold{{fold}}/{TRAIN_PLOTS}"),
+        multiext(f"{LEAKY_RUN}/", *TRAIN_OUTPUTS),
+        f"{LEAKY_RUN}/{TRAIN_LIVE_METRICS}",
+        directory(f"{LEAKY_RUN}/{TRAIN_PLOTS}"),
     wildcard_constraints:
         model="|".join(LEAKAGE_MODELS) or "^$",
     params:
@@ -111,6 +112,17 @@ use rule train as train_leaky with:
         seed=config["seed"],
         device=config["device"],
         accelerator=ACCELERATOR,
-        out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold, LEAKY_SPLIT),
+        out=lambda wildcards: fold_dir(RUN, wildcards.model, wildcards.fold, LEAKY_SPLIT, wildcards.split_seed),
+    threads: 1
+    priority: training_priority
+    resources:
+        gpu=GPU_JOB,
+        gpu_percent=GPU_PERCENT,
+    conda:
+        "../envs/busflow.yaml"
     log:
-        f"{RESULTS}/logs/train/{{model}}_{LEAKY_SPLIT}_fold{{fold}}.log",
+        f"{RESULTS}/logs/train/{{model}}_{LEAKY_SPLIT}_seed{{split_seed}}_fold{{fold}}.log",
+    shell:
+        "busflow train --params {params.params_yaml} --model {wildcards.model} --fold {wildcards.fold} "
+        "--split-seed {wildcards.split_seed} --arrays {input.arrays} --folds {input.folds} --init {input.init} "
+        "--out {params.out} --gpus {resources.gpu} --log {log}"

@@ -42,7 +42,7 @@ def build_report(
     leakage_models = (params.get("leakage") or {}).get("models") or ()
     ensembles = tuple(params.get("ensembles") or ())
     run = load_results(Path(results_dir), models, folds, run_info.get("classes") or CLASSES, leakage_models, ensembles,
-                       params.get("external"), params.get("ablation"))
+                       params.get("external"), params.get("ablation"), (params.get("leakage") or {}).get("seeds") or ())
     tables = compute_tables(run, params)
     for rel_path, frame in tables.files().items():
         write_csv(out_dir / rel_path, frame)

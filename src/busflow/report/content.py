@@ -421,20 +421,23 @@ def leakage_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
     if not run.leakage_models:
         return [*blocks, Para("No leakage study configured (leakage.models is empty).", "note"),
                 Figure("figures/leakage.png", "Leakage study: not configured.")]
+    seeds = sorted({r.split_seed for r in run.leaky_results if r.split_seed is not None})
+    drawn = f"drawn with {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})" if seeds else "not found"
     blocks.append(Para(f"{', '.join(run.leakage_models)} also trained on image-level folds "
-                       "(split/folds_random_image.csv) that ignore patients and duplicate clusters; the inflation "
-                       "is the image-level minus the grouped (leak-free) mean over folds."))
+                       f"(split/folds_random_image.csv, {drawn}) that ignore patients and duplicate clusters; the "
+                       "inflation is the image-level minus the grouped (leak-free) score."))
     missing = [m for m in run.leakage_models if m not in run.models]
     if missing:
         blocks.append(Para(f"No grouped results for {', '.join(missing)} (not in this run's models): "
                            "their inflation is n/a.", "bad"))
     return [*blocks, Table(leakage_paired_display(tables["leakage_paired"]),
                            "Paired on the same test images: each image's score from its image-level (leaky) fold model "
-                           "minus that from its grouped fold model, mean with the group-bootstrap interval; an image has "
-                           "a leaked sibling when another image of its group was in the training part of the image-level "
-                           "fold that tested it (tables/leakage_paired.csv)", "no per-image scores in the leakage runs"),
-            Table(leakage_display(tables["leakage"]), "Grouped vs image-level folds, mean ± sd over folds of different "
-                                                      "test sets (tables/leakage.csv)",
+                           "of each seed minus that from its grouped fold model, mean over the (image, seed) pairs with "
+                           "the group-bootstrap interval; an image has a leaked sibling under a seed when another image "
+                           "of its group was in the training part of that seed's image-level fold that tested it "
+                           "(tables/leakage_paired.csv)", "no per-image scores in the leakage runs"),
+            Table(leakage_display(tables["leakage"]), "Grouped folds vs image-level folds of every seed, mean ± sd over "
+                                                      "folds of different test sets (tables/leakage.csv)",
                   "no headline metrics in the leakage runs"),
             Figure("figures/leakage.png", "Grouped (leak-free) vs image-level (leaky) folds per model and metric, "
                                           "mean ± sd over folds; the numbers are the inflation.")]
@@ -443,7 +446,8 @@ def leakage_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
 def leakage_paired_display(paired: pd.DataFrame) -> pd.DataFrame:
     """tables/leakage_paired.csv with the difference and its interval in one cell."""
     return pd.DataFrame({
-        "model": paired["model"], "score": paired["score"], "test images": paired["subset"], "n": paired["n_images"],
+        "model": paired["model"], "score": paired["score"], "test images": paired["subset"], "images": paired["n_images"],
+        "seeds": paired["n_seeds"],
         "grouped": [fmt_value(v) for v in paired["grouped_mean"]],
         "image-level": [fmt_value(v) for v in paired["image_level_mean"]],
         "difference [interval]": [fmt_interval(d, lo, hi) for d, lo, hi in zip(paired["difference"], paired["ci_low"], paired["ci_high"])],

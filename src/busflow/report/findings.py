@@ -98,7 +98,8 @@ def paired_leakage_effects(paired: pd.DataFrame) -> list[str]:
         parts = []
         for row in rows.itertuples():
             verdict = "significant" if is_significant(row.ci_low, row.ci_high) else "not significant"
-            parts.append(f"{row.subset} ({row.n_images} images) {row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}], {verdict}")
+            seeds = f" x {row.n_seeds} seeds" if row.n_seeds > 1 else ""
+            parts.append(f"{row.subset} ({row.n_images} images{seeds}) {row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}], {verdict}")
         overall = rows[rows["subset"] == "all"]
         found = not overall.empty and overall["ci_low"].iloc[0] > 0
         conclusion = "a leakage effect" if found else "no leakage effect was found"

@@ -1,12 +1,14 @@
 """The leakage study paired on the same test images: what the image-level split does to each image's score.
 
 Under k-fold both splits test every image exactly once, so each test image has a score from the grouped
-(leak-free) model of its fold and one from the image-level (leaky) model of its fold. The difference of the
-two, image by image, is the leakage effect; comparing two means over different test sets is not. An image
-"has a leaked sibling" when, in the image-level split, another image of its group (same patient or
+(leak-free) model of its fold and one from the image-level (leaky) model of its fold, for every seed of
+``leakage.seeds`` the image-level split was drawn with. The difference of the two, image by image and seed
+by seed, is the leakage effect; comparing two means over different test sets is not. An image "has a leaked
+sibling" under a seed when, in that seed's image-level split, another image of its group (same patient or
 duplicate cluster) sat in the training or validation part of the fold that tested it: that is where leakage
-can act, so the effect is reported for those images and for the others separately. Intervals come from the
-group bootstrap (whole groups resampled), as every interval of the report.
+can act, so the effect is reported for those (image, seed) pairs and for the others separately. Intervals
+come from the group bootstrap (whole groups resampled, with all their images under every seed), as every
+interval of the report.
 
 Per-image scores: ``dice`` for segmentation, ``p_true_class`` (the predicted probability of the true class)
 for classification, since AUC and accuracy are not per-image quantities.
@@ -15,6 +17,7 @@ for classification, since AUC and accuracy are not per-image quantities.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -24,9 +27,10 @@ from busflow.io import read_table
 from busflow.layout import SPLIT_FILES
 from busflow.report.loading import RunResults
 from busflow.report.uncertainty import BootstrapSettings, results_cases
+from busflow.split.protocols import leaky_stage
 
-LEAKAGE_PAIRED_COLUMNS = ["model", "score", "subset", "n_images", "n_groups", "grouped_mean", "image_level_mean",
-                          "difference", "ci_low", "ci_high", "p_value", "confidence", "resamples"]
+LEAKAGE_PAIRED_COLUMNS = ["model", "score", "subset", "n_images", "n_pairs", "n_seeds", "n_groups", "grouped_mean",
+                          "image_level_mean", "difference", "ci_low", "ci_high", "p_value", "confidence", "resamples"]
 LEAKED, NOT_LEAKED = "with a leaked sibling", "without a leaked sibling"
 EXPOSED_ROLES = ("train", "val")
 
@@ -67,30 +71,71 @@ def image_scores(cases: pd.DataFrame, classes: Sequence[str]) -> dict[str, pd.Se
     return scores
 
 
+def seed_folds(leaky_folds: pd.DataFrame, split_seed: int) -> pd.DataFrame:
+    """The image-level folds drawn with ``split_seed``, as a folds table with ``fold<k>`` columns."""
+    stem = leaky_stage(split_seed)
+    columns = {c: f"fold{c[len(stem):]}" for c in leaky_folds.columns if c.startswith(stem) and c[len(stem):].isdigit()}
+    return leaky_folds[["image_id", *columns]].rename(columns=columns)
+
+
+@dataclass
+class _Pairs:
+    """(image, seed) pairs of one model and score: the grouped and the image-level score, group, exposure."""
+
+    images: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    grouped: list[float] = field(default_factory=list)
+    image_level: list[float] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    exposed: list[bool] = field(default_factory=list)
+
+
+def _model_pairs(run: RunResults, model: str, leaky_folds: pd.DataFrame, group_of: Mapping[str, str]) -> dict[str, _Pairs]:
+    """Per score, every test image paired with itself under each seed's image-level split."""
+    grouped = results_cases(run, model, run.of_model(model))
+    if grouped.empty:
+        return {}
+    grouped_scores = image_scores(grouped, run.classes)
+    pairs: dict[str, _Pairs] = {}
+    for split_seed in sorted({r.split_seed for r in run.leaky_results if r.model == model and r.split_seed is not None}):
+        leaky = results_cases(run, model, [r for r in run.leaky_results if r.model == model and r.split_seed == split_seed])
+        if leaky.empty:
+            continue
+        leaky_scores = image_scores(leaky, run.classes)
+        common = sorted(set(grouped["image_id"]) & set(leaky["image_id"]))
+        exposed = leaked_siblings(seed_folds(leaky_folds, split_seed), group_of, common)
+        for score in sorted(set(grouped_scores) & set(leaky_scores)):
+            found = pairs.setdefault(score, _Pairs())
+            found.images += common
+            found.seeds += [split_seed] * len(common)
+            found.grouped += grouped_scores[score].loc[common].tolist()
+            found.image_level += leaky_scores[score].loc[common].tolist()
+            found.groups += [group_of.get(i, i) for i in common]
+            found.exposed += exposed.tolist()
+    return pairs
+
+
 def leakage_paired_table(run: RunResults, settings: BootstrapSettings) -> pd.DataFrame:
     """Per leakage model, score and subset (all test images, with and without a leaked sibling): the mean
-    score under each split and the paired difference, image-level minus grouped, with its interval."""
+    score under each split and the paired difference, image-level minus grouped, over every (image, seed)
+    pair, with its interval."""
     if not run.leakage_models or not (run.root / SPLIT_FILES["leaky"]).is_file():
         return pd.DataFrame(columns=LEAKAGE_PAIRED_COLUMNS)
     leaky_folds = read_table(run.root / SPLIT_FILES["leaky"])
+    leaky_folds["image_id"] = leaky_folds["image_id"].astype(str)
     group_of = dict(zip(run.folds_table["image_id"].astype(str), run.folds_table["group_id"].astype(str)))
     rows = []
     for number, model in enumerate(run.leakage_models):
-        grouped = results_cases(run, model, run.of_model(model))
-        leaky = results_cases(run, model, [r for r in run.leaky_results if r.model == model])
-        if grouped.empty or leaky.empty:
-            continue
-        grouped_scores, leaky_scores = image_scores(grouped, run.classes), image_scores(leaky, run.classes)
-        common = sorted(set(grouped["image_id"]) & set(leaky["image_id"]))
-        exposed = leaked_siblings(leaky_folds, group_of, common)
-        groups = np.array([group_of.get(i, i) for i in common])
-        for score in sorted(set(grouped_scores) & set(leaky_scores)):
-            before = grouped_scores[score].loc[common].to_numpy(float)
-            after = leaky_scores[score].loc[common].to_numpy(float)
-            for subset, chosen in (("all", np.ones(len(common), bool)), (LEAKED, exposed), (NOT_LEAKED, ~exposed)):
+        for score, pairs in _model_pairs(run, model, leaky_folds, group_of).items():
+            exposed = np.array(pairs.exposed, dtype=bool)
+            for subset, chosen in (("all", np.ones(len(exposed), bool)), (LEAKED, exposed), (NOT_LEAKED, ~exposed)):
                 if chosen.any():
+                    picked = {name: np.asarray(getattr(pairs, name))[chosen] for name in ("images", "seeds", "grouped", "image_level", "groups")}
                     rows.append({"model": model, "score": score, "subset": subset,
-                                 **_paired(before[chosen], after[chosen], groups[chosen], settings, settings.seed + number)})
+                                 "n_images": len(set(picked["images"])), "n_pairs": int(chosen.sum()),
+                                 "n_seeds": len(set(picked["seeds"].tolist())),
+                                 **_paired(picked["grouped"].astype(float), picked["image_level"].astype(float),
+                                           picked["groups"], settings, settings.seed + number)})
     return pd.DataFrame(rows, columns=LEAKAGE_PAIRED_COLUMNS)
 
 
@@ -102,7 +147,7 @@ def _paired(grouped: np.ndarray, image_level: np.ndarray, groups: np.ndarray, se
     samples = weighted_mean(differences, draw.weights)
     low, high = percentile_interval(samples, settings.confidence)
     ones = np.ones((1, len(differences)))
-    return {"n_images": len(differences), "n_groups": draw.n_groups,
+    return {"n_groups": draw.n_groups,
             "grouped_mean": float(weighted_mean(grouped, ones)[0]), "image_level_mean": float(weighted_mean(image_level, ones)[0]),
             "difference": float(weighted_mean(differences, ones)[0]), "ci_low": low, "ci_high": high,
             "p_value": two_sided_p(samples), "confidence": settings.confidence, "resamples": settings.resamples}

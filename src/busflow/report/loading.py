@@ -16,7 +16,7 @@ import pandas as pd
 from busflow.io import read_table
 
 DONE_LINE = re.compile(r"^busflow (\w+): done in ([0-9.]+)s$", re.MULTILINE)  # the CLI's last line per job
-from busflow.layout import LEAKY_SPLIT, SPLIT_FILES, ablation_cell
+from busflow.layout import LEAKY_SPLIT, SPLIT_FILES, ablation_cell, leaky_part
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class FoldResult:
     per_image: pd.DataFrame
     predictions: pd.DataFrame | None
     description: dict[str, Any] = field(default_factory=dict)  # model.json
+    split_seed: int | None = None  # a leakage-study run: the seed its image-level split was drawn with
 
     @property
     def classification(self) -> dict[str, Any] | None:
@@ -128,15 +129,16 @@ def _read_csv_optional(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def fold_directory(results_dir: Path, model: str, fold: int, split: str = "main", ensembles: Sequence[str] = ()) -> Path:
-    """Where one model's fold outputs are: ``models/<model>/[random_image/]fold<k>`` or ``ensembles/<name>/fold<k>``."""
+def fold_directory(results_dir: Path, model: str, fold: int, split: str = "main", ensembles: Sequence[str] = (),
+                   split_seed: int | None = None) -> Path:
+    """Where one model's fold outputs are: ``models/<model>/[random_image/seed<S>/]fold<k>`` or
+    ``ensembles/<name>/fold<k>``."""
     if model in ensembles:
         return results_dir / "ensembles" / model / f"fold{fold}"
-    leaky = (LEAKY_SPLIT,) if split == LEAKY_SPLIT else ()
-    return results_dir.joinpath("models", model, *leaky, f"fold{fold}")
+    return results_dir / "models" / model / f"{leaky_part(split, split_seed)}fold{fold}"
 
 
-def load_fold(directory: Path, model: str, fold: int) -> FoldResult:
+def load_fold(directory: Path, model: str, fold: int, split_seed: int | None = None) -> FoldResult:
     """Read metrics.json, history.csv (absent for ensembles), per_image.csv and predictions.csv of one fold."""
     metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
     history = _read_csv_optional(directory / "history.csv")
@@ -150,6 +152,7 @@ def load_fold(directory: Path, model: str, fold: int) -> FoldResult:
         per_image=per_image if per_image is not None else pd.DataFrame(),
         predictions=_read_csv_optional(directory / "predictions.csv"),
         description=json.loads((directory / "model.json").read_text(encoding="utf-8")) if (directory / "model.json").exists() else {},
+        split_seed=split_seed,
     )
 
 
@@ -166,6 +169,22 @@ def _read_split(results_dir: Path, key: str) -> pd.DataFrame:
     return read_table(results_dir / SPLIT_FILES[key])
 
 
+def _audit(results_dir: Path) -> dict[str, Any]:
+    """The main split's audit, joined with the leakage study's where the run has one."""
+    audits = [json.loads((results_dir / SPLIT_FILES["audit"]).read_text(encoding="utf-8"))]
+    leaky = results_dir / SPLIT_FILES["leaky_audit"]
+    if leaky.is_file():
+        audits.append(json.loads(leaky.read_text(encoding="utf-8")))
+    return {"passed": all(audit["passed"] for audit in audits), "splits": [s for audit in audits for s in audit["splits"]]}
+
+
+def _split_counts(results_dir: Path) -> pd.DataFrame:
+    counts = [_read_split(results_dir, "counts")]
+    if (results_dir / SPLIT_FILES["leaky_counts"]).is_file():
+        counts.append(_read_split(results_dir, "leaky_counts"))
+    return pd.concat(counts, ignore_index=True)
+
+
 def load_results(
     results_dir: Path,
     models: Sequence[str],
@@ -175,9 +194,10 @@ def load_results(
     ensembles: Sequence[str] = (),
     external: Mapping[str, Any] | None = None,
     ablation: Mapping[str, Any] | None = None,
+    leakage_seeds: Sequence[int] = (),
 ) -> RunResults:
     """Load every input of the report for the given models (ensembles among them) and folds, and the
-    leakage study's runs."""
+    leakage study's runs (each leakage model on each fold of the image-level split of each seed)."""
     results_dir = Path(results_dir)
     arrays_path = results_dir / "data" / "arrays.npz"
     return RunResults(
@@ -187,14 +207,15 @@ def load_results(
         groups=_read_split(results_dir, "groups"),
         links=_read_split(results_dir, "links"),
         conflicts=_read_split(results_dir, "conflicts"),
-        split_counts=_read_split(results_dir, "counts"),
-        audit=json.loads((results_dir / SPLIT_FILES["audit"]).read_text(encoding="utf-8")),
+        split_counts=_split_counts(results_dir),
+        audit=_audit(results_dir),
         models=tuple(models),
         folds=tuple(int(f) for f in folds),
         classes=_classes_from(arrays_path, classes),
         results=tuple(load_fold(fold_directory(results_dir, m, f, ensembles=ensembles), m, f) for m in models for f in folds),
         leakage_models=tuple(leakage_models),
-        leaky_results=tuple(load_fold(fold_directory(results_dir, m, f, LEAKY_SPLIT), m, f) for m in leakage_models for f in folds),
+        leaky_results=tuple(load_fold(fold_directory(results_dir, m, f, LEAKY_SPLIT, split_seed=s), m, f, split_seed=s)
+                            for m in leakage_models for s in leakage_seeds for f in folds),
         external={dataset: tuple(load_fold(results_dir / "external" / dataset / m / f"fold{f}", m, f)
                                  for m in external["models"] for f in folds)
                   for dataset in (external or {}).get("datasets", [])},

@@ -73,6 +73,9 @@ def _joined(folds: pd.DataFrame, index: pd.DataFrame, content: pd.Series) -> pd.
     return table.assign(content=table["image_id"].map(content))
 
 
+LEAKAGE_STUDY = "leakage_study"  # the audited name of the leakage study's image-level split
+
+
 def audit_folds(name: str, folds: pd.DataFrame, index: pd.DataFrame, content: pd.Series) -> tuple[dict[str, Any], pd.DataFrame]:
     """Checks and counts of one folds table; ``leaky`` marks the protocols allowed to cross."""
     known = patients_known(index)

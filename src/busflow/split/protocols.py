@@ -11,11 +11,13 @@ fold, ``fold<k>`` (train, val, test or excluded). Protocols (``split.protocol``)
   segmenter was trained or validated on.
 - ``official``: the dataset's published folds (BUS-BRA ``official_fold5``/``official_fold10`` of the index),
   with a patient-grouped validation part (the published validation columns are not patient-grouped).
-- ``random_image``: k folds over single images, ignoring groups. Deliberately leaky: only for the leakage study.
+- ``random_image``: k folds over single images, ignoring groups. Deliberately leaky: only for the leakage study,
+  which draws it once per seed of ``leakage.seeds`` into ``folds_random_image.csv`` (columns ``seed<S>_fold<k>``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,9 +48,26 @@ def role_column(fold: int, stage: str = "fold") -> str:
     return f"{stage}{fold}"
 
 
+def leaky_stage(split_seed: int) -> str:
+    """Role-column stem of the image-level split drawn with ``split_seed``: its folds are ``seed<S>_fold<k>``."""
+    return f"seed{split_seed}_fold"
+
+
+_ROLE_COLUMN = re.compile(r"^(fold|cascade|seed\d+_fold)\d+$")
+
+
 def role_columns(folds: pd.DataFrame) -> list[str]:
-    """The role columns of a folds table (``fold<k>``, ``cascade<k>``)."""
-    return [c for c in folds.columns if c[-1:].isdigit() and c.rstrip("0123456789") in ("fold", "cascade")]
+    """The role columns of a folds table (``fold<k>``, ``cascade<k>``, ``seed<S>_fold<k>``)."""
+    return [c for c in folds.columns if _ROLE_COLUMN.match(str(c))]
+
+
+def image_level_split(index: pd.DataFrame, groups: pd.DataFrame, split: Mapping[str, Any], seeds: Sequence[int]) -> pd.DataFrame:
+    """The leakage study's image-level folds, drawn once per seed of ``seeds``: ``seed<S>_fold<k>`` columns."""
+    tables = [make_split(index, groups, split, seed, protocol="random_image") for seed in seeds]
+    columns = [table[role_columns(table)].rename(columns=lambda c, s=seed: f"{leaky_stage(s)}{c[len('fold'):]}")
+               for seed, table in zip(seeds, tables)]
+    base = tables[0].drop(columns=role_columns(tables[0]))
+    return pd.concat([base, *columns], axis=1)
 
 
 def _grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
@@ -183,7 +202,7 @@ def role_indices(folds: pd.DataFrame, image_ids: np.ndarray, fold: int, stage: s
     """
     column = role_column(fold, stage)
     if column not in folds.columns:
-        if stage != "fold":
+        if stage == "cascade":  # protocols without an ROI-classifier column: the fold's own roles
             return role_indices(folds, image_ids, fold)
         raise DatasetError(f"folds table has no column '{column}' (columns: {folds.columns.tolist()})")
     role_of = dict(zip(folds["image_id"].astype(str), folds[column]))

@@ -7,13 +7,15 @@ from pathlib import Path
 
 from busflow.data.preprocess import load_arrays
 from busflow.io import read_table, write_csv, write_json
-from busflow.split.audit import audit_split
+from busflow.split.audit import LEAKAGE_STUDY, audit_split
 
 
-def run(*, index: Path, arrays: Path, folds: Path, leaky: Path, out: Path, counts: Path, log: Callable[[str], None] = print) -> None:
-    """Write ``out`` (audit.json) and ``counts`` (split_counts.csv) for the main and the leakage-study split."""
+def run(*, index: Path, arrays: Path, folds: Path, out: Path, counts: Path, leakage_study: bool = False,
+        log: Callable[[str], None] = print) -> None:
+    """Write ``out`` (the audit's JSON) and ``counts`` (images per role) for one folds table: the main split, or
+    with ``leakage_study`` the image-level split of the leakage study (audited, and expected to cross)."""
     images = load_arrays(arrays)
-    splits = {"main": read_table(folds), "leakage_study": read_table(leaky)}
+    splits = {LEAKAGE_STUDY if leakage_study else "main": read_table(folds)}
     summary, role_counts = audit_split(splits, read_table(index), images["image_ids"], images["images"])
     write_csv(counts, role_counts)
     write_json(out, summary)

@@ -1,4 +1,4 @@
-"""The ``split`` stage: the configured grouped protocol, its leaky image-level twin, and the label-conflict table."""
+"""The ``split`` stage: the configured grouped protocol and the label-conflict table."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ from busflow.split.groups import conflict_summary
 from busflow.split.protocols import make_split
 
 
-def run(params: Mapping[str, Any], *, index: Path, groups: Path, folds: Path, leaky: Path, conflicts: Path,
+def run(params: Mapping[str, Any], *, index: Path, groups: Path, folds: Path, conflicts: Path,
         log: Callable[[str], None] = print) -> None:
-    """Write ``folds`` (the protocol's roles per image), ``leaky`` (the image-level split of the leakage study)
-    and ``conflicts`` (groups filed under several classes)."""
+    """Write ``folds`` (the protocol's roles per image) and ``conflicts`` (groups filed under several classes)."""
     split = params["split"]
     images, grouping = read_table(index), read_table(groups)
     try:
         roles = make_split(images, grouping, split, params["seed"])
-        image_level = make_split(images, grouping, split, params["seed"], protocol="random_image")
     except DatasetError as error:
         raise DatasetError(f"{index}: {error}") from None
     clusters = conflict_summary(grouping, images, split["label_conflicts"])
@@ -29,7 +27,6 @@ def run(params: Mapping[str, Any], *, index: Path, groups: Path, folds: Path, le
         for row in clusters.itertuples():
             print(f"warning: label conflict in {row.group_id}: {row.images} filed as {row.labels}", file=sys.stderr)
     write_csv(conflicts, clusters)
-    write_csv(leaky, image_level)
     write_csv(folds, roles)
     log(f"{split['protocol']} split of {roles['group_id'].nunique()} groups; {len(clusters)} label-conflict clusters "
-        f"({split['label_conflicts']}); image-level split for the leakage study written too")
+        f"({split['label_conflicts']})")

@@ -8,6 +8,7 @@ from typing import Any
 
 from busflow.config import model_spec
 from busflow.errors import ParamsError
+from busflow.split.protocols import leaky_stage
 from busflow.stages.init_weights import read_init_record
 from busflow.train.job import FoldData, run_training_job
 from busflow.train.spec import TrainSpec
@@ -29,8 +30,11 @@ def training_spec(params: Mapping[str, Any], model: str, lr: float | None = None
 
 
 def run(params: Mapping[str, Any], *, model: str, fold: int, arrays: Path, folds: Path, init: Path, out: Path,
-        lr: float | None = None, variant: str | None = None, gpus: int = 0) -> None:
+        lr: float | None = None, variant: str | None = None, split_seed: int | None = None, gpus: int = 0) -> None:
     """Train ``model`` on test fold ``fold`` into ``out`` (weights, model.json, history, predictions), its encoder
-    started as the init record ``init`` says (``gpus``: what the scheduler granted the job)."""
+    started as the init record ``init`` says (``gpus``: what the scheduler granted the job). With ``split_seed``,
+    ``folds`` is the leakage study's image-level split and the fold is that seed's draw."""
     spec = training_spec(params, model, lr, variant)
-    run_training_job(params, model, fold, spec, FoldData.load(arrays, folds, fold), out, init=read_init_record(init), gpus=gpus)
+    stage = "fold" if split_seed is None else leaky_stage(split_seed)
+    run_training_job(params, model, fold, spec, FoldData.load(arrays, folds, fold, stage=stage), out,
+                     init=read_init_record(init), gpus=gpus)
