@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch._dynamo.exc import TorchDynamoException
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,10 @@ def compile_model(model: nn.Module, device: torch.device, setup: Acceleration, i
     """
     if not setup.compile:
         return setup
+    # The compiler's import costs about a second: only jobs that compile pay it.
+    import torch._dynamo
+    from torch._dynamo.exc import TorchDynamoException
+
     if not any(parameter.requires_grad for parameter in model.parameters()):
         log("torch.compile skipped: the network has no trainable parameters, so there is no training step to speed up")
         return replace(setup, compile=False)
