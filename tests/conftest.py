@@ -13,6 +13,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"
+BINARY, THREE = ("benign", "malignant"), ("normal", "benign", "malignant")
+
+
+def classes_of(paper: str) -> tuple[str, ...]:
+    """The classes of a paper's published numbers where its rows say, else of its preset."""
+    import yaml
+
+    from busflow.report.reproduction import published
+
+    declared = {tuple(row["classes"]) for row in published()[paper]["rows"] if "classes" in row}
+    if declared:
+        return declared.pop()
+    preset = REPO / "config" / "presets" / f"{paper}.yaml"
+    return tuple(yaml.safe_load(preset.read_text())["preprocess"]["classes"])
 WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "dvc.yaml", "config", ".dvcignore", "src")  # src: code the DVC stages depend on
 
 
@@ -121,8 +135,8 @@ def saved_model(directory: Path, arch: str, options: dict) -> Path:
     import torch
 
     from busflow.models import build_model
-    from busflow.train.outputs import save_run
     from busflow.train.job import network_card
+    from busflow.train.outputs import save_run
 
     torch.manual_seed(0)
     model = build_model(arch, in_channels=1, n_classes=3, options=options)

@@ -17,19 +17,9 @@ from busflow.report.render import Para, Table
 from busflow.report.reproduction import BEST_FOLD, published, reproduction_table
 from busflow.report.uncertainty import INTERVAL_COLUMNS
 
+from conftest import BINARY, THREE, classes_of
+
 NO_INTERVALS = pd.DataFrame(columns=INTERVAL_COLUMNS)
-BINARY, THREE = ("benign", "malignant"), ("normal", "benign", "malignant")
-
-
-def classes_of(paper: str) -> tuple[str, ...]:
-    """The classes of the paper's published numbers where its rows say, else of its preset."""
-    declared = {tuple(row["classes"]) for row in published()[paper]["rows"] if "classes" in row}
-    if declared:
-        return declared.pop()
-    import yaml
-
-    preset = Path(__file__).resolve().parents[1] / "config" / "presets" / f"{paper}.yaml"
-    return tuple(yaml.safe_load(preset.read_text())["preprocess"]["classes"])
 
 
 def _masks() -> tuple[np.ndarray, np.ndarray]:

@@ -12,19 +12,9 @@ from busflow.report.loading import FoldResult
 from busflow.report.reproduction import metric_value, published, reproduction_table
 from busflow.report.uncertainty import INTERVAL_COLUMNS
 
+from conftest import BINARY, THREE
+
 NO_INTERVALS = pd.DataFrame(columns=INTERVAL_COLUMNS)
-BINARY, THREE = ("benign", "malignant"), ("normal", "benign", "malignant")
-
-
-def classes_of(paper: str) -> tuple[str, ...]:
-    """The classes of the paper's published numbers where its rows say, else of its preset."""
-    declared = {tuple(row["classes"]) for row in published()[paper]["rows"] if "classes" in row}
-    if declared:
-        return declared.pop()
-    import yaml
-
-    preset = Path(__file__).resolve().parents[1] / "config" / "presets" / f"{paper}.yaml"
-    return tuple(yaml.safe_load(preset.read_text())["preprocess"]["classes"])
 
 
 def _result(model: str, fold: int, accuracy: float, malignant_specificity: float) -> FoldResult:
