@@ -79,15 +79,19 @@ class Settings:
     deadline: float  # seconds for the whole run
     start: str  # how a section's child starts: "spawn" (fresh interpreter) or "fork" (quick, CPU only)
     epochs: int | None = None  # None: the preset's
+    throughput_only: tuple[str, ...] = ()  # a subset of the throughput networks (empty: all)
+    sections: tuple[str, ...] | None = None  # None: every section; else these (data and environment always run)
 
 
 SMOKE_NETWORK = {"widen_factor": 0.125, "decoder_channels": [32, 16, 8, 8, 8]}  # a narrow multi-task ResNet-50 for the CPU
 GPU_CHECK = Settings(
     smoke=False, size=256, batch=8, architectures=None, compiled=("unet", "resnet50", "mtl_resnet50"), timed_steps=3,
     throughput_args=("--size", "256"), throughput_models=None, test_args=(),
-    budgets={"data": 10, "environment": 30, "cuda_tests": 90, "architecture_steps": 100, "p003_training": 150,
-             "throughput": 90, "compiled_steps": 120},
-    deadline=450, start="spawn")
+    # Limits from the H200 runs in docs/gpu.md: CUDA tests 100 s, all architecture steps 160 s (cuDNN autotuning of
+    # each first step up to 25 s), P003 79 s, throughput about 40 s per network; compilation gets what is left.
+    budgets={"data": 10, "environment": 30, "cuda_tests": 120, "architecture_steps": 180, "p003_training": 110,
+             "throughput": 130, "compiled_steps": 120},
+    deadline=560, start="spawn")
 SMOKE = Settings(
     smoke=True, size=32, batch=2, architectures=("unet", "custom_cnn"), compiled=(), timed_steps=1,
     throughput_args=("--size", "32", "--images", "6", "--steps", "1", "--batch-size", "2"), test_args=("-k", "cuda"),
@@ -497,6 +501,8 @@ def section_throughput(ctx: Context, record: Recorder) -> None:
     args = list(ctx.settings.throughput_args)
     if ctx.settings.throughput_models is not None:
         train_throughput.MODELS = {name: (arch, dict(options)) for name, (arch, options) in ctx.settings.throughput_models.items()}
+    if ctx.settings.throughput_only:
+        train_throughput.MODELS = {name: train_throughput.MODELS[name] for name in ctx.settings.throughput_only}
     record.put(command=f"python benchmarks/train_throughput.py {' '.join(args)}",
                networks={name: {"arch": arch, "options": options} for name, (arch, options) in train_throughput.MODELS.items()})
     lines: list[str] = []
@@ -635,6 +641,7 @@ SECTIONS = (
 )
 # The order they run in: the costly compilation last, so that a slow compiler cannot squeeze the training run.
 RUN_ORDER = ("data", "environment", "cuda_tests", "architecture_steps", "p003_training", "throughput", "compiled_steps")
+ALWAYS_RUN = ("data", "environment")  # what every other section's skip decision reads
 
 
 # --- running sections in children ------------------------------------------------------------------------
@@ -808,6 +815,9 @@ def run_sections(ctx: Context, report: Report, deadline: float) -> dict[str, str
     sections = {section.name: section for section in SECTIONS}
     statuses: dict[str, str] = {}
     for name in RUN_ORDER:
+        if ctx.settings.sections is not None and name not in ctx.settings.sections:
+            report.set(name, {"status": NOT_SELECTED})
+            continue
         budget = min(ctx.settings.budgets[name], deadline - time.monotonic())
         reason = skip_reason(ctx, report, budget)
         if reason:
@@ -918,6 +928,33 @@ def stage_commands(final: Path, stage: Path) -> Iterator[list[str]]:
 # --- command line ----------------------------------------------------------------------------------------
 
 
+# --- merging runs ---------------------------------------------------------------------------------------
+
+NOT_SELECTED = "not selected"
+RESULT_TABLES = ("architectures", "models")  # per-item results: a later run adds to an earlier run's items
+
+
+def merge_reports(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One report from several runs on the same machine kind, e.g. a run cut short and the runs that finished its
+    sections: per section the latest run that ran it, its per-architecture (per-network) results added to the
+    earlier runs' (the latest measurement of an item wins); ``runs`` lists each run's start and statuses."""
+    merged: dict[str, Any] = {"meta": {"merged_runs": [
+        {"started": r["meta"].get("started"), "statuses": {n: r[n]["status"] for n in RUN_ORDER if n in r}} for r in reports]}}
+    for name in RUN_ORDER:
+        ran = [r[name] for r in reports if r.get(name, {}).get("status") not in (None, NOT_SELECTED, "pending")]
+        if not ran:
+            continue
+        entry = dict(ran[-1])
+        for table in RESULT_TABLES:
+            items = {item: row for r in ran for item, row in (r.get(table) or {}).items()}
+            if items:
+                entry[table] = items
+        if len(ran) > 1:
+            entry["statuses_per_run"] = [r["status"] for r in ran]
+        merged[name] = entry
+    return merged
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -926,8 +963,13 @@ def _parser() -> argparse.ArgumentParser:
                        required=not os.environ.get("OUT"), help="results folder (default: $OUT)")
     check.add_argument("--data", type=Path, default=REPO / ".device", help="the prepared folder (device_prepare.sh)")
     check.add_argument("--smoke", action="store_true", help="on the CPU: tiny sizes, phantom data made on the fly")
-    check.add_argument("--deadline", type=float, help="seconds for the whole run (default: 450, smoke 300)")
+    check.add_argument("--deadline", type=float, help="seconds for the whole run (default: 560, smoke 300)")
     check.add_argument("--epochs", type=int, help="train the P003 network this many epochs instead of the preset's")
+    check.add_argument("--sections", nargs="+", choices=[n for n in RUN_ORDER if n not in ALWAYS_RUN],
+                       help="run only these sections (data and environment always run), e.g. to finish a run cut short")
+    check.add_argument("--architectures", nargs="+", help="the architecture steps of these architectures only")
+    check.add_argument("--throughput-models", nargs="+", help="the throughput of these networks only (unet, resnet50, ...)")
+    check.add_argument("--budget", nargs="+", default=[], metavar="SECTION=SECONDS", help="a section's own time limit")
     check.add_argument("--start", choices=sorted(STARTS), help="how sections start (default: spawn, smoke fork; fork is "
                                                                 "for the CPU only: CUDA does not survive a fork)")
     data = commands.add_parser("prepare", help="make the prepared folder the training section reads")
@@ -936,6 +978,9 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--busi", type=Path, help="the extracted BUSI folder (read in place)")
     source.add_argument("--phantoms", action="store_true", help="generated phantoms instead (a tiny CPU-sized set)")
     data.add_argument("--size", type=int, default=256)
+    merge = commands.add_parser("merge", help="one device_check.json from several runs (later runs win)")
+    merge.add_argument("reports", type=Path, nargs="+", help="device_check.json files, oldest first")
+    merge.add_argument("--out", type=Path, required=True, help="the merged device_check.json")
     section = commands.add_parser("section", help="run one section of a started run (the run spawns these itself)")
     section.add_argument("name", choices=[s.name for s in SECTIONS])
     section.add_argument("--context", type=Path, required=True, help="the run's saved context")
@@ -947,12 +992,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         prepare(args.out, size=args.size, busi=args.busi)
         return 0
+    if args.command == "merge":
+        write_json(args.out, merge_reports([read_json(path) for path in args.reports]))
+        return 0
     if args.command == "section":
         ctx = load_context(args.context)
         return section_body(next(s for s in SECTIONS if s.name == args.name), ctx, ctx.work / f"{args.name}.json")
     settings = SMOKE if args.smoke else GPU_CHECK
     overrides = {k: v for k, v in (("deadline", args.deadline), ("epochs", args.epochs), ("start", args.start)) if v is not None}
+    if args.sections:
+        overrides["sections"] = tuple(n for n in RUN_ORDER if n in ALWAYS_RUN or n in args.sections)
+    if args.architectures:
+        overrides["architectures"] = tuple(args.architectures)
+    if args.throughput_models:
+        overrides["throughput_only"] = tuple(args.throughput_models)
+    if args.budget:
+        overrides["budgets"] = {**settings.budgets, **parse_budgets(args.budget)}
     return run(args.out, args.data, replace(settings, **overrides))
+
+
+def parse_budgets(items: list[str]) -> dict[str, float]:
+    budgets = {}
+    for item in items:
+        name, _, seconds = item.partition("=")
+        if name not in RUN_ORDER or not seconds.replace(".", "", 1).isdigit():
+            raise SystemExit(f"device_check: error: --budget {item!r}: expected SECTION=SECONDS with SECTION one of "
+                             f"{', '.join(RUN_ORDER)}")
+        budgets[name] = float(seconds)
+    return budgets
 
 
 if __name__ == "__main__":

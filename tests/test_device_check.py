@@ -111,3 +111,31 @@ def test_a_carried_path_is_counted_once_outside_a_git_tree(tmp_path: Path) -> No
     (tmp_path / "a.txt").write_bytes(b"x" * 1000)
     parts = device_size.travel_sizes(tmp_path, ["a.txt"])  # not a git work tree: every file is tree, none counted twice
     assert sum(parts.values()) == 1000
+
+
+def test_a_rerun_of_chosen_sections_runs_only_those_and_merges_into_the_first(
+        smoke: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+    out = tmp_path / "rerun"
+    code = device_check.main(["run", "--smoke", "--out", str(out), "--sections", "architecture_steps",
+                              "--architectures", "custom_cnn", "--budget", "architecture_steps=50"])
+    rerun = json.loads((out / device_check.JSON_NAME).read_text())
+    assert code == 0
+    assert {name: rerun[name]["status"] for name in device_check.RUN_ORDER} == {
+        **dict.fromkeys(device_check.RUN_ORDER, device_check.NOT_SELECTED), "data": "ok", "environment": "ok",
+        "architecture_steps": "ok"}
+    assert rerun["architecture_steps"]["budget_s"] == 50 and set(rerun["architecture_steps"]["architectures"]) == {"custom_cnn"}
+
+    first = smoke[0]
+    merged = device_check.merge_reports([first, rerun])
+    steps = merged["architecture_steps"]
+    assert set(steps["architectures"]) == set(first["architecture_steps"]["architectures"]) | {"custom_cnn"}
+    assert steps["architectures"]["custom_cnn"] == rerun["architecture_steps"]["architectures"]["custom_cnn"]  # the later wins
+    assert steps["statuses_per_run"] == ["ok", "ok"]
+    assert merged["p003_training"] == first["p003_training"]  # not rerun: the first run's
+    assert [run["statuses"]["p003_training"] for run in merged["meta"]["merged_runs"]] == ["ok", device_check.NOT_SELECTED]
+
+
+def test_a_budget_names_a_section_and_seconds() -> None:
+    assert device_check.parse_budgets(["throughput=40", "cuda_tests=12.5"]) == {"throughput": 40.0, "cuda_tests": 12.5}
+    with pytest.raises(SystemExit, match="SECTION=SECONDS"):
+        device_check.parse_budgets(["throughputs=40"])
