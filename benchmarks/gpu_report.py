@@ -33,8 +33,8 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def runs_text(check: Mapping[str, Any]) -> list[str]:
     runs = check["meta"].get("merged_runs") or [{"started": check["meta"].get("started"),
                                                  "statuses": {k: v["status"] for k, v in check.items() if k != "meta"}}]
-    lines = [f"Measured in {len(runs)} run(s) of `benchmarks/device_check.sh` on one machine kind; each section's figures "
-             "come from the last run that ran it (`device_check.py merge`):", ""]
+    lines = [(f"Measured in {len(runs)} run(s) of `benchmarks/device_check.sh` on one machine kind; each section's figures "
+             "come from the last run that ran it (`device_check.py merge`):"), ""]
     for run in runs:
         ran = {name: status for name, status in run["statuses"].items() if status not in ("pending", "not selected")}
         lines.append(f"- {run['started']}: " + ", ".join(f"{name} {status}" for name, status in ran.items()))
@@ -43,13 +43,13 @@ def runs_text(check: Mapping[str, Any]) -> list[str]:
 
 def environment_text(env: Mapping[str, Any]) -> list[str]:
     packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items() if version)
-    return [f"**Machine**: {env['gpu']} ({env['memory_gib']} GiB, {env['multiprocessors']} multiprocessors, compute "
+    return [(f"**Machine**: {env['gpu']} ({env['memory_gib']} GiB, {env['multiprocessors']} multiprocessors, compute "
             f"capability {env['capability']}), driver {env['driver']}, {env['cpus']} CPUs; Python {env['python']}, torch "
-            f"{env['torch']} (CUDA {env['cuda_runtime']}, cuDNN {env['cudnn']}); {packages}.",
+            f"{env['torch']} (CUDA {env['cuda_runtime']}, cuDNN {env['cudnn']}); {packages}."),
             "",
-            f"**bf16 matrix product** ({env['matmul_shape']}): {env['matmul_bf16_tflops']:.1f} TFLOP/s, "
+            (f"**bf16 matrix product** ({env['matmul_shape']}): {env['matmul_bf16_tflops']:.1f} TFLOP/s, "
             f"{100 * env['matmul_fraction_of_peak']:.0f} % of the {env['bf16_peak_tflops']:.0f} TFLOP/s assumed peak "
-            f"({env['bf16_peak_source']})."]
+            f"({env['bf16_peak_source']}).")]
 
 
 def cuda_tests_text(tests: Mapping[str, Any]) -> list[str]:
@@ -57,22 +57,22 @@ def cuda_tests_text(tests: Mapping[str, Any]) -> list[str]:
         return [f"**CUDA tests**: {tests.get('status')} (no complete run)."]
     cuda_only = ", ".join(f"`{name.split('::')[-1]}` {outcome}" for name, outcome in tests.get("cuda_only", {}).items())
     deselected = (f"; {tests['deselected']} deselected ({tests['deselected_reason']})" if tests.get("deselected") else "")
-    return [f"**CUDA tests** (`pytest -m 'not slow'` on {', '.join(f'`{f}`' for f in tests['files'])}): "
+    return [(f"**CUDA tests** (`pytest -m 'not slow'` on {', '.join(f'`{f}`' for f in tests['files'])}): "
             f"{tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, {tests['skipped']} skipped"
-            f"{deselected}, in {tests['seconds']:.0f} s. CUDA-only: {cuda_only or 'none'}."]
+            f"{deselected}, in {tests['seconds']:.0f} s. CUDA-only: {cuda_only or 'none'}.")]
 
 
 def training_text(run: Mapping[str, Any]) -> list[str]:
     if run.get("status") != "ok":
         return [f"**P003 training**: {run.get('status')}."]
     roles = run["roles"]
-    return [f"**P003 training** (`busflow train` + `busflow evaluate`, {run['model']} on BUSI fold {run['fold']}, "
+    return [(f"**P003 training** (`busflow train` + `busflow evaluate`, {run['model']} on BUSI fold {run['fold']}, "
             f"{roles['train']} training / {roles['val']} validation / {roles['test']} test images at the prepared size, "
             f"{run['epochs_run']} epochs, fast path, not compiled, encoder from scratch): training {run['train_wall_s']:.1f} s "
             f"(first epoch {run['first_epoch_s']:.1f} s with cuDNN autotuning, later epochs {run['later_epoch_s_mean']:.2f} s "
             f"on average), {run['train_images_per_s']:.0f} training images/s, peak memory {run['peak_memory_gib']:.2f} GiB; "
             f"test Dice {run['dice']:.3f}, ROC AUC (malignant) {run['roc_auc_malignant']:.3f}, accuracy {run['accuracy']:.3f} "
-            f"({run['n_test_images']} test images of one fold: a smoke figure, not a result)."]
+            f"({run['n_test_images']} test images of one fold: a smoke figure, not a result).")]
 
 
 def throughput_text(section: Mapping[str, Any]) -> list[str]:
@@ -94,9 +94,9 @@ def steps_text(section: Mapping[str, Any], title: str) -> list[str]:
     rows = section.get("architectures") or {}
     if not rows:
         return [f"**{title}**: {section.get('status')}, nothing measured."]
-    lines = [f"**{title}** ({section['size']}×{section['size']} px, batch {section['batch']}, {section['precision']}, "
+    lines = [(f"**{title}** ({section['size']}×{section['size']} px, batch {section['batch']}, {section['precision']}, "
              f"mean of {section['timed_steps']} steps after the first; {len(rows)} of {section.get('registered', len(rows))} "
-             "registered architectures):", "",
+             "registered architectures):"), "",
              "| architecture | parameters (M) | first step (s) | step (s) | images/s | peak memory (GiB) |", "|---|---|---|---|---|---|"]
     for arch, row in sorted(rows.items()):
         if "error" in row:
@@ -110,13 +110,13 @@ def steps_text(section: Mapping[str, Any], title: str) -> list[str]:
 def zoo_text(check: Mapping[str, Any]) -> list[str]:
     table = zoo_table(check)
     per_preset = table.groupby("preset").agg(models=("model", "size"), measured=("hours", "count"), hours=("hours", "sum"))
-    lines = ["**Whole-zoo estimate** (`benchmarks/zoo_estimate.py`: each preset model's epochs × folds × training images "
+    lines = [("**Whole-zoo estimate** (`benchmarks/zoo_estimate.py`: each preset model's epochs × folds × training images "
              "of a fold at the measured images/s, plus validation; an upper bound, since early stopping ends runs sooner; "
-             "models whose options or input size differ from the measured defaults are marked in its output):", "",
+             "models whose options or input size differ from the measured defaults are marked in its output):"), "",
              "| preset | models | measured | training hours (upper bound) |", "|---|---|---|---|"]
     lines += [f"| {preset} | {int(row.models)} | {int(row.measured)} | {row.hours:.2f} |" for preset, row in per_preset.iterrows()]
-    lines += ["", f"All presets together: {table['hours'].sum():.1f} GPU hours for {int(table['hours'].notna().sum())} of "
-              f"{len(table)} models."]
+    lines += ["", (f"All presets together: {table['hours'].sum():.1f} GPU hours for {int(table['hours'].notna().sum())} of "
+              f"{len(table)} models.")]
     return lines + estimate_against_training(table, check["p003_training"])
 
 
@@ -126,10 +126,10 @@ def estimate_against_training(table: Any, run: Mapping[str, Any]) -> list[str]:
     if run.get("status") != "ok" or row.empty or row["hours"].isna().all():
         return []
     estimated_s = float(row["hours"].iloc[0]) * 3600 / int(row["folds"].iloc[0])
-    return ["", f"Against a measured run: the estimate gives P003's {run['model']} {estimated_s:.0f} s per fold "
+    return ["", (f"Against a measured run: the estimate gives P003's {run['model']} {estimated_s:.0f} s per fold "
                 f"({row['images_per_s'].iloc[0]:.0f} images/s of one batch-8 step); its measured training above took "
                 f"{run['train_wall_s']:.0f} s ({run['train_images_per_s']:.0f} training images/s, the preset's batch size), "
-                f"so the estimate overstates it {estimated_s / run['train_wall_s']:.1f}×."]
+                f"so the estimate overstates it {estimated_s / run['train_wall_s']:.1f}×.")]
 
 
 def measured_section(check: Mapping[str, Any]) -> str:
