@@ -925,9 +925,6 @@ def stage_commands(final: Path, stage: Path) -> Iterator[list[str]]:
     yield ["init-weights", *params, "--model", MODEL, "--pretrained", str(stage / "pretrain"), "--out", str(final / "init" / MODEL)]
 
 
-# --- command line ----------------------------------------------------------------------------------------
-
-
 # --- merging runs ---------------------------------------------------------------------------------------
 
 NOT_SELECTED = "not selected"
@@ -937,7 +934,7 @@ RESULT_TABLES = ("architectures", "models")  # per-item results: a later run add
 def merge_reports(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
     """One report from several runs on the same machine kind, e.g. a run cut short and the runs that finished its
     sections: per section the latest run that ran it, its per-architecture (per-network) results added to the
-    earlier runs' (the latest measurement of an item wins); ``runs`` lists each run's start and statuses."""
+    earlier runs' (the latest measurement of an item wins); ``meta.merged_runs`` lists each run's start and statuses."""
     merged: dict[str, Any] = {"meta": {"merged_runs": [
         {"started": r["meta"].get("started"), "statuses": {n: r[n]["status"] for n in RUN_ORDER if n in r}} for r in reports]}}
     for name in RUN_ORDER:
@@ -953,6 +950,9 @@ def merge_reports(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
             entry["statuses_per_run"] = [r["status"] for r in ran]
         merged[name] = entry
     return merged
+
+
+# --- command line ----------------------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
