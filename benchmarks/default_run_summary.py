@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
-from readme_results import README, with_table
+from readme_results import README, publish
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / "docs" / "results" / "default_run"
@@ -28,7 +27,7 @@ CLASSIFICATION, SEGMENTATION = "roc_auc_macro", "dice"
 
 
 def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {int(round(seconds % 60))} s"
+    return f"{int(seconds // 60)} min {round(seconds % 60)} s"
 
 
 def _interval(row: pd.Series, metric: str) -> str:
@@ -98,18 +97,8 @@ def main() -> None:
         if args.make_run_s is None or args.snakemake_s is None:
             parser.error("--collect needs --make-run-s and --snakemake-s (the measured wall times)")
         collect(args.collect, args.make_run_s, args.snakemake_s, args.cores)
-    text = summary()
-    if not (args.write or args.check):
-        print(text)
-        return
-    current = README.read_text(encoding="utf-8")
-    expected = with_table(current, text, START, END)
-    if args.check:
-        sys.exit(0 if current == expected else f"{README}: the default-run paragraph is not what {RUN_DIR} gives; "
-                                                 "run python benchmarks/default_run_summary.py --write")
-    README.write_text(expected, encoding="utf-8")
-    print(f"{README}: default-run paragraph written from {RUN_DIR}")
-
+    publish(summary(), README, START, END, write=args.write, check=args.check, what="default-run paragraph",
+            source=str(RUN_DIR), command="python benchmarks/default_run_summary.py --write")
 
 if __name__ == "__main__":
     main()

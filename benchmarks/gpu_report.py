@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from readme_results import with_table
+from readme_results import publish
 from zoo_estimate import zoo_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,18 +146,9 @@ def main() -> None:
     action.add_argument("--write", action="store_true", help="write the section into docs/gpu.md")
     action.add_argument("--verify", action="store_true", help="exit 1 when docs/gpu.md is not what --check gives")
     args = parser.parse_args()
-    section = measured_section(json.loads(args.check.read_text(encoding="utf-8")))
-    if not (args.write or args.verify):
-        print(section)
-        return
-    current = GPU_DOC.read_text(encoding="utf-8")
-    expected = with_table(current, section, START, END)
-    if args.verify:
-        sys.exit(0 if current == expected else f"{GPU_DOC}: the measured section is not what {args.check} gives; "
-                                                 "run python benchmarks/gpu_report.py --write")
-    GPU_DOC.write_text(expected, encoding="utf-8")
-    print(f"{GPU_DOC}: measured section written from {args.check}")
-
+    publish(measured_section(json.loads(args.check.read_text(encoding="utf-8"))), GPU_DOC, START, END, write=args.write,
+            check=args.verify, what="measured section", source=str(args.check),
+            command="python benchmarks/gpu_report.py --write")
 
 if __name__ == "__main__":
     main()

@@ -78,23 +78,30 @@ def with_table(readme: str, table: str, start: str = START, end: str = END) -> s
     return f"{before}{start}\n{table}\n{end}{after}"
 
 
+def publish(text: str, document: Path, start: str, end: str, *, write: bool, check: bool, what: str, source: str,
+            command: str) -> None:
+    """Print ``text``, or put it between the markers of ``document`` (``write``), or exit 1 when the document
+    holds something else there (``check``): one routine for every generated section of the docs."""
+    if not (write or check):
+        print(text)
+        return
+    current = document.read_text(encoding="utf-8")
+    expected = with_table(current, text, start, end)
+    if check:
+        sys.exit(0 if current == expected else f"{document}: the {what} is not what {source} gives; run {command}")
+    document.write_text(expected, encoding="utf-8")
+    print(f"{document}: {what} written from {source}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", action="store_true", help="write the table into README.md")
     action.add_argument("--check", action="store_true", help="exit 1 if README.md is not up to date")
     args = parser.parse_args()
-    table = results_table(read_results())
-    if not (args.write or args.check):
-        print(table)
-        return
-    current = README.read_text(encoding="utf-8")
-    expected = with_table(current, table)
-    if args.check:
-        sys.exit(0 if current == expected else f"{README}: the real-data table is not what docs/results/*.csv give; "
-                                                 "run python benchmarks/readme_results.py --write")
-    README.write_text(expected, encoding="utf-8")
-    print(f"{README}: real-data table written from {len(list(RESULTS_DIR.glob('*.csv')))} result file(s)")
+    publish(results_table(read_results()), README, START, END, write=args.write, check=args.check,
+            what="real-data table", source=f"{len(list(RESULTS_DIR.glob('*.csv')))} result file(s) in {RESULTS_DIR}",
+            command="python benchmarks/readme_results.py --write")
 
 
 if __name__ == "__main__":
