@@ -33,9 +33,12 @@ PROTOCOL_LABELS = {"kfold": "grouped {n}-fold", "official": "official {n}-fold"}
 METRICS = {"balanced_accuracy": "classification", "roc_auc_macro": "classification", "dice": "segmentation"}
 
 
-def preset_params(preset: str, root: Path, size: int | None, epochs: int | None, with_leakage: bool) -> dict[str, Any]:
+def preset_params(preset: str, root: Path, size: int | None, epochs: int | None, with_leakage: bool,
+                  cpu_models: bool = False) -> dict[str, Any]:
     params = yaml.safe_load((REPO / "config" / "presets" / f"{preset}.yaml").read_text(encoding="utf-8"))
     params["data"][params["dataset"]]["path"] = str(root.resolve())
+    if cpu_models:
+        params = with_cpu_models(params)
     if size is not None:
         params["preprocess"]["size"] = size
     if epochs is not None:
@@ -45,6 +48,19 @@ def preset_params(preset: str, root: Path, size: int | None, epochs: int | None,
             cascade["classifier"]["epochs"] = epochs
     if not with_leakage:
         params["leakage"]["models"] = []
+    return params
+
+
+def with_cpu_models(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` training the default run's CPU-sized networks with their schedules and CPU accelerator settings
+    (params.yaml's ``models``, ``ensembles`` and ``accelerator``); data, split, size and cascade stay the preset's."""
+    default = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    trained = [name for name in params["train"]["models"] if name in default["models"]]
+    missing = sorted(set(params["train"]["models"]) - set(trained))
+    if missing:
+        raise ValueError(f"params.yaml has no CPU model for the preset's {missing}")
+    params = {**params, "models": default["models"], "accelerator": default["accelerator"]}
+    params["ensembles"] = {name: spec for name, spec in default["ensembles"].items() if set(spec["members"]) <= set(trained)}
     return params
 
 
@@ -106,12 +122,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="model input side (default: the preset's)")
     parser.add_argument("--epochs", type=int, help="epochs of every model (default: the preset's)")
     parser.add_argument("--with-leakage", action="store_true", help="keep the preset's leakage study")
+    parser.add_argument("--cpu-models", action="store_true",
+                        help="train the default run's CPU-sized networks and schedules (params.yaml) instead of the preset's")
     parser.add_argument("--workdir", type=Path, required=True, help="the project (an existing one resumes)")
     parser.add_argument("--results-csv", type=Path, help="write the README rows here (docs/results/<name>.csv)")
     parser.add_argument("--note", default="", help="a caveat printed under the README's table")
     args = parser.parse_args()
 
-    params = preset_params(args.preset, args.root, args.size, args.epochs, args.with_leakage)
+    params = preset_params(args.preset, args.root, args.size, args.epochs, args.with_leakage, args.cpu_models)
     if not (args.workdir / "Snakefile").exists():
         args.workdir.mkdir(parents=True, exist_ok=True)
         (args.workdir / "benchmark.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
@@ -123,7 +141,8 @@ def main() -> None:
     run_dir = args.workdir / "results" / params["run"]
     command = " ".join(["python benchmarks/preset_results.py", args.preset, "--root ROOT",
                         *([f"--size {args.size}"] if args.size else []), *([f"--epochs {args.epochs}"] if args.epochs else []),
-                        *(["--with-leakage"] if args.with_leakage else []), "--workdir DIR"])
+                        *(["--with-leakage"] if args.with_leakage else []),
+                        *(["--cpu-models"] if args.cpu_models else []), "--workdir DIR"])
     tables = run_dir / "report" / "tables"
     rows = results_rows(tables, params, run_classes(tables), command, args.note)
     with pd.option_context("display.width", 220, "display.max_columns", 20):

@@ -56,3 +56,22 @@ def test_the_init_label_names_where_the_encoder_started() -> None:
     assert preset_results.init_label({"init": {"pretrain": "simclr"}}) == "simclr in-domain pretraining"
     assert preset_results.init_label({"init": {"weights": "/w/resnet50-11ad3fa6.pth", "format": "torchvision"}}) == \
         "torchvision weights resnet50-11ad3fa6.pth"
+
+
+def test_cpu_models_train_the_default_run_s_networks_on_the_preset_s_data(tmp_path: Path) -> None:
+    params = preset_results.preset_params("busbra", tmp_path, size=None, epochs=None, with_leakage=False, cpu_models=True)
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    preset = yaml.safe_load((REPO / "config" / "presets" / "busbra.yaml").read_text())
+    assert params["models"] == default["models"] and params["accelerator"] == default["accelerator"]
+    assert params["split"] == preset["split"] and params["preprocess"] == preset["preprocess"]
+    assert params["cascades"] == preset["cascades"]
+    assert set(params["ensembles"]) == set(default["ensembles"])  # its members are all trained by the preset
+    preset_only = preset_results.preset_params("busbra", tmp_path, size=None, epochs=None, with_leakage=False)
+    assert preset_only["models"] == preset["models"] and preset_only["ensembles"] == {}
+
+
+def test_cpu_models_refuse_a_preset_model_the_default_run_does_not_have() -> None:
+    preset = yaml.safe_load((REPO / "config" / "presets" / "busi.yaml").read_text())
+    preset["train"]["models"] = ["unet", "swin_unet"]
+    with pytest.raises(ValueError, match="swin_unet"):
+        preset_results.with_cpu_models(preset)
