@@ -102,6 +102,28 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     assert not changed, f"a test changed the shared tiny run (use tiny_project_copy): {changed[:10]}"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slurm_background go last (after pytest-randomly's shuffle): their pipeline runs from the first
+    test on, mostly waiting for the scheduler, while the rest of the suite uses the cores."""
+    waiting = [item for item in items if item.get_closest_marker("slurm_background")]
+    items[:] = [item for item in items if not item.get_closest_marker("slurm_background")] + waiting
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_profile_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The tiny run's workflow submitted to a local Slurm cluster in the background, from the first test of a
+    session that selected a slurm_background test (None otherwise); that test waits for it and compares."""
+    if not any(item.get_closest_marker("slurm_background") for item in request.session.items):
+        yield None
+        return
+    from slurm_cluster import profile_run_in_background
+
+    tiny = request.getfixturevalue("tiny_project")
+    project = workflow_copy(tmp_path_factory.mktemp("slurm") / "project", tiny / "params.yaml")
+    with profile_run_in_background(tmp_path_factory.mktemp("slurm-state"), project, tool_env()) as run:
+        yield run
+
+
 @pytest.fixture
 def tiny_project_copy(tiny_project: Path, tmp_path: Path) -> Path:
     """A private copy of the finished tiny run, for a test that changes it (its external dataset is shared, read only)."""

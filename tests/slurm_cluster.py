@@ -1,4 +1,5 @@
-"""A single-node Slurm cluster on localhost (Debian's slurm-wlm and munge), for the profile test.
+"""A single-node Slurm cluster on localhost (Debian's slurm-wlm and munge), for the profile test, and the tiny
+pipeline submitted to it in the background.
 
 Where Slurm is missing, it is installed with apt (root only); where that cannot be done, or where a Slurm
 configuration this suite did not write already exists, the caller is told why and the test is skipped.
@@ -14,11 +15,27 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")  # where srun inside a job looks for it
 MARKER = "# single-node test cluster written by busflow's test suite"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+
+
+# Layered over workflow/profiles/slurm: sizes for this machine, one thread per training job as in the local
+# run (torch's results depend on the thread count), no account, squeue for job states (no accounting here).
+# The first status check comes 8 s after a submission, by when a short job (start-up included) is done: the
+# plugin waits 10 s longer after every check that finds no job finished, so an early miss costs most.
+TEST_PROFILE = """\
+slurm-no-account: true
+slurm-status-command: squeue
+slurm-init-seconds-before-status-checks: 8
+seconds-between-status-checks: 2
+default-resources: {runtime: 30, mem_mb: 1000, cpus_per_task: 1}
+set-threads: {train: 1, train_ablation: 1, cascade: 1, external: 1, group: 1}
+set-resources: {report: {mem_mb: 2000}}
+"""
 
 
 class ClusterUnavailable(RuntimeError):
@@ -131,3 +148,59 @@ def local_cluster(state: Path) -> Iterator[None]:
     finally:
         _stop(state)
         SLURM_CONF.unlink(missing_ok=True)
+
+
+@dataclass
+class ProfileRun:
+    """Snakemake with the Slurm profile, running in ``project`` while the rest of the suite goes on; or, where
+    no cluster can be started, the reason."""
+
+    project: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    unavailable: str = ""
+
+    @property
+    def log(self) -> Path:
+        assert self.project is not None
+        return self.project / "snakemake.log"
+
+    def wait(self, timeout: float) -> str:
+        """Snakemake's output once it has finished; an error with its tail when it failed."""
+        assert self.process is not None
+        returncode = self.process.wait(timeout=timeout)
+        output = self.log.read_text(errors="replace")
+        if returncode != 0:
+            raise AssertionError(f"snakemake with the Slurm profile failed ({returncode}):\n{output[-6000:]}")
+        return output
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def profile_run_in_background(state: Path, project: Path, env: dict[str, str]) -> Iterator[ProfileRun]:
+    """The workflow in ``project`` submitted job by job to a local cluster, started now and not waited for: the
+    run spends most of its time waiting for the scheduler, which the rest of the suite can use. A run still
+    going and the cluster are stopped when the block ends."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(local_cluster(state))
+        except ClusterUnavailable as reason:
+            unavailable = str(reason)
+        else:
+            unavailable = ""
+        if unavailable:
+            yield ProfileRun(unavailable=unavailable)
+            return
+        (project / "slurm-test").mkdir()
+        (project / "slurm-test" / "config.yaml").write_text(TEST_PROFILE)
+        run = ProfileRun(project)
+        with run.log.open("wb") as log:
+            run.process = subprocess.Popen(["snakemake", "--profile", "workflow/profiles/slurm", "--profile", "slurm-test"],
+                                           cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+        stack.callback(_terminate, run.process)
+        yield run
