@@ -19,6 +19,7 @@ put in one group / of one patient) and the adjusted Rand index of the groups, wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,14 +55,23 @@ def views(settings: ViewSettings) -> Detector:
                                          index["label"].tolist(), settings)
 
 
+def settings_words(settings: ViewSettings) -> str:
+    """The settings that differ from the defaults, as ``name=value``; "defaults" where none does."""
+    changed = [f"{field.name}={getattr(settings, field.name)}" for field in dataclasses.fields(settings)
+               if getattr(settings, field.name) != field.default]
+    return ", ".join(changed) or "defaults"
+
+
 def detectors(source: str) -> dict[str, tuple[str, Detector]]:
-    """Detector name -> (its settings in words, the detector) for one source, patients hidden."""
+    """Detector name -> (its settings in words, the detector) for one source, patients hidden. "views, aligned
+    only" is the view detector without its capture-geometry links."""
     settings = VIEW_SETTINGS[source]
-    words = "defaults" if settings == ViewSettings() else f"max_number_gap={settings.max_number_gap}"
+    aligned_only = dataclasses.replace(settings, capture_height_tolerance=None)
     return {
         "near-duplicates": ("defaults", near_duplicates),
-        "views": (words, views(settings)),
-        "near-duplicates + views": (words, lambda index: pd.concat([near_duplicates(index), views(settings)(index)])),
+        "views, aligned only": (settings_words(aligned_only), views(aligned_only)),
+        "views": (settings_words(settings), views(settings)),
+        "near-duplicates + views": (settings_words(settings), lambda index: pd.concat([near_duplicates(index), views(settings)(index)])),
     }
 
 

@@ -14,7 +14,7 @@ from busflow.data.folder import ingest_folder
 from busflow.data.synthetic import generate_phantoms
 from busflow.split.dedup import duplicate_clusters
 from busflow.split.groups import build_groups
-from busflow.split.views import VIEW_REASON, candidate_pairs, file_number, find_view_links
+from busflow.split.views import VIEW_REASON, ViewSettings, candidate_pairs, file_number, find_view_links, same_capture, screen_views
 
 from conftest import REPO
 
@@ -69,3 +69,46 @@ def test_the_group_stage_links_views_on_request(tmp_path: Path, grouping: str) -
     assert groups["group_id"].nunique() == 4 and set(groups["reason"]) == {VIEW_REASON}
     without, _ = build_groups(index, {**split, "grouping": grouping.replace("+views", "")})
     assert without["group_id"].nunique() == 8
+
+
+def test_equal_heights_are_capture_evidence_only_where_heights_vary() -> None:
+    heights = [300, 300, 301, 420, 420, *range(500, 540)]
+    pairs = [(0, 1), (0, 2), (3, 4), (1, 3)]
+    assert same_capture(heights, pairs, ViewSettings()) == [True, False, True, False]
+    assert same_capture(heights, pairs, ViewSettings(capture_height_tolerance=1)) == [False, False, True, False]  # 3 of 45 at 300±1
+    assert same_capture(heights, pairs, ViewSettings(capture_height_tolerance=1, max_capture_share=0.07)) == [True, True, True, False]
+    assert same_capture(heights, pairs, ViewSettings(capture_height_tolerance=None)) == [False] * 4
+    assert same_capture([256] * 45, pairs, ViewSettings()) == [False] * 4  # one size for all: no evidence
+
+
+def _cropped_phantoms(folder: Path, heights: list[int]) -> pd.DataFrame:
+    """One phantom per height, of different patients, each cut to its height (the rows below are dropped)."""
+    import cv2
+
+    generate_phantoms(folder, n_patients=len(heights), seed=4, class_mix={"benign": 1.0}, views_per_patient=(1, 1),
+                      image_size=(96, 96))
+    index = ingest_folder(folder).sort_values("image_id").reset_index(drop=True)
+    for path, height in zip(index["image_path"], heights):
+        cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[:height])
+    return index
+
+
+def test_an_equal_rare_height_links_mutually_best_candidates_the_alignment_rejects(tmp_path: Path) -> None:
+    heights = [80, 80, 80, *range(61, 84, 2)]  # three images of one height among 15 (a share of 0.2)
+    settings = ViewSettings(max_capture_share=0.2)
+    index = _cropped_phantoms(tmp_path / "varied", heights)
+    inputs = index["image_id"].tolist(), index["image_path"].tolist(), index["label"].tolist()
+    table = screen_views(*inputs, settings)
+    aligned_only = screen_views(*inputs, ViewSettings(max_capture_share=0.2, capture_height_tolerance=None))
+    captured = table[table["same_capture"]]
+    assert len(captured) == 3 and not aligned_only["same_capture"].any()  # the pairs of the three of height 80
+    best = captured["score"].idxmax()  # the two images of height 80 most alike rank each other first
+    assert captured.loc[best, "capture_rank"] == 1 and table.loc[best, "accepted"]
+    assert not aligned_only.loc[best, "accepted"]  # different patients: the alignment alone keeps them apart
+    others = captured.index != best
+    assert (table.loc[captured.index[others], "accepted"] == aligned_only.loc[captured.index[others], "accepted"]).all()
+    assert (table["accepted"] | ~aligned_only["accepted"]).all()  # the capture links only add
+
+    uniform = _cropped_phantoms(tmp_path / "uniform", [80] * len(heights))  # every image of one height
+    plain = find_view_links(uniform["image_id"].tolist(), uniform["image_path"].tolist(), uniform["label"].tolist(), settings)
+    assert plain.empty

@@ -15,7 +15,13 @@ when one of them, rotated, scaled and shifted (phase correlation) onto the other
 3. a pair is linked when its overlap is large enough and either its score reaches ``strong_correlation``
    or it reaches ``min_correlation`` and each image ranks the other among its ``mutual_rank`` best-scoring
    candidates (a weaker match counts only as one of an image's nearest; the frames of a long sweep match
-   each other strongly and chain).
+   each other strongly and chain);
+4. capture geometry: two views of one lesion at one depth setting have the same height in pixels (the two
+   halves of a dual-view screen, the frames of one sweep), and where the dataset's heights vary that is
+   evidence of its own. A pair of equal height (within ``capture_height_tolerance`` rows), a height shared
+   by few images (``max_capture_share``), is also linked when each image is the other's best-scoring
+   candidate of that height (``capture_rank``): orthogonal views of one lesion show different anatomy, so
+   their correlation alone cannot tell them from a neighbour's scan.
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ class ViewSettings:
         strong_correlation: Median tile correlation that links a pair whatever its rank.
         min_overlap: Fraction of the smaller image the aligned other must cover.
         mutual_rank: Each image of a pair must rank the other among this many of its best candidates.
+        capture_height_tolerance: Rows by which the original heights of one capture may differ (None: the
+            capture geometry is not used).
+        max_capture_share: Heights within the tolerance of a pair's must belong to at most this fraction of
+            all images (a dataset of one image size, such as resized exports, gives no evidence).
+        capture_rank: Each image of an equal-height pair must rank the other among this many of its
+            equal-height candidates.
     """
 
     thumb_size: int = 64
@@ -70,6 +82,9 @@ class ViewSettings:
     strong_correlation: float = 0.8
     min_overlap: float = 0.4
     mutual_rank: int = 2
+    capture_height_tolerance: int | None = 0
+    max_capture_share: float = 0.05
+    capture_rank: int = 1
 
 
 def band_pass_thumbnail(gray: np.ndarray, settings: ViewSettings) -> np.ndarray:
@@ -152,10 +167,26 @@ def _half_step(values: Sequence[float]) -> float:
     return float(np.diff(ordered).min()) / 2 if len(ordered) > 1 else 0.0
 
 
-def _thumbnail(path: str | Path, settings: ViewSettings) -> tuple[np.ndarray, float]:
-    """The band-pass thumbnail and its size relative to the original (thumbnail pixels per image pixel)."""
+def _thumbnail(path: str | Path, settings: ViewSettings) -> tuple[np.ndarray, float, int]:
+    """The band-pass thumbnail, its size relative to the original (thumbnail pixels per image pixel) and the
+    original's height."""
     gray = load_grayscale(path)
-    return band_pass_thumbnail(gray, settings), settings.thumb_size / max(gray.shape)
+    return band_pass_thumbnail(gray, settings), settings.thumb_size / max(gray.shape), gray.shape[0]
+
+
+def same_capture(heights: Sequence[int], pairs: Sequence[tuple[int, int]], settings: ViewSettings) -> list[bool]:
+    """Per pair: equal original heights (within the tolerance), at a height few images of the dataset share."""
+    tolerance = settings.capture_height_tolerance
+    if tolerance is None or not pairs:
+        return [False] * len(pairs)
+    ordered = np.sort(np.asarray(heights))
+
+    def share(height: int) -> float:
+        inside = np.searchsorted(ordered, height + tolerance, "right") - np.searchsorted(ordered, height - tolerance, "left")
+        return inside / len(ordered)
+
+    return [abs(heights[a] - heights[b]) <= tolerance and max(share(heights[a]), share(heights[b])) <= settings.max_capture_share
+            for a, b in pairs]
 
 
 def screen_views(image_ids: Sequence[str], image_paths: Sequence[str | Path], labels: Sequence[str],
@@ -171,28 +202,39 @@ def screen_views(image_ids: Sequence[str], image_paths: Sequence[str | Path], la
     ids, items = sorted_inputs(image_ids, list(zip(image_paths, labels)))
     paths, classes = [path for path, _ in items], [str(label) for _, label in items]
     with ThreadPoolExecutor(max_workers=LOAD_THREADS) as pool:
-        thumbnails, factors = zip(*pool.map(lambda path: _thumbnail(path, settings), paths)) if paths else ((), ())
+        loaded = list(pool.map(lambda path: _thumbnail(path, settings), paths))
+    thumbnails, factors, heights = ([item[k] for item in loaded] for k in range(3))
     pairs = candidate_pairs(ids, classes, settings.max_number_gap)
     aligned = [align_views(thumbnails[a], thumbnails[b], settings) for a, b in pairs]
     rows = [{"image_a": ids[a], "image_b": ids[b], "reason": VIEW_REASON, "score": score,
-             "scale": scale * factors[b] / factors[a], "overlap": overlap}
-            for (a, b), (score, overlap, scale, _) in zip(pairs, aligned)]
-    table = pd.DataFrame(rows, columns=LINK_COLUMNS).astype({"score": float, "scale": float, "overlap": float})
+             "scale": scale * factors[b] / factors[a], "overlap": overlap, "same_capture": capture}
+            for (a, b), (score, overlap, scale, _), capture in zip(pairs, aligned, same_capture(heights, pairs, settings))]
+    table = pd.DataFrame(rows, columns=[*LINK_COLUMNS, "same_capture"]).astype(
+        {"score": float, "scale": float, "overlap": float, "same_capture": bool})
     return _accept(table, settings)
 
 
-def _accept(table: pd.DataFrame, settings: ViewSettings) -> pd.DataFrame:
-    """Rank each pair among both images' candidates (best score first) and flag the accepted ones."""
+def _mutual_rank(table: pd.DataFrame) -> pd.Series:
+    """Per pair of ``table``, the worse of the two ranks each image gives the other among its pairs (best score first)."""
     as_a = table[["image_a", "image_b", "score"]].rename(columns={"image_a": "image", "image_b": "other"})
     as_b = table[["image_b", "image_a", "score"]].rename(columns={"image_b": "image", "image_a": "other"})
     both = pd.concat([as_a, as_b], ignore_index=True).sort_values(["image", "score", "other"], ascending=[True, False, True],
                                                                    kind="stable")
     both["rank"] = both.groupby("image").cumcount() + 1
     rank = both.set_index(["image", "other"])["rank"]
-    table = table.assign(rank_a=rank.reindex(pd.MultiIndex.from_arrays([table["image_a"], table["image_b"]])).to_numpy(),
-                         rank_b=rank.reindex(pd.MultiIndex.from_arrays([table["image_b"], table["image_a"]])).to_numpy())
-    near = (table["score"] >= settings.min_correlation) & (table[["rank_a", "rank_b"]].max(axis=1) <= settings.mutual_rank)
-    table["accepted"] = (near | (table["score"] >= settings.strong_correlation)) & (table["overlap"] >= settings.min_overlap)
+    rank_a = rank.reindex(pd.MultiIndex.from_arrays([table["image_a"], table["image_b"]])).to_numpy()
+    rank_b = rank.reindex(pd.MultiIndex.from_arrays([table["image_b"], table["image_a"]])).to_numpy()
+    return pd.Series(np.maximum(rank_a, rank_b), index=table.index, dtype="Int64")
+
+
+def _accept(table: pd.DataFrame, settings: ViewSettings) -> pd.DataFrame:
+    """Rank each pair among both images' candidates (and among their equal-height ones) and flag the accepted ones."""
+    table = table.assign(mutual_rank=_mutual_rank(table),
+                         capture_rank=_mutual_rank(table[table["same_capture"]]).reindex(table.index))
+    near = (table["score"] >= settings.min_correlation) & (table["mutual_rank"] <= settings.mutual_rank)
+    aligned = (near | (table["score"] >= settings.strong_correlation)) & (table["overlap"] >= settings.min_overlap)
+    captured = table["same_capture"] & (table["capture_rank"] <= settings.capture_rank).fillna(False)
+    table["accepted"] = aligned | captured
     return table.sort_values(["image_a", "image_b"], kind="stable").reset_index(drop=True)
 
 
