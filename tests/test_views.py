@@ -3,6 +3,8 @@ one group, different patients of one class stay apart, and the group stage links
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -14,7 +16,16 @@ from busflow.data.folder import ingest_folder
 from busflow.data.synthetic import generate_phantoms
 from busflow.split.dedup import duplicate_clusters
 from busflow.split.groups import build_groups
-from busflow.split.views import VIEW_REASON, ViewSettings, candidate_pairs, file_number, find_view_links, same_capture, screen_views
+from busflow.split.views import (
+    VIEW_REASON,
+    ViewSettings,
+    candidate_pairs,
+    capture_enrichment,
+    file_number,
+    find_view_links,
+    same_capture,
+    screen_views,
+)
 
 from conftest import REPO
 
@@ -81,6 +92,21 @@ def test_equal_heights_are_capture_evidence_only_where_heights_vary() -> None:
     assert same_capture([256] * 45, pairs, ViewSettings()) == [False] * 4  # one size for all: no evidence
 
 
+def test_capture_enrichment_compares_candidates_with_all_other_pairs() -> None:
+    # 10 scans of 5 heights, numbered so that the candidates (neighbours) are (0,1) (2,3) ... : one capture each
+    heights = [300, 300, 310, 310, 320, 320, 330, 330, 340, 340]
+    neighbours = [(k, k + 1) for k in range(0, 10, 2)]
+    assert capture_enrichment(heights, neighbours, 0) == math.inf  # no other pair shares a height
+    crops = [300, 310, 300, 310, 300, 310, 300, 310, 300, 310]  # two sizes, assigned without regard to capture
+    chance = capture_enrichment(crops, [(k, k + 2) for k in range(8)], 0)  # 8 of 8 candidates equal, 12 of 37 others
+    assert chance == pytest.approx(1.0 / ((20 - 8) / (45 - 8)))
+    assert capture_enrichment(crops, neighbours, 0) == 0.0  # no candidate pair of equal height
+    assert math.isnan(capture_enrichment(heights[:3], [(0, 1), (0, 2), (1, 2)], 0))  # no pair left to compare with
+    every_other = [(k, k + 2) for k in range(8)]
+    assert same_capture(crops, every_other, ViewSettings(max_capture_share=1.0)) == [False] * 8  # 3.1 < 5
+    assert same_capture(crops, every_other, ViewSettings(max_capture_share=1.0, min_capture_enrichment=3.0)) == [True] * 8
+
+
 def _cropped_phantoms(folder: Path, heights: list[int]) -> pd.DataFrame:
     """One phantom per height, of different patients, each cut to its height (the rows below are dropped)."""
     import cv2
@@ -94,12 +120,13 @@ def _cropped_phantoms(folder: Path, heights: list[int]) -> pd.DataFrame:
 
 
 def test_an_equal_rare_height_links_mutually_best_candidates_the_alignment_rejects(tmp_path: Path) -> None:
-    heights = [80, 80, 80, *range(61, 84, 2)]  # three images of one height among 15 (a share of 0.2)
-    settings = ViewSettings(max_capture_share=0.2)
+    heights = [80, 80, 80, *range(61, 84, 2)]  # three neighbouring scans of one height among 15 (a share of 0.2)
+    ids = [f"scan ({number})" for number in (1, 2, 3, *range(10, 34, 2))]
+    settings = ViewSettings(max_number_gap=2, max_capture_share=0.2)
     index = _cropped_phantoms(tmp_path / "varied", heights)
-    inputs = index["image_id"].tolist(), index["image_path"].tolist(), index["label"].tolist()
+    inputs = ids, index["image_path"].tolist(), index["label"].tolist()
     table = screen_views(*inputs, settings)
-    aligned_only = screen_views(*inputs, ViewSettings(max_capture_share=0.2, capture_height_tolerance=None))
+    aligned_only = screen_views(*inputs, dataclasses.replace(settings, capture_height_tolerance=None))
     captured = table[table["same_capture"]]
     assert len(captured) == 3 and not aligned_only["same_capture"].any()  # the pairs of the three of height 80
     best = captured["score"].idxmax()  # the two images of height 80 most alike rank each other first
@@ -110,5 +137,5 @@ def test_an_equal_rare_height_links_mutually_best_candidates_the_alignment_rejec
     assert (table["accepted"] | ~aligned_only["accepted"]).all()  # the capture links only add
 
     uniform = _cropped_phantoms(tmp_path / "uniform", [80] * len(heights))  # every image of one height
-    plain = find_view_links(uniform["image_id"].tolist(), uniform["image_path"].tolist(), uniform["label"].tolist(), settings)
-    assert plain.empty
+    inputs = ids, uniform["image_path"].tolist(), uniform["label"].tolist()
+    assert not screen_views(*inputs, settings)["same_capture"].any()

@@ -18,10 +18,12 @@ when one of them, rotated, scaled and shifted (phase correlation) onto the other
    each other strongly and chain);
 4. capture geometry: two views of one lesion at one depth setting have the same height in pixels (the two
    halves of a dual-view screen, the frames of one sweep), and where the dataset's heights vary that is
-   evidence of its own. A pair of equal height (within ``capture_height_tolerance`` rows), a height shared
-   by few images (``max_capture_share``), is also linked when each image is the other's best-scoring
-   candidate of that height (``capture_rank``): orthogonal views of one lesion show different anatomy, so
-   their correlation alone cannot tell them from a neighbour's scan.
+   evidence of its own. Where equal heights are markedly likelier among candidates than among other pairs
+   (``min_capture_enrichment``; not so where a source's crops merely have similar sizes), a pair of equal
+   height (within ``capture_height_tolerance`` rows), a height shared by few images (``max_capture_share``),
+   is also linked when each image is the other's best-scoring candidate of that height (``capture_rank``):
+   orthogonal views of one lesion show different anatomy, so their correlation alone cannot tell them from a
+   neighbour's scan.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class ViewSettings:
             capture geometry is not used).
         max_capture_share: Heights within the tolerance of a pair's must belong to at most this fraction of
             all images (a dataset of one image size, such as resized exports, gives no evidence).
+        min_capture_enrichment: Equal heights must be at least this many times likelier among candidate pairs
+            than among all other pairs (:func:`capture_enrichment`), or the source's heights are not used;
+            1 - 1/enrichment estimates the share of equal-height candidates that are one capture.
         capture_rank: Each image of an equal-height pair must rank the other among this many of its
             equal-height candidates.
     """
@@ -84,6 +89,7 @@ class ViewSettings:
     mutual_rank: int = 2
     capture_height_tolerance: int | None = 0
     max_capture_share: float = 0.05
+    min_capture_enrichment: float = 5.0
     capture_rank: int = 1
 
 
@@ -174,10 +180,33 @@ def _thumbnail(path: str | Path, settings: ViewSettings) -> tuple[np.ndarray, fl
     return band_pass_thumbnail(gray, settings), settings.thumb_size / max(gray.shape), gray.shape[0]
 
 
+def _close_heights(heights: np.ndarray, tolerance: int) -> int:
+    """Pairs of ``heights`` that differ by at most ``tolerance``."""
+    ordered = np.sort(heights)
+    return int((np.searchsorted(ordered, ordered + tolerance, "right") - np.arange(1, len(ordered) + 1)).sum())
+
+
+def capture_enrichment(heights: Sequence[int], pairs: Sequence[tuple[int, int]], tolerance: int) -> float:
+    """How many times likelier equal heights (within ``tolerance``) are among the candidate pairs than among all
+    other pairs of images (different classes, distant numbers): near 1 where equal heights are chance, as on a
+    source whose crops have similar sizes; large where the views of one capture share theirs. 0 without any
+    equal-height candidates, infinite where only candidates have them, NaN where every pair is a candidate."""
+    values = np.asarray(heights)
+    others = len(values) * (len(values) - 1) // 2 - len(pairs)
+    equal = sum(abs(int(values[a]) - int(values[b])) <= tolerance for a, b in pairs)
+    if not pairs or others <= 0:
+        return math.nan
+    chance = (_close_heights(values, tolerance) - equal) / others
+    if equal == 0:
+        return 0.0
+    return math.inf if chance == 0 else equal / len(pairs) / chance
+
+
 def same_capture(heights: Sequence[int], pairs: Sequence[tuple[int, int]], settings: ViewSettings) -> list[bool]:
-    """Per pair: equal original heights (within the tolerance), at a height few images of the dataset share."""
+    """Per pair: equal original heights (within the tolerance), at a height few images of the dataset share, on a
+    source where equal heights are at least ``min_capture_enrichment`` times likelier among candidates."""
     tolerance = settings.capture_height_tolerance
-    if tolerance is None or not pairs:
+    if tolerance is None or not pairs or not capture_enrichment(heights, pairs, tolerance) >= settings.min_capture_enrichment:
         return [False] * len(pairs)
     ordered = np.sort(np.asarray(heights))
 
