@@ -23,7 +23,8 @@ when one of them, rotated, scaled and shifted (phase correlation) onto the other
    height (within ``capture_height_tolerance`` rows), a height shared by few images (``max_capture_share``),
    is also linked when each image is the other's best-scoring candidate of that height (``capture_rank``):
    orthogonal views of one lesion show different anatomy, so their correlation alone cannot tell them from a
-   neighbour's scan.
+   neighbour's scan. On such a source a pair of different heights comes from two captures, and only a strong
+   correlation links it (a weaker match between captures is most often a neighbour's similar tissue).
 """
 
 from __future__ import annotations
@@ -202,20 +203,28 @@ def capture_enrichment(heights: Sequence[int], pairs: Sequence[tuple[int, int]],
     return math.inf if chance == 0 else equal / len(pairs) / chance
 
 
-def same_capture(heights: Sequence[int], pairs: Sequence[tuple[int, int]], settings: ViewSettings) -> list[bool]:
-    """Per pair: equal original heights (within the tolerance), at a height few images of the dataset share, on a
-    source where equal heights are at least ``min_capture_enrichment`` times likelier among candidates."""
+def capture_flags(heights: Sequence[int], pairs: Sequence[tuple[int, int]], settings: ViewSettings) -> tuple[list[bool], list[bool]]:
+    """Per pair, (same capture, other capture). Only on a source whose equal heights are at least
+    ``min_capture_enrichment`` times likelier among candidates than among other pairs do heights tell captures
+    apart; there a pair is one capture when its heights are equal (within the tolerance) at a height few images
+    share, and two captures when its heights differ. Elsewhere both are False."""
     tolerance = settings.capture_height_tolerance
     if tolerance is None or not pairs or not capture_enrichment(heights, pairs, tolerance) >= settings.min_capture_enrichment:
-        return [False] * len(pairs)
+        return [False] * len(pairs), [False] * len(pairs)
     ordered = np.sort(np.asarray(heights))
 
     def share(height: int) -> float:
         inside = np.searchsorted(ordered, height + tolerance, "right") - np.searchsorted(ordered, height - tolerance, "left")
         return inside / len(ordered)
 
-    return [abs(heights[a] - heights[b]) <= tolerance and max(share(heights[a]), share(heights[b])) <= settings.max_capture_share
-            for a, b in pairs]
+    equal = [abs(heights[a] - heights[b]) <= tolerance for a, b in pairs]
+    rare = [max(share(heights[a]), share(heights[b])) <= settings.max_capture_share for a, b in pairs]
+    return [e and r for e, r in zip(equal, rare)], [not e for e in equal]
+
+
+def same_capture(heights: Sequence[int], pairs: Sequence[tuple[int, int]], settings: ViewSettings) -> list[bool]:
+    """Per pair: one capture (see :func:`capture_flags`)."""
+    return capture_flags(heights, pairs, settings)[0]
 
 
 def screen_views(image_ids: Sequence[str], image_paths: Sequence[str | Path], labels: Sequence[str],
@@ -236,10 +245,10 @@ def screen_views(image_ids: Sequence[str], image_paths: Sequence[str | Path], la
     pairs = candidate_pairs(ids, classes, settings.max_number_gap)
     aligned = [align_views(thumbnails[a], thumbnails[b], settings) for a, b in pairs]
     rows = [{"image_a": ids[a], "image_b": ids[b], "reason": VIEW_REASON, "score": score,
-             "scale": scale * factors[b] / factors[a], "overlap": overlap, "same_capture": capture}
-            for (a, b), (score, overlap, scale, _), capture in zip(pairs, aligned, same_capture(heights, pairs, settings))]
-    table = pd.DataFrame(rows, columns=[*LINK_COLUMNS, "same_capture"]).astype(
-        {"score": float, "scale": float, "overlap": float, "same_capture": bool})
+             "scale": scale * factors[b] / factors[a], "overlap": overlap, "same_capture": same, "other_capture": other}
+            for (a, b), (score, overlap, scale, _), same, other in zip(pairs, aligned, *capture_flags(heights, pairs, settings))]
+    table = pd.DataFrame(rows, columns=[*LINK_COLUMNS, "same_capture", "other_capture"]).astype(
+        {"score": float, "scale": float, "overlap": float, "same_capture": bool, "other_capture": bool})
     return _accept(table, settings)
 
 
@@ -257,10 +266,11 @@ def _mutual_rank(table: pd.DataFrame) -> pd.Series:
 
 
 def _accept(table: pd.DataFrame, settings: ViewSettings) -> pd.DataFrame:
-    """Rank each pair among both images' candidates (and among their equal-height ones) and flag the accepted ones."""
+    """Rank each pair among both images' candidates (and among their equal-height ones) and flag the accepted ones:
+    strong matches, mutually near matches not known to span two captures, and mutually best ones of one capture."""
     table = table.assign(mutual_rank=_mutual_rank(table),
                          capture_rank=_mutual_rank(table[table["same_capture"]]).reindex(table.index))
-    near = (table["score"] >= settings.min_correlation) & (table["mutual_rank"] <= settings.mutual_rank)
+    near = (table["score"] >= settings.min_correlation) & (table["mutual_rank"] <= settings.mutual_rank) & ~table["other_capture"]
     aligned = (near | (table["score"] >= settings.strong_correlation)) & (table["overlap"] >= settings.min_overlap)
     captured = table["same_capture"] & (table["capture_rank"] <= settings.capture_rank).fillna(False)
     table["accepted"] = aligned | captured
