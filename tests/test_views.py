@@ -21,9 +21,9 @@ from busflow.split.views import (
     ViewSettings,
     candidate_pairs,
     capture_enrichment,
+    capture_flags,
     file_number,
     find_view_links,
-    same_capture,
     screen_views,
 )
 
@@ -85,11 +85,11 @@ def test_the_group_stage_links_views_on_request(tmp_path: Path, grouping: str) -
 def test_equal_heights_are_capture_evidence_only_where_heights_vary() -> None:
     heights = [300, 300, 301, 420, 420, *range(500, 540)]
     pairs = [(0, 1), (0, 2), (3, 4), (1, 3)]
-    assert same_capture(heights, pairs, ViewSettings()) == [True, False, True, False]
-    assert same_capture(heights, pairs, ViewSettings(capture_height_tolerance=1)) == [False, False, True, False]  # 3 of 45 at 300±1
-    assert same_capture(heights, pairs, ViewSettings(capture_height_tolerance=1, max_capture_share=0.07)) == [True, True, True, False]
-    assert same_capture(heights, pairs, ViewSettings(capture_height_tolerance=None)) == [False] * 4
-    assert same_capture([256] * 45, pairs, ViewSettings()) == [False] * 4  # one size for all: no evidence
+    assert capture_flags(heights, pairs, ViewSettings())[0] == [True, False, True, False]
+    assert capture_flags(heights, pairs, ViewSettings(capture_height_tolerance=1))[0] == [False, False, True, False]  # 3 of 45 at 300±1
+    assert capture_flags(heights, pairs, ViewSettings(capture_height_tolerance=1, max_capture_share=0.07))[0] == [True, True, True, False]
+    assert capture_flags(heights, pairs, ViewSettings(capture_height_tolerance=None))[0] == [False] * 4
+    assert capture_flags([256] * 45, pairs, ViewSettings())[0] == [False] * 4  # one size for all: no evidence
 
 
 def test_capture_enrichment_compares_candidates_with_all_other_pairs() -> None:
@@ -103,8 +103,8 @@ def test_capture_enrichment_compares_candidates_with_all_other_pairs() -> None:
     assert capture_enrichment(crops, neighbours, 0) == 0.0  # no candidate pair of equal height
     assert math.isnan(capture_enrichment(heights[:3], [(0, 1), (0, 2), (1, 2)], 0))  # no pair left to compare with
     every_other = [(k, k + 2) for k in range(8)]
-    assert same_capture(crops, every_other, ViewSettings(max_capture_share=1.0)) == [False] * 8  # 3.1 < 5
-    assert same_capture(crops, every_other, ViewSettings(max_capture_share=1.0, min_capture_enrichment=3.0)) == [True] * 8
+    assert capture_flags(crops, every_other, ViewSettings(max_capture_share=1.0))[0] == [False] * 8  # 3.1 < 5
+    assert capture_flags(crops, every_other, ViewSettings(max_capture_share=1.0, min_capture_enrichment=3.0))[0] == [True] * 8
 
 
 def _cropped_phantoms(folder: Path, heights: list[int]) -> pd.DataFrame:

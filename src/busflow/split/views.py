@@ -181,10 +181,11 @@ def _thumbnail(path: str | Path, settings: ViewSettings) -> tuple[np.ndarray, fl
     return band_pass_thumbnail(gray, settings), settings.thumb_size / max(gray.shape), gray.shape[0]
 
 
-def _close_heights(heights: np.ndarray, tolerance: int) -> int:
-    """Pairs of ``heights`` that differ by at most ``tolerance``."""
-    ordered = np.sort(heights)
-    return int((np.searchsorted(ordered, ordered + tolerance, "right") - np.arange(1, len(ordered) + 1)).sum())
+def _images_within(heights: Sequence[int], tolerance: int) -> np.ndarray:
+    """Per image, how many images (itself included) have a height within ``tolerance`` of its own."""
+    values = np.asarray(heights)
+    ordered = np.sort(values)
+    return np.searchsorted(ordered, values + tolerance, "right") - np.searchsorted(ordered, values - tolerance, "left")
 
 
 def capture_enrichment(heights: Sequence[int], pairs: Sequence[tuple[int, int]], tolerance: int) -> float:
@@ -192,12 +193,12 @@ def capture_enrichment(heights: Sequence[int], pairs: Sequence[tuple[int, int]],
     other pairs of images (different classes, distant numbers): near 1 where equal heights are chance, as on a
     source whose crops have similar sizes; large where the views of one capture share theirs. 0 without any
     equal-height candidates, infinite where only candidates have them, NaN where every pair is a candidate."""
-    values = np.asarray(heights)
-    others = len(values) * (len(values) - 1) // 2 - len(pairs)
-    equal = sum(abs(int(values[a]) - int(values[b])) <= tolerance for a, b in pairs)
+    others = len(heights) * (len(heights) - 1) // 2 - len(pairs)
     if not pairs or others <= 0:
         return math.nan
-    chance = (_close_heights(values, tolerance) - equal) / others
+    equal = sum(abs(int(heights[a]) - int(heights[b])) <= tolerance for a, b in pairs)
+    close_pairs = (int(_images_within(heights, tolerance).sum()) - len(heights)) // 2
+    chance = (close_pairs - equal) / others
     if equal == 0:
         return 0.0
     return math.inf if chance == 0 else equal / len(pairs) / chance
@@ -211,20 +212,10 @@ def capture_flags(heights: Sequence[int], pairs: Sequence[tuple[int, int]], sett
     tolerance = settings.capture_height_tolerance
     if tolerance is None or not pairs or not capture_enrichment(heights, pairs, tolerance) >= settings.min_capture_enrichment:
         return [False] * len(pairs), [False] * len(pairs)
-    ordered = np.sort(np.asarray(heights))
-
-    def share(height: int) -> float:
-        inside = np.searchsorted(ordered, height + tolerance, "right") - np.searchsorted(ordered, height - tolerance, "left")
-        return inside / len(ordered)
-
+    share = _images_within(heights, tolerance) / len(heights)
     equal = [abs(heights[a] - heights[b]) <= tolerance for a, b in pairs]
-    rare = [max(share(heights[a]), share(heights[b])) <= settings.max_capture_share for a, b in pairs]
+    rare = [max(share[a], share[b]) <= settings.max_capture_share for a, b in pairs]
     return [e and r for e, r in zip(equal, rare)], [not e for e in equal]
-
-
-def same_capture(heights: Sequence[int], pairs: Sequence[tuple[int, int]], settings: ViewSettings) -> list[bool]:
-    """Per pair: one capture (see :func:`capture_flags`)."""
-    return capture_flags(heights, pairs, settings)[0]
 
 
 def screen_views(image_ids: Sequence[str], image_paths: Sequence[str | Path], labels: Sequence[str],
