@@ -1,42 +1,41 @@
-"""The leakage study on real BUSI at a CPU-feasible size: the same models on grouped (near-duplicate-aware)
-folds and on image-level folds, through the real pipeline, and the inflation the leaky split reports.
+"""The leakage study on real BUSI at a CPU-feasible size: the leakage models trained on the grouped
+(near-duplicate-aware) folds and on image-level folds drawn with each seed, compared on the same test images.
 
-    python benchmarks/leakage_study.py [--root ../shared/datasets/busi/Dataset_BUSI_with_GT] [--size 128]
-                                       [--epochs 12] [--folds 3] [--keep]
+    python benchmarks/leakage_study.py --workdir DIR [--root ../shared/datasets/busi/Dataset_BUSI_with_GT]
+        [--size 128] [--folds 3] [--seeds 1 2] [--csv docs/results/busi_leakage.csv]
 
-Starts from config/presets/busi.yaml, points data.busi.path at --root (read in place), shrinks the networks
-for 2 CPU cores, runs `snakemake --cores all` in a scratch copy and prints report/tables/leakage.csv.
+Starts from config/presets/busi.yaml with the default run's CPU-sized networks and schedules (params.yaml, as
+``preset_results.py --cpu-models``), trains only the preset's leakage models (no cascade, no ensemble), runs
+``snakemake --cores all`` in ``--workdir`` (an existing project resumes) and prints the report's paired table
+(``tables/leakage_paired.csv``: image-level minus grouped score per test image and seed, with group-bootstrap
+intervals) and the fold-mean table beside it (``tables/leakage.csv``). ``--csv`` keeps the paired table.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
-from pipeline_walltime import REPO, keep_or_remove, run, scratch_project
+from pipeline_walltime import REPO, run, scratch_project
+from preset_results import preset_params
 
-CPU_NETWORKS = {
-    "unet": {"features": [16, 16, 32, 64, 128, 16]},
-    "resnet50": {"widen_factor": 0.25},
-}
+from busflow.config import load_params
 
 
-def study_params(root: Path, size: int, epochs: int, folds: int) -> dict:
-    params = yaml.safe_load((REPO / "config" / "presets" / "busi.yaml").read_text())
-    params["data"]["busi"]["path"] = str(root.resolve())
-    params["preprocess"]["size"] = size
+def study_params(root: Path, size: int, folds: int, seeds: list[int]) -> dict[str, Any]:
+    """The BUSI preset reduced to its leakage study: the leakage models on ``folds`` grouped folds and on
+    image-level folds drawn with each of ``seeds``."""
+    params = preset_params("busi", root, size, None, with_leakage=True, cpu_models=True)
+    models = params["leakage"]["models"]
     params["split"]["n_folds"] = folds
-    params["train"] = {"models": list(CPU_NETWORKS), "folds": list(range(folds))}
-    params["leakage"] = {"models": list(CPU_NETWORKS)}
-    params["models"] = {name: {**params["models"][name], "options": options, "epochs": epochs, "patience": 4, "lr": 1.0e-3}
-                        for name, options in CPU_NETWORKS.items()}
-    for cascade in params["cascades"]:
-        cascade["crop_size"] = 64
-        cascade["classifier"].update(epochs=epochs, patience=4, lr=1.0e-3)
+    params["train"] = {"models": list(models), "folds": list(range(folds))}
+    params["leakage"] = {"models": models, "seeds": seeds}
+    params["models"] = {name: params["models"][name] for name in models}
+    params["ensembles"], params["cascades"] = {}, []
     return params
 
 
@@ -44,27 +43,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--keep", action="store_true", help="keep the scratch project and print its path")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="seeds of the image-level splits")
+    parser.add_argument("--workdir", type=Path, required=True, help="the project (an existing one resumes)")
+    parser.add_argument("--csv", type=Path, help="write the paired table here (e.g. docs/results/busi_leakage.csv)")
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="busflow-leakage-"))
-    params_file = scratch / "study.yaml"
-    params_file.write_text(yaml.safe_dump(study_params(args.root, args.size, args.epochs, args.folds), sort_keys=False))
-    project = scratch_project(params_file, scratch)
+    if not (args.workdir / "Snakefile").exists():
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        params_file = args.workdir / "study.yaml"
+        params_file.write_text(yaml.safe_dump(study_params(args.root, args.size, args.folds, args.seeds), sort_keys=False),
+                               encoding="utf-8")
+        scratch_project(params_file, args.workdir)
     started = time.perf_counter()
-    run(["snakemake", "--cores", "all"], project)
+    run(["snakemake", "--cores", "all", "--rerun-incomplete"], args.workdir)
     elapsed = time.perf_counter() - started
 
-    report = project / "results" / "busi" / "report"
-    audit = pd.read_csv(project / "results" / "busi" / "split" / "split_counts.csv")
-    excluded = audit[(audit["split"] == "main") & (audit["column"] == "fold0") & (audit["role"] == "excluded")]
-    print(f"BUSI at {args.size} px, {args.folds} folds, up to {args.epochs} epochs: pipeline wall time {elapsed / 60:.1f} min")
-    print(f"images excluded as label conflicts: {int(excluded['images'].sum()) if len(excluded) else 0}")
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(pd.read_csv(report / "tables" / "leakage.csv").to_string(index=False))
-    keep_or_remove(scratch, args.keep)
+    params = load_params(args.workdir / "params.yaml")
+    tables = args.workdir / "results" / params["run"] / "report" / "tables"
+    print(f"BUSI at {params['preprocess']['size']} px, {params['split']['n_folds']} folds, image-level seeds "
+          f"{params['leakage']['seeds']}: pipeline {elapsed / 60:.1f} min ({args.workdir})")
+    paired = pd.read_csv(tables / "leakage_paired.csv")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(paired.to_string(index=False))
+        print(pd.read_csv(tables / "leakage.csv").to_string(index=False))
+    if args.csv:
+        paired.to_csv(args.csv, index=False)
+        print(f"{args.csv}: written")
 
 
 if __name__ == "__main__":
