@@ -36,8 +36,9 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 # ----------------------------------------------------------------------------- determinism
 
 
-def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) -> None:
-    kwargs = dict(n_patients=6, image_size=SMALL)
+@pytest.mark.parametrize("acquisition", ["repositioned", "sweep"])
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path, acquisition: str) -> None:
+    kwargs = dict(n_patients=6, image_size=SMALL, acquisition=acquisition)
     generate_phantoms(tmp_path / "a", seed=3, **kwargs)
     generate_phantoms(tmp_path / "b", seed=3, **kwargs)
     generate_phantoms(tmp_path / "c", seed=4, **kwargs)
@@ -46,9 +47,10 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) 
     assert first != other
 
 
-def test_patient_output_does_not_depend_on_n_patients(tmp_path: Path) -> None:
+@pytest.mark.parametrize("acquisition", ["repositioned", "sweep"])
+def test_patient_output_does_not_depend_on_n_patients(tmp_path: Path, acquisition: str) -> None:
     # single class, so the label shuffle cannot move patients between classes
-    kwargs = dict(seed=11, image_size=SMALL, class_mix={"benign": 1.0})
+    kwargs = dict(seed=11, image_size=SMALL, class_mix={"benign": 1.0}, acquisition=acquisition)
     generate_phantoms(tmp_path / "few", n_patients=2, **kwargs)
     generate_phantoms(tmp_path / "many", n_patients=5, **kwargs)
     few, many = _hashes(tmp_path / "few"), _hashes(tmp_path / "many")
@@ -106,6 +108,61 @@ def test_class_counts_rounding_and_minimum_one() -> None:
     small = synthetic._class_counts(3, {"normal": 0.05, "benign": 0.9, "malignant": 0.05})
     assert small == {"normal": 1, "benign": 1, "malignant": 1}
     assert sum(synthetic._class_counts(7, {"normal": 1 / 3, "benign": 1 / 3, "malignant": 1 / 3}).values()) == 7
+
+
+# ----------------------------------------------------------------------------- acquisitions
+
+
+def _aligned_correlation(first: np.ndarray, second: np.ndarray, max_shift: int) -> float:
+    """Pearson correlation of two images at the lateral shift (up to ``max_shift`` columns) that aligns them best."""
+    best = -1.0
+    for shift in range(-max_shift, max_shift + 1):
+        a = first[:, max(shift, 0): first.shape[1] + min(shift, 0)].astype(float)
+        b = second[:, max(-shift, 0): second.shape[1] + min(-shift, 0)].astype(float)
+        best = max(best, float(np.corrcoef(a.ravel(), b.ravel())[0, 1]))
+    return best
+
+
+def _view_pairs(root: Path, table: pd.DataFrame) -> list[tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]:
+    """(image, mask) of each patient's first two views."""
+    pairs = []
+    for _, views in table.groupby("patient_id"):
+        if len(views) >= 2:
+            first, second = views.iloc[0], views.iloc[1]
+            pairs.append((_load(root, first["label"], first["image_id"]), _load(root, second["label"], second["image_id"])))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def acquisitions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    """The same 24 patients (lesions only, two or three views each) acquired both ways."""
+    root = tmp_path_factory.mktemp("acquisitions")
+    kwargs = dict(n_patients=24, seed=8, image_size=(80, 100), views_per_patient=(2, 3),
+                  class_mix={"benign": 0.5, "malignant": 0.5})
+    return {mode: _view_pairs(root / mode, generate_phantoms(root / mode, acquisition=mode, **kwargs))
+            for mode in ("repositioned", "sweep")}
+
+
+def test_sweep_frames_are_much_more_alike_than_repositioned_views(acquisitions: dict[str, list]) -> None:
+    """Neighbouring frames of a sweep differ by a small slide of the probe and partly decorrelated speckle:
+    aligned, they correlate far better than two independent placements of the probe, with no exception."""
+    correlation = {mode: np.array([_aligned_correlation(a[0], b[0], max_shift=12) for a, b in pairs])
+                   for mode, pairs in acquisitions.items()}
+    assert len(correlation["sweep"]) == len(correlation["repositioned"]) == 24
+    assert correlation["sweep"].min() > 0.5
+    assert np.median(correlation["sweep"]) > np.median(correlation["repositioned"]) + 0.15
+
+
+def test_sweep_frames_show_the_lesion_at_one_size(acquisitions: dict[str, list]) -> None:
+    """One sweep keeps its depth setting (zoom): the lesion's area typically changes by a few per cent from
+    frame to frame (more only where a frame's edge cuts it), a repositioned probe's zoom changes it by a quarter."""
+    def area_ratio(pairs: list) -> np.ndarray:
+        areas = np.array([[(a[1] > 0).sum(), (b[1] > 0).sum()] for a, b in pairs], dtype=float)
+        assert (areas > 0).all()
+        return areas.max(axis=1) / areas.min(axis=1)
+
+    assert np.median(area_ratio(acquisitions["sweep"])) < 1.05
+    assert np.median(area_ratio(acquisitions["repositioned"])) > 1.15
 
 
 # ----------------------------------------------------------------------------- physics
@@ -202,6 +259,7 @@ def test_classes_not_trivially_separable_by_global_statistics(physics_set: tuple
     ({"class_mix": {"normal": 0.3, "benign": 0.3, "malignant": 0.3}}, "class_mix"),
     ({"views_per_patient": (0, 2)}, "views_per_patient"),
     ({"views_per_patient": (3, 1)}, "views_per_patient"),
+    ({"acquisition": "video"}, "acquisition"),
 ])
 def test_invalid_arguments(tmp_path: Path, kwargs: dict, name: str) -> None:
     args = {"n_patients": 2, "seed": 0, "image_size": SMALL, **kwargs}

@@ -81,7 +81,8 @@ def _generate_synthetic(params: Mapping[str, Any], raw: Path) -> dict[str, Any]:
     settings = params["data"]["synthetic"]
     generate_phantoms(raw, n_patients=settings["n_patients"], seed=params["seed"],
                       image_size=(settings["image_height"], settings["image_width"]),
-                      class_mix=settings["class_mix"], views_per_patient=tuple(settings["views_per_patient"]))
+                      class_mix=settings["class_mix"], views_per_patient=tuple(settings["views_per_patient"]),
+                      acquisition=settings["acquisition"])
     return {"origin": "generated", "root": "."}
 
 

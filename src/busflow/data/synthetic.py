@@ -20,14 +20,23 @@ positions ("views") can be cut from it:
 * Lesion-like mimics that are never masked, in every class: fat lobules, a duct, and (normal only,
   ~15 %) a small cyst-like dark blob with faint enhancement, so normal-vs-lesion is not trivial.
 
-Each view is an affine crop of the canvas (lateral shift up to 10 % of the width, axial up to 5 % of
-the height because the probe stays on the skin, zoom 0.85-1.15, rotation up to 8 degrees); the mask
-is resampled with nearest neighbour and views that lose more than 40 % of the lesion are re-drawn
-(at most 12 times, then the unshifted view is used).
-Per view the posterior enhancement/shadow is applied along the beam (image columns), then the skin
-line, multiplicative Rayleigh speckle (magnitude of laterally elongated smoothed complex Gaussian
-noise), exponential depth attenuation partly undone by time-gain compensation, and a power-law
-(log-like) compression to 8 bits.
+Each view is an affine crop of the canvas; the mask is resampled with nearest neighbour. How a
+patient's views relate is the ``acquisition``:
+
+* ``sweep`` (the frames a clinic saves from one hand-held sweep, which is how one lesion ends up in
+  several images of a dataset): the probe slides laterally by 1-4 % of the width from frame to frame,
+  with a small axial (1 % of the height) and angular (1 degree) tremor, at one zoom (depth setting),
+  one display gain and one skin line; the speckle is fixed to the tissue (drawn on the canvas and
+  moved with it) and only partly renewed by the motion out of the plane (complex correlation 0.9).
+* ``repositioned``: the probe is placed anew for every view (lateral shift up to 10 % of the width,
+  axial up to 5 % of the height because the probe stays on the skin, zoom 0.85-1.15, rotation up to
+  8 degrees) with fresh speckle and display gain.
+
+Poses that lose more than 40 % of the lesion in any view are re-drawn (at most 12 times, then the
+unshifted view is used). Per view the posterior enhancement/shadow is applied along the beam (image
+columns), then the skin line, multiplicative Rayleigh speckle (magnitude of laterally elongated
+smoothed complex Gaussian noise), exponential depth attenuation partly undone by time-gain
+compensation, and a power-law (log-like) compression to 8 bits.
 
 Randomness: every patient draws from ``SeedSequence(seed, spawn_key=(0, i, stream))``, so patient
 ``i``'s images depend only on ``seed``, ``i``, its class and the image settings, never on
@@ -62,6 +71,10 @@ _ZOOM = (0.85, 1.15)
 _MAX_ROT = math.radians(8.0)
 _MIN_KEEP = 0.6  # fraction of the lesion area a view must keep
 _VIEW_RETRIES = 12
+_SWEEP_STEP = (0.01, 0.04)  # lateral probe travel between neighbouring frames of a sweep, fraction of the width
+_SWEEP_TREMOR = (0.01, math.radians(1.0))  # axial (fraction of height) and angular jitter of a hand-held sweep
+_SWEEP_SPECKLE_CORRELATION = 0.9  # of the complex echo between frames: the speckle moves with the tissue
+ACQUISITIONS = ("repositioned", "sweep")
 _MIX_TOL = 1e-3
 _F32 = np.float32
 _Harmonics = tuple[tuple[int, float, float], ...]  # (order, amplitude, phase) terms of r(theta)
@@ -181,14 +194,33 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _speckle(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
-    """Rayleigh speckle with unit mean: |smoothed complex Gaussian|, grains elongated laterally
-    because the lateral resolution of a linear probe is coarser than the axial one."""
-    sigma = (0.7 * scale, 1.8 * scale)
+def _speckle_components(rng: np.random.Generator, shape: tuple[int, int],
+                        sigma: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Real and imaginary parts of a smoothed complex Gaussian field."""
     re = ndi.gaussian_filter(rng.standard_normal(shape, dtype=_F32), sigma)
     im = ndi.gaussian_filter(rng.standard_normal(shape, dtype=_F32), sigma)
+    return re, im
+
+
+def _unit_sd(field: np.ndarray) -> np.ndarray:
+    return field / (field.std() + 1e-8)
+
+
+def _speckle_grain(scale: float) -> tuple[float, float]:
+    """Speckle grain (axial, lateral) in pixels: laterally elongated, because the lateral resolution of a
+    linear probe is coarser than the axial one."""
+    return 0.7 * scale, 1.8 * scale
+
+
+def _rayleigh(re: np.ndarray, im: np.ndarray) -> np.ndarray:
+    """Speckle intensity with unit mean: the magnitude of the complex field."""
     amp = np.hypot(re, im)
     return amp / amp.mean()
+
+
+def _speckle(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Rayleigh speckle with unit mean, drawn afresh for one image."""
+    return _rayleigh(*_speckle_components(rng, shape, _speckle_grain(scale)))
 
 
 # ----------------------------------------------------------------------------- anatomy
@@ -533,22 +565,45 @@ def _draw_anatomy(rng: np.random.Generator, label: str, h: int, w: int) -> _Anat
 # ----------------------------------------------------------------------------- views
 
 
-def _view_affine(rng: np.random.Generator | None, cv: _Canvas, h: int,
-                 w: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Matrix/offset mapping view pixels to canvas pixels (``None`` rng: the unshifted view)."""
-    if rng is None:
-        dy = dx = angle = 0.0
-        zoom = 1.0
-    else:
-        dy = rng.uniform(-1, 1) * _MAX_SHIFT[0] * h
-        dx = rng.uniform(-1, 1) * _MAX_SHIFT[1] * w
-        zoom = rng.uniform(*_ZOOM)
-        angle = rng.uniform(-1, 1) * _MAX_ROT
-    span = 1.0 / zoom  # canvas pixels per view pixel
-    c, s = math.cos(angle), math.sin(angle)
+@dataclass(frozen=True)
+class _Pose:
+    """Where the probe sits relative to the unshifted view: shift (pixels), zoom and rotation (radians)."""
+
+    dy: float = 0.0
+    dx: float = 0.0
+    zoom: float = 1.0
+    angle: float = 0.0
+
+
+def _random_pose(rng: np.random.Generator, h: int, w: int) -> _Pose:
+    """A new probe placement anywhere within the view limits."""
+    return _Pose(dy=rng.uniform(-1, 1) * _MAX_SHIFT[0] * h, dx=rng.uniform(-1, 1) * _MAX_SHIFT[1] * w,
+                 zoom=rng.uniform(*_ZOOM), angle=rng.uniform(-1, 1) * _MAX_ROT)
+
+
+def _sweep_start(rng: np.random.Generator, n_frames: int, h: int, w: int) -> tuple[_Pose, float]:
+    """The first frame's pose and the lateral step per frame of a sweep that stays within the view limits."""
+    step = rng.uniform(*_SWEEP_STEP) * w * rng.choice([-1.0, 1.0])
+    travel, reach = abs(step) * (n_frames - 1), _MAX_SHIFT[1] * w
+    first = rng.uniform(-reach, reach - travel)
+    start = _Pose(dy=rng.uniform(-0.5, 0.5) * _MAX_SHIFT[0] * h, dx=first if step > 0 else -first,
+                  zoom=rng.uniform(*_ZOOM), angle=rng.uniform(-0.5, 0.5) * _MAX_ROT)
+    return start, float(step)
+
+
+def _sweep_frame(rng: np.random.Generator, start: _Pose, step: float, frame: int, h: int) -> _Pose:
+    """Frame ``frame`` of a sweep: the probe slid by ``frame`` steps, with a hand's small axial and angular tremor."""
+    return _Pose(dy=start.dy + rng.uniform(-1, 1) * _SWEEP_TREMOR[0] * h, dx=start.dx + frame * step,
+                 zoom=start.zoom, angle=start.angle + rng.uniform(-1, 1) * _SWEEP_TREMOR[1])
+
+
+def _view_affine(pose: _Pose, cv: _Canvas, h: int, w: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Matrix/offset mapping view pixels to canvas pixels for a probe at ``pose``."""
+    span = 1.0 / pose.zoom  # canvas pixels per view pixel
+    c, s = math.cos(pose.angle), math.sin(pose.angle)
     matrix = span * np.array([[c, -s], [s, c]])
     view_centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    canvas_centre = np.array([cv.top + dy + view_centre[0] * span, cv.center_x + dx])
+    canvas_centre = np.array([cv.top + pose.dy + view_centre[0] * span, cv.center_x + pose.dx])
     return matrix, canvas_centre - matrix @ view_centre, span
 
 
@@ -585,37 +640,106 @@ def _depth_gain(h: int, attenuation: float, tgc: float) -> np.ndarray:
     return np.exp(-attenuation * (1.0 - tgc) * depth)[:, None]
 
 
-def _compress(rng: np.random.Generator, envelope: np.ndarray) -> np.ndarray:
-    """Power-law (log-like) display compression to 8 bits, with per-image gain and contrast."""
-    gamma, gain = rng.uniform(0.45, 0.6), rng.uniform(0.92, 1.02)
+def _compress(envelope: np.ndarray, gamma: float, gain: float) -> np.ndarray:
+    """Power-law (log-like) display compression to 8 bits with the display's gain and contrast (``gamma``)."""
     ref = np.percentile(envelope, 99.7)
     out = 255.0 * gain * (envelope / ref) ** gamma
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def _render_view(rng: np.random.Generator, anatomy: _Anatomy, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image + mask: a transformed crop of the canvas, then beam effects, speckle and display."""
-    cv, shape = anatomy.canvas, (h, w)
+@dataclass(frozen=True)
+class _SweepLook:
+    """What the frames of one sweep share besides the anatomy: speckle fixed to the tissue (canvas components),
+    the skin line and the display settings."""
+
+    speckle_re: np.ndarray
+    speckle_im: np.ndarray
+    skin_seed: int
+    gamma: float
+    gain: float
+
+
+def _sweep_look(rng: np.random.Generator, anatomy: _Anatomy, zoom: float) -> _SweepLook:
+    grain = tuple(g / zoom for g in _speckle_grain(anatomy.canvas.scale))  # canvas pixels per view grain
+    re, im = _speckle_components(rng, anatomy.canvas.shape, grain)
+    return _SweepLook(re, im, int(rng.integers(2**32)), float(rng.uniform(0.45, 0.6)), float(rng.uniform(0.92, 1.02)))
+
+
+def _sweep_speckle(rng: np.random.Generator, look: _SweepLook, matrix: np.ndarray, offset: np.ndarray,
+                   shape: tuple[int, int], scale: float) -> np.ndarray:
+    """The tissue's speckle seen by this frame, partly decorrelated by the probe's motion out of the plane."""
+    fresh = _speckle_components(rng, shape, _speckle_grain(scale))
+    kept, new = math.sqrt(_SWEEP_SPECKLE_CORRELATION), math.sqrt(1.0 - _SWEEP_SPECKLE_CORRELATION)
+    parts = []
+    for canvas_part, fresh_part in zip((look.speckle_re, look.speckle_im), fresh):
+        seen = _warp(canvas_part, matrix, offset, shape, order=1)
+        parts.append(kept * _unit_sd(seen) + new * _unit_sd(fresh_part))
+    return _rayleigh(*parts)
+
+
+def _keeps_lesion(anatomy: _Anatomy, pose: _Pose, h: int, w: int) -> bool:
+    """Whether a view at ``pose`` keeps at least ``_MIN_KEEP`` of the lesion (always true without one)."""
     area = float(anatomy.lesion.sum())
-    for attempt in range(_VIEW_RETRIES + 1):
-        matrix, offset, span = _view_affine(rng if attempt < _VIEW_RETRIES else None, cv, h, w)
-        mask = _warp(anatomy.lesion, matrix, offset, shape, order=0) > 0.5
-        if area == 0 or mask.sum() * span**2 >= _MIN_KEEP * area:
-            break
+    if area == 0:
+        return True
+    matrix, offset, span = _view_affine(pose, anatomy.canvas, h, w)
+    return float((_warp(anatomy.lesion, matrix, offset, (h, w), order=0) > 0.5).sum()) * span**2 >= _MIN_KEEP * area
+
+
+def _repositioned_pose(rng: np.random.Generator, anatomy: _Anatomy, h: int, w: int) -> _Pose:
+    """A random probe placement that keeps the lesion (the unshifted view after ``_VIEW_RETRIES`` failures)."""
+    for _ in range(_VIEW_RETRIES):
+        pose = _random_pose(rng, h, w)
+        if _keeps_lesion(anatomy, pose, h, w):
+            return pose
+    return _Pose()
+
+
+def _sweep_poses(rng: np.random.Generator, anatomy: _Anatomy, n_frames: int, h: int, w: int) -> list[_Pose]:
+    """The probe poses of ``n_frames`` neighbouring frames of one sweep, every frame keeping the lesion (a sweep
+    that starts unshifted and does not move after ``_VIEW_RETRIES`` failures)."""
+    for _ in range(_VIEW_RETRIES):
+        start, step = _sweep_start(rng, n_frames, h, w)
+        poses = [_sweep_frame(rng, start, step, frame, h) for frame in range(n_frames)]
+        if all(_keeps_lesion(anatomy, pose, h, w) for pose in poses):
+            return poses
+    return [_Pose()] * n_frames
+
+
+def _render_view(rng: np.random.Generator, anatomy: _Anatomy, pose: _Pose, h: int, w: int,
+                 sweep: _SweepLook | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One image + mask: a transformed crop of the canvas, then beam effects, speckle and display. A frame of a
+    sweep (``sweep``) shares the sweep's speckle, skin and display settings; any other view draws its own."""
+    cv, shape = anatomy.canvas, (h, w)
+    matrix, offset, _ = _view_affine(pose, cv, h, w)
+    mask = _warp(anatomy.lesion, matrix, offset, shape, order=0) > 0.5
     echo = _warp(anatomy.echo, matrix, offset, shape, order=1)
     if anatomy.posterior_gain != 1.0:
         casting = _warp(anatomy.posterior, matrix, offset, shape, order=0) > 0.5
         echo *= _posterior_factor(casting, anatomy.posterior_gain, anatomy.posterior_length, cv.scale)
-    echo = np.clip(_skin(rng, echo, anatomy.skin_frac, cv.scale), 0.005, None)
-    envelope = echo * _speckle(rng, shape, cv.scale) * _depth_gain(h, anatomy.attenuation, anatomy.tgc)
-    return _compress(rng, envelope), mask.astype(np.uint8) * 255
+    skin_rng = rng if sweep is None else np.random.default_rng(sweep.skin_seed)
+    echo = np.clip(_skin(skin_rng, echo, anatomy.skin_frac, cv.scale), 0.005, None)
+    if sweep is None:
+        speckle = _speckle(rng, shape, cv.scale)
+        gamma, gain = rng.uniform(0.45, 0.6), rng.uniform(0.92, 1.02)
+    else:
+        speckle = _sweep_speckle(rng, sweep, matrix, offset, shape, cv.scale)
+        gamma, gain = sweep.gamma, sweep.gain
+    envelope = echo * speckle * _depth_gain(h, anatomy.attenuation, anatomy.tgc)
+    return _compress(envelope, gamma, gain), mask.astype(np.uint8) * 255
 
 
-def _render_patient(seed: int, index: int, label: str, h: int, w: int,
-                    views: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _render_patient(seed: int, index: int, label: str, h: int, w: int, views: tuple[int, int],
+                    acquisition: str) -> list[tuple[np.ndarray, np.ndarray]]:
     n_views = int(_patient_rng(seed, index, 2).integers(views[0], views[1] + 1))
     anatomy = _draw_anatomy(_patient_rng(seed, index, 0), label, h, w)
-    return [_render_view(_patient_rng(seed, index, 1, v), anatomy, h, w) for v in range(n_views)]
+    frame_rngs = [_patient_rng(seed, index, 1, v) for v in range(n_views)]
+    if acquisition == "repositioned":
+        return [_render_view(rng, anatomy, _repositioned_pose(rng, anatomy, h, w), h, w) for rng in frame_rngs]
+    sweep_rng = _patient_rng(seed, index, 3)
+    poses = _sweep_poses(sweep_rng, anatomy, n_views, h, w)
+    look = _sweep_look(sweep_rng, anatomy, poses[0].zoom)
+    return [_render_view(rng, anatomy, pose, h, w, look) for rng, pose in zip(frame_rngs, poses)]
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
@@ -628,7 +752,7 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
 def generate_phantoms(out_dir: Path, *, n_patients: int, seed: int, image_size: tuple[int, int] = (160, 200),
                       class_mix: Mapping[str, float] = DEFAULT_CLASS_MIX,
-                      views_per_patient: tuple[int, int] = (1, 3)) -> pd.DataFrame:
+                      views_per_patient: tuple[int, int] = (1, 3), acquisition: str = "repositioned") -> pd.DataFrame:
     """Write a synthetic BUS data set to ``out_dir`` (replaced atomically) and return its patients table.
 
     Layout: ``<out_dir>/<class>/<image_id>.png`` (8-bit grayscale), ``<image_id>_mask.png`` (0/255,
@@ -637,6 +761,8 @@ def generate_phantoms(out_dir: Path, *, n_patients: int, seed: int, image_size: 
     views ``<patient>_v0``, ``<patient>_v1``, ...
     """
     n, seed, (h, w), mix, views = _validate(n_patients, seed, image_size, class_mix, views_per_patient)
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(f"acquisition must be one of {list(ACQUISITIONS)}, got {acquisition!r}")
     labels = _assign_labels(n, mix, seed)
     digits = max(4, len(str(n - 1)))
     rows: list[tuple[str, str, str]] = []
@@ -647,7 +773,7 @@ def generate_phantoms(out_dir: Path, *, n_patients: int, seed: int, image_size: 
             (tmp / name).mkdir()
         for index, label in enumerate(labels):
             patient = f"p{index:0{digits}d}"
-            for v, (image, mask) in enumerate(_render_patient(seed, index, label, h, w, views)):
+            for v, (image, mask) in enumerate(_render_patient(seed, index, label, h, w, views, acquisition)):
                 image_id = f"{patient}_v{v}"
                 _write_png(tmp / label / f"{image_id}.png", image)
                 _write_png(tmp / label / f"{image_id}_mask.png", mask)
