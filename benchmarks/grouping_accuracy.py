@@ -6,8 +6,9 @@
 Two sources whose patients are known, with the patients hidden from the detector (it sees image ids, files
 and class labels only):
 
-- phantoms: every patient 1-3 views (shift, zoom, rotation, fresh speckle), files renamed in a shuffled
-  order so that no name carries its patient;
+- phantoms: every patient 1-3 views, files renamed in a shuffled order so that no name carries its patient;
+  once with the probe placed anew for every view (shift, zoom, rotation, fresh speckle: "repositioned") and
+  once as neighbouring frames of one sweep (the default run's phantoms: "sweeps");
 - BUS-BRA: the ``Case`` column dropped; its two-view patients are the left and right halves of one screen
   (two planes through the lesion).
 
@@ -41,7 +42,8 @@ COLUMNS = ["source", "detector", "settings", "images", "patients", "true_pairs",
            "pair_recall", "ari", "groups", "seconds"]
 # BUS-BRA's classes hold hundreds of images: views are searched among file numbers at most 3 apart there
 # (every pair of a class would take about a quarter of an hour); the phantoms' shuffled numbers mean nothing.
-VIEW_SETTINGS = {"phantoms": ViewSettings(), "BUS-BRA": ViewSettings(max_number_gap=3)}
+PHANTOM_SOURCES = {"phantoms, repositioned": "repositioned", "phantoms, sweeps": "sweep"}  # source -> acquisition
+VIEW_SETTINGS = {**dict.fromkeys(PHANTOM_SOURCES, ViewSettings()), "BUS-BRA": ViewSettings(max_number_gap=3)}
 
 Detector = Callable[[pd.DataFrame], pd.DataFrame]  # links between images of an index (image_id, image_path, label)
 
@@ -95,11 +97,11 @@ def grouping_scores(truth: pd.Series, groups: pd.Series) -> dict[str, float | in
             "ari": float(adjusted_rand_score(truth.to_numpy(), groups.reindex(truth.index).to_numpy()))}
 
 
-def phantom_source(folder: Path, n_patients: int, seed: int,
-                   image_size: tuple[int, int] = (160, 200)) -> tuple[pd.DataFrame, pd.Series]:
+def phantom_source(folder: Path, n_patients: int, seed: int, image_size: tuple[int, int] = (160, 200),
+                   acquisition: str = "repositioned") -> tuple[pd.DataFrame, pd.Series]:
     """Phantoms with anonymous file names: (index without patients, true patient by image)."""
     raw = folder / "raw"
-    patients = generate_phantoms(raw, n_patients=n_patients, seed=seed, image_size=image_size)
+    patients = generate_phantoms(raw, n_patients=n_patients, seed=seed, image_size=image_size, acquisition=acquisition)
     patients = patients.set_index("image_id")["patient_id"]
     names = dict(zip(patients.index, (f"img{k:04d}" for k in np.random.default_rng(seed).permutation(len(patients)))))
     for image_id, name in names.items():
@@ -138,8 +140,9 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="write the table here")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        rows += evaluate("phantoms", *phantom_source(Path(scratch), args.phantom_patients, args.seed))
+    for source, acquisition in PHANTOM_SOURCES.items():
+        with tempfile.TemporaryDirectory() as scratch:
+            rows += evaluate(source, *phantom_source(Path(scratch), args.phantom_patients, args.seed, acquisition=acquisition))
     if args.busbra.is_dir():
         rows += evaluate("BUS-BRA", *busbra_source(args.busbra))
     else:

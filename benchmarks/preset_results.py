@@ -7,8 +7,9 @@
 
 Copies the workflow and ``config/presets/<preset>.yaml`` into ``--workdir`` (the dataset is read in place) and runs
 the whole pipeline with Snakemake, report included; a second call resumes the same project. ``--size`` and
-``--epochs`` override the preset's; the leakage study is left out unless ``--with-leakage`` (the rows do not use
-it). The rows are read from the run's own ``report/tables``: ``leaderboard.csv`` (fold mean ± sd, pooled value and
+``--epochs`` override the preset's, ``--folds`` trains fewer folds and ``--external`` tests on the datasets given
+instead of the preset's (``cross`` with ``--external busbra=PATH`` is BUSI -> BUS-BRA; ``--cross-csv`` keeps the run's
+cross-dataset table); the leakage study is left out unless ``--with-leakage`` (the rows do not use it). The rows are read from the run's own ``report/tables``: ``leaderboard.csv`` (fold mean ± sd, pooled value and
 its 95 % group-bootstrap interval), ``intervals.csv`` (test images and groups) and ``jobs.csv`` (the minutes of a
 model's training jobs; an ensemble's are its members'). ``benchmarks/readme_results.py --write`` puts them into the
 README.
@@ -34,9 +35,19 @@ METRICS = {"balanced_accuracy": "classification", "roc_auc_macro": "classificati
 
 
 def preset_params(preset: str, root: Path, size: int | None, epochs: int | None, with_leakage: bool,
-                  cpu_models: bool = False) -> dict[str, Any]:
+                  cpu_models: bool = False, external: Mapping[str, Path] | None = None,
+                  folds: int | None = None) -> dict[str, Any]:
+    """The preset's params reading its dataset at ``root``, with the overrides. ``external`` (dataset -> its folder)
+    replaces the preset's external datasets by those given, read in place; ``folds`` trains that many folds."""
     params = yaml.safe_load((REPO / "config" / "presets" / f"{preset}.yaml").read_text(encoding="utf-8"))
     params["data"][params["dataset"]]["path"] = str(root.resolve())
+    if external is not None:
+        params["external"]["datasets"] = list(external)
+        for name, folder in external.items():
+            params["data"].setdefault(name, {})["path"] = str(folder.resolve())
+    if folds is not None:
+        params["split"]["n_folds"] = folds
+        params["train"]["folds"] = list(range(folds))
     if cpu_models:
         params = with_cpu_models(params)
     if size is not None:
@@ -62,6 +73,14 @@ def with_cpu_models(params: dict[str, Any]) -> dict[str, Any]:
     params = {**params, "models": default["models"], "accelerator": default["accelerator"]}
     params["ensembles"] = {name: spec for name, spec in default["ensembles"].items() if set(spec["members"]) <= set(trained)}
     return params
+
+
+def external_folder(item: str) -> tuple[str, Path]:
+    """``DATASET=PATH`` of --external as (dataset, folder)."""
+    name, separator, folder = item.partition("=")
+    if not separator or not name or not folder:
+        raise SystemExit(f"--external {item!r}: expected DATASET=PATH, e.g. busbra=../shared/datasets/busbra-subset/BUSBRA")
+    return name, Path(folder)
 
 
 def task_label(classes: list[str]) -> str:
@@ -121,15 +140,21 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True, help="the extracted dataset (read in place)")
     parser.add_argument("--size", type=int, help="model input side (default: the preset's)")
     parser.add_argument("--epochs", type=int, help="epochs of every model (default: the preset's)")
+    parser.add_argument("--folds", type=int, help="grouped folds to split into and train (default: the preset's)")
+    parser.add_argument("--external", nargs="+", default=None, metavar="DATASET=PATH",
+                        help="test on these external datasets (read in place) instead of the preset's")
     parser.add_argument("--with-leakage", action="store_true", help="keep the preset's leakage study")
     parser.add_argument("--cpu-models", action="store_true",
                         help="train the default run's CPU-sized networks and schedules (params.yaml) instead of the preset's")
     parser.add_argument("--workdir", type=Path, required=True, help="the project (an existing one resumes)")
     parser.add_argument("--results-csv", type=Path, help="write the README rows here (docs/results/<name>.csv)")
+    parser.add_argument("--cross-csv", type=Path, help="write the run's cross-dataset table here (a run with --external)")
     parser.add_argument("--note", default="", help="a caveat printed under the README's table")
     args = parser.parse_args()
 
-    params = preset_params(args.preset, args.root, args.size, args.epochs, args.with_leakage, args.cpu_models)
+    external = dict(external_folder(item) for item in args.external) if args.external is not None else None
+    params = preset_params(args.preset, args.root, args.size, args.epochs, args.with_leakage, args.cpu_models,
+                           external, args.folds)
     if not (args.workdir / "Snakefile").exists():
         args.workdir.mkdir(parents=True, exist_ok=True)
         (args.workdir / "benchmark.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
@@ -141,6 +166,8 @@ def main() -> None:
     run_dir = args.workdir / "results" / params["run"]
     command = " ".join(["python benchmarks/preset_results.py", args.preset, "--root ROOT",
                         *([f"--size {args.size}"] if args.size else []), *([f"--epochs {args.epochs}"] if args.epochs else []),
+                        *([f"--folds {args.folds}"] if args.folds else []),
+                        *(["--external", *(f"{name}=PATH" for name in external)] if external else []),
                         *(["--with-leakage"] if args.with_leakage else []),
                         *(["--cpu-models"] if args.cpu_models else []), "--workdir DIR"])
     tables = run_dir / "report" / "tables"
@@ -150,6 +177,15 @@ def main() -> None:
     if args.results_csv:
         rows.to_csv(args.results_csv, index=False)
         print(f"{args.results_csv}: written (python benchmarks/readme_results.py --write puts it into the README)")
+    cross = pd.read_csv(tables / "cross_dataset.csv") if (tables / "cross_dataset.csv").is_file() else pd.DataFrame()
+    if not cross.empty:
+        with pd.option_context("display.width", 220, "display.max_columns", 20):
+            print(cross.to_string(index=False))
+    if args.cross_csv:
+        if cross.empty:
+            raise SystemExit(f"{tables / 'cross_dataset.csv'}: no cross-dataset cells (run with --external)")
+        cross.to_csv(args.cross_csv, index=False)
+        print(f"{args.cross_csv}: written")
 
 
 if __name__ == "__main__":

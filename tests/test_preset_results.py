@@ -30,6 +30,21 @@ def test_the_preset_reads_the_dataset_in_place_with_the_overrides(tmp_path: Path
     assert kept["leakage"] == preset["leakage"] and kept["preprocess"]["size"] == preset["preprocess"]["size"]
 
 
+def test_external_datasets_replace_the_preset_s_and_are_read_in_place(tmp_path: Path) -> None:
+    params = preset_results.preset_params("cross", tmp_path / "busi", size=None, epochs=None, with_leakage=False,
+                                          external={"busbra": tmp_path / "busbra"}, folds=3)
+    assert params["external"]["datasets"] == ["busbra"]
+    assert params["data"]["busbra"]["path"] == str((tmp_path / "busbra").resolve())
+    assert params["split"]["n_folds"] == 3 and params["train"]["folds"] == [0, 1, 2]
+    preset = yaml.safe_load((REPO / "config" / "presets" / "cross.yaml").read_text())
+    assert params["external"]["models"] == preset["external"]["models"]
+    untouched = preset_results.preset_params("cross", tmp_path, size=None, epochs=None, with_leakage=False)
+    assert untouched["external"] == preset["external"] and untouched["train"] == preset["train"]
+    assert preset_results.external_folder("busbra=/data/BUSBRA") == ("busbra", Path("/data/BUSBRA"))
+    with pytest.raises(SystemExit, match="DATASET=PATH"):
+        preset_results.external_folder("busbra")
+
+
 def test_the_rows_are_the_run_s_pooled_values_with_counts_and_minutes(tiny_project: Path) -> None:
     params = load_params(tiny_project / "params.yaml")
     tables = tiny_project / "results" / params["run"] / "report" / "tables"
