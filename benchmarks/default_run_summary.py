@@ -43,20 +43,26 @@ def metric_list(leaderboard: pd.DataFrame, metric: str) -> str:
     return ", ".join(f"{row.model} {_interval(row, metric)}" for _, row in rows.iterrows())
 
 
+SCORE_WORDS = {"dice": "Dice", "p_true_class": "probability of the true class", "roc_auc_macro": "macro ROC AUC"}
+
+
 def leakage_sentence(paired: pd.DataFrame) -> str:
+    """Every (model, score) of the paired leakage table with its subsets' differences, and one conclusion."""
     if paired.empty:
         return "The run has no leakage study."
-    parts = []
-    for _, row in paired.iterrows():
-        verdict = "significant" if row.ci_low > 0 or row.ci_high < 0 else "not significant"
-        parts.append(f"{row.subset} ({row.n_pairs} image × draw pairs) {_signed(row.difference)} "
-                     f"[{_signed(row.ci_low)}, {_signed(row.ci_high)}], {verdict}")
-    model, score = paired.iloc[0][["model", "score"]]
+    scores = []
+    for (model, score), rows in paired.groupby(["model", "score"], sort=False):
+        parts = []
+        for _, row in rows.iterrows():
+            verdict = "significant" if row.ci_low > 0 or row.ci_high < 0 else "not significant"
+            parts.append(f"{row.subset} ({row.n_pairs} image × draw pairs) {_signed(row.difference)} "
+                         f"[{_signed(row.ci_low)}, {_signed(row.ci_high)}], {verdict}")
+        scores.append(f"{model}'s {SCORE_WORDS.get(score, score)}: " + "; ".join(parts))
     found = (paired.ci_low > 0) | (paired.ci_high < 0)
     conclusion = ("so the phantoms show a leakage effect" if found.any()
                   else "so no leakage effect was found on the phantoms, and the report says so")
-    return (f"The leakage study compares {model}'s {score} on the same test images under the image-level and the "
-            f"grouped split (image-level − grouped, {int(paired.iloc[0].n_seeds)} draws): " + "; ".join(parts) + f"; {conclusion}.")
+    return (f"The leakage study compares the same test images under the image-level and the grouped split "
+            f"(image-level − grouped, {int(paired.iloc[0].n_seeds)} draws). " + ". ".join(scores) + f"; {conclusion}.")
 
 
 def summary(folder: Path = RUN_DIR) -> str:

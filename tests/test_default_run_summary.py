@@ -38,3 +38,11 @@ def test_an_interval_that_excludes_zero_is_called_a_leakage_effect() -> None:
     assert "+0.030 [+0.010, +0.050], significant" in found and "show a leakage effect" in found
     none = summary_script.leakage_sentence(_paired(-0.02, 0.04))
     assert "not significant" in none and "no leakage effect was found" in none
+
+
+def test_every_model_and_score_of_the_paired_table_is_reported() -> None:
+    paired = pd.concat([_paired(-0.02, 0.04), _paired(0.01, 0.05).assign(model="resnet50", score="roc_auc_macro")])
+    text = summary_script.leakage_sentence(paired)
+    assert "unet's Dice: all (10 image × draw pairs) +0.010 [−0.020, +0.040], not significant" in text
+    assert "resnet50's macro ROC AUC: all (10 image × draw pairs) +0.030 [+0.010, +0.050], significant" in text
+    assert text.endswith("so the phantoms show a leakage effect.")

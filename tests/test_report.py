@@ -31,7 +31,7 @@ SIZE = 32
 N_IMAGES = 30
 TASKS = {"unet": ["seg"], "resnet50": ["cls"], "mtl": ["cls", "seg"]}
 FIGURES = [f for f in REPORT_FILES if f.startswith("figures/")]
-LEAKAGE = ("unet",)
+LEAKAGE = ("unet", "resnet50")  # a segmenter and a classifier
 LEAKAGE_SEEDS = (1, 2)  # the image-level split is drawn twice
 
 
@@ -485,8 +485,11 @@ def test_unreadable_image_gives_an_error_tile_not_a_crash(tmp_path: Path) -> Non
 def test_leakage_table_and_inflation(full: tuple[Path, Path]) -> None:
     results, out = full
     leakage = pd.read_csv(out / "tables" / "leakage.csv")
-    assert set(leakage["model"]) == {"unet"} and leakage["metric"].tolist() == ["dice", "iou_tumour"]
-    for _, row in leakage.iterrows():
+    assert set(leakage["model"]) == set(LEAKAGE)
+    assert "roc_auc_macro" in set(leakage.loc[leakage["model"] == "resnet50", "metric"])
+    unet = leakage[leakage["model"] == "unet"]
+    assert unet["metric"].tolist() == ["dice", "iou_tumour"]
+    for _, row in unet.iterrows():
         grouped = [json.loads((results / "models" / "unet" / f"fold{k}" / "metrics.json").read_text())
                    ["segmentation"][row["metric"]] for k in (0, 1)]
         leaky = [json.loads((results / "models" / "unet" / LEAKY_SPLIT / f"seed{s}" / f"fold{k}" / "metrics.json").read_text())
@@ -688,6 +691,40 @@ def test_the_paired_leakage_table_is_the_mean_per_image_difference_on_shared_tes
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "Leakage, unet Dice on the same test images, image-level minus grouped: all (" in html
     assert f"x {len(LEAKAGE_SEEDS)} seeds)" in html
+
+
+def test_a_classifier_s_paired_leakage_auc_is_recomputed_on_the_same_pairs_under_both_splits(full: tuple[Path, Path]) -> None:
+    """AUC is not a per-image score: the pooled row compares the macro AUC of the image-level models' probabilities
+    with that of the grouped models' on the same (image, seed) pairs."""
+    from sklearn.metrics import roc_auc_score
+
+    results, out = full
+    paired = pd.read_csv(out / "tables" / "leakage_paired.csv")
+    rows = paired[(paired["model"] == "resnet50") & (paired["score"] == "roc_auc_macro")].set_index("subset")
+    assert set(rows.index) == {"all", "with a leaked sibling", "without a leaked sibling"}
+    assert set(paired.loc[paired["model"] == "unet", "score"]) == {"dice"}  # a segmenter has no AUC
+
+    def predictions(folder: str) -> pd.DataFrame:
+        return pd.concat([pd.read_csv(results / f"models/resnet50/{folder}fold{k}/predictions.csv") for k in (0, 1)]).set_index("image_id")
+
+    probabilities = [f"prob_{c}" for c in CLASSES]
+    grouped = predictions("")
+    truth, grouped_rows, leaky_rows = [], [], []
+    for split_seed in LEAKAGE_SEEDS:
+        leaky = predictions(f"{LEAKY_SPLIT}/seed{split_seed}/")
+        common = sorted(set(grouped.index) & set(leaky.index))
+        truth += grouped.loc[common, "y_true"].tolist()
+        grouped_rows.append(grouped.loc[common, probabilities])
+        leaky_rows.append(leaky.loc[common, probabilities])
+    grouped_auc = roc_auc_score(truth, pd.concat(grouped_rows).to_numpy(), multi_class="ovr")
+    leaky_auc = roc_auc_score(truth, pd.concat(leaky_rows).to_numpy(), multi_class="ovr")
+    overall = rows.loc["all"]
+    assert overall["n_pairs"] == len(truth) and overall["n_seeds"] == len(LEAKAGE_SEEDS)
+    assert overall["grouped_mean"] == pytest.approx(grouped_auc, abs=1e-5)
+    assert overall["image_level_mean"] == pytest.approx(leaky_auc, abs=1e-5)
+    assert overall["difference"] == pytest.approx(leaky_auc - grouped_auc, abs=1e-5)
+    assert overall["ci_low"] < overall["difference"] < overall["ci_high"]
+    assert rows["n_pairs"].loc[["with a leaked sibling", "without a leaked sibling"]].sum() == len(truth)
 
 
 def test_every_model_has_a_card_with_its_panels(full: tuple[Path, Path]) -> None:

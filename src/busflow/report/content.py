@@ -433,7 +433,8 @@ def leakage_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
     return [*blocks, Table(leakage_paired_display(tables["leakage_paired"]),
                            "Paired on the same test images: each image's score from its image-level (leaky) fold model "
                            "of each seed minus that from its grouped fold model, mean over the (image, seed) pairs with "
-                           "the group-bootstrap interval; an image has a leaked sibling under a seed when another image "
+                           "the group-bootstrap interval (roc_auc_macro: the AUC over the same pairs under each split, "
+                           "both recomputed on every resample); an image has a leaked sibling under a seed when another image "
                            "of its group was in the training part of that seed's image-level fold that tested it "
                            "(tables/leakage_paired.csv)", "no per-image scores in the leakage runs"),
             Table(leakage_display(tables["leakage"]), "Grouped folds vs image-level folds of every seed, mean ± sd over "

@@ -86,7 +86,7 @@ def leakage_effects(leakage: pd.DataFrame) -> list[str]:
     return sentences
 
 
-SCORE_LABELS = {"dice": "Dice", "p_true_class": "probability of the true class"}
+SCORE_LABELS = {"dice": "Dice", "p_true_class": "probability of the true class", "roc_auc_macro": "macro ROC AUC"}
 
 
 def paired_leakage_effects(paired: pd.DataFrame) -> list[str]:

@@ -11,18 +11,20 @@ come from the group bootstrap (whole groups resampled, with all their images und
 interval of the report.
 
 Per-image scores: ``dice`` for segmentation, ``p_true_class`` (the predicted probability of the true class)
-for classification, since AUC and accuracy are not per-image quantities.
+for classification. AUC is not a per-image quantity, so a classifier also gets ``roc_auc_macro`` computed over
+the same (image, seed) pairs under each split: the difference of the two AUCs, with both recomputed on every
+bootstrap resample of the groups (a paired bootstrap).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from busflow.evaluate.statistics import GroupBootstrap, percentile_interval, two_sided_p, weighted_mean
+from busflow.evaluate.statistics import GroupBootstrap, macro_auc, percentile_interval, two_sided_p, weighted_mean
 from busflow.io import read_table
 from busflow.layout import SPLIT_FILES
 from busflow.report.loading import RunResults
@@ -32,6 +34,7 @@ from busflow.split.protocols import leaky_stage
 LEAKAGE_PAIRED_COLUMNS = ["model", "score", "subset", "n_images", "n_pairs", "n_seeds", "n_groups", "grouped_mean",
                           "image_level_mean", "difference", "ci_low", "ci_high", "p_value", "confidence", "resamples"]
 LEAKED, NOT_LEAKED = "with a leaked sibling", "without a leaked sibling"
+POOLED_AUC = "roc_auc_macro"  # a classifier's macro ROC AUC over the pairs, recomputed per resample
 EXPOSED_ROLES = ("train", "val")
 
 
@@ -63,12 +66,19 @@ def image_scores(cases: pd.DataFrame, classes: Sequence[str]) -> dict[str, pd.Se
     scores = {}
     if "dice" in indexed:
         scores["dice"] = indexed["dice"].astype(float)
-    probabilities = [f"prob_{c}" for c in classes]
-    if "y_true" in indexed and set(probabilities) <= set(indexed.columns):
-        matrix = indexed[probabilities].to_numpy(float)
+    probabilities = class_probabilities(cases, classes)
+    if probabilities is not None:
         truth = indexed["y_true"].to_numpy(int)
-        scores["p_true_class"] = pd.Series(matrix[np.arange(len(truth)), truth], index=indexed.index)
+        scores["p_true_class"] = pd.Series(probabilities.to_numpy(float)[np.arange(len(truth)), truth], index=indexed.index)
     return scores
+
+
+def class_probabilities(cases: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame | None:
+    """The class probabilities of a classifier's cases indexed by image_id (None for a segmenter)."""
+    columns = [f"prob_{c}" for c in classes]
+    if "y_true" not in cases or not set(columns) <= set(cases.columns):
+        return None
+    return cases.set_index("image_id")[columns]
 
 
 def seed_folds(leaky_folds: pd.DataFrame, split_seed: int) -> pd.DataFrame:
@@ -88,6 +98,9 @@ class _Pairs:
     image_level: list[float] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     exposed: list[bool] = field(default_factory=list)
+    truth: list[int] = field(default_factory=list)  # classes, for a pooled score
+    grouped_probabilities: list[np.ndarray] = field(default_factory=list)  # one row per pair, for a pooled score
+    image_level_probabilities: list[np.ndarray] = field(default_factory=list)
 
 
 def _model_pairs(run: RunResults, model: str, leaky_folds: pd.DataFrame, group_of: Mapping[str, str]) -> dict[str, _Pairs]:
@@ -105,14 +118,28 @@ def _model_pairs(run: RunResults, model: str, leaky_folds: pd.DataFrame, group_o
         common = sorted(set(grouped["image_id"]) & set(leaky["image_id"]))
         exposed = leaked_siblings(seed_folds(leaky_folds, split_seed), group_of, common)
         for score in sorted(set(grouped_scores) & set(leaky_scores)):
-            found = pairs.setdefault(score, _Pairs())
-            found.images += common
-            found.seeds += [split_seed] * len(common)
-            found.grouped += grouped_scores[score].loc[common].tolist()
-            found.image_level += leaky_scores[score].loc[common].tolist()
-            found.groups += [group_of.get(i, i) for i in common]
-            found.exposed += exposed.tolist()
+            _add_pairs(pairs.setdefault(score, _Pairs()), common, split_seed, grouped_scores[score].loc[common],
+                       leaky_scores[score].loc[common], group_of, exposed)
+        grouped_probabilities = class_probabilities(grouped, run.classes)
+        leaky_probabilities = class_probabilities(leaky, run.classes)
+        if grouped_probabilities is not None and leaky_probabilities is not None:
+            found = pairs.setdefault(POOLED_AUC, _Pairs())
+            _add_pairs(found, common, split_seed, pd.Series(np.nan, index=common), pd.Series(np.nan, index=common),
+                       group_of, exposed)
+            found.truth += grouped.set_index("image_id")["y_true"].loc[common].astype(int).tolist()
+            found.grouped_probabilities += list(grouped_probabilities.loc[common].to_numpy(float))
+            found.image_level_probabilities += list(leaky_probabilities.loc[common].to_numpy(float))
     return pairs
+
+
+def _add_pairs(pairs: _Pairs, images: list[str], split_seed: int, grouped: pd.Series, image_level: pd.Series,
+               group_of: Mapping[str, str], exposed: np.ndarray) -> None:
+    pairs.images += images
+    pairs.seeds += [split_seed] * len(images)
+    pairs.grouped += grouped.tolist()
+    pairs.image_level += image_level.tolist()
+    pairs.groups += [group_of.get(i, i) for i in images]
+    pairs.exposed += exposed.tolist()
 
 
 def leakage_paired_table(run: RunResults, settings: BootstrapSettings) -> pd.DataFrame:
@@ -130,24 +157,36 @@ def leakage_paired_table(run: RunResults, settings: BootstrapSettings) -> pd.Dat
             exposed = np.array(pairs.exposed, dtype=bool)
             for subset, chosen in (("all", np.ones(len(exposed), bool)), (LEAKED, exposed), (NOT_LEAKED, ~exposed)):
                 if chosen.any():
-                    picked = {name: np.asarray(getattr(pairs, name))[chosen] for name in ("images", "seeds", "grouped", "image_level", "groups")}
+                    picked = np.asarray(pairs.images)[chosen]
                     rows.append({"model": model, "score": score, "subset": subset,
-                                 "n_images": len(set(picked["images"])), "n_pairs": int(chosen.sum()),
-                                 "n_seeds": len(set(picked["seeds"].tolist())),
-                                 **_paired(picked["grouped"].astype(float), picked["image_level"].astype(float),
-                                           picked["groups"], settings, settings.seed + number)})
+                                 "n_images": len(set(picked)), "n_pairs": int(chosen.sum()),
+                                 "n_seeds": len(set(np.asarray(pairs.seeds)[chosen].tolist())),
+                                 **_paired(pairs, score, chosen, settings, settings.seed + number)})
     return pd.DataFrame(rows, columns=LEAKAGE_PAIRED_COLUMNS)
 
 
-def _paired(grouped: np.ndarray, image_level: np.ndarray, groups: np.ndarray, settings: BootstrapSettings,
-            seed: int) -> dict[str, float]:
-    """Means under both splits and the mean paired difference with its group-bootstrap interval."""
-    differences = image_level - grouped
-    draw = GroupBootstrap.draw(list(groups), settings.resamples, seed)
-    samples = weighted_mean(differences, draw.weights)
+Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (values of the pairs, B x n weights) -> B values
+
+
+def _score_under_both_splits(pairs: _Pairs, score: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, Statistic]:
+    """The ``chosen`` pairs' values under the grouped and the image-level split, and the statistic over them: the
+    weighted mean of a per-image score, or the macro AUC of the class probabilities for the pooled score."""
+    if score != POOLED_AUC:
+        return np.asarray(pairs.grouped, float)[chosen], np.asarray(pairs.image_level, float)[chosen], weighted_mean
+    truth = np.asarray(pairs.truth)[chosen]
+    return (np.asarray(pairs.grouped_probabilities)[chosen], np.asarray(pairs.image_level_probabilities)[chosen],
+            lambda probabilities, weights: macro_auc(truth, probabilities, weights))
+
+
+def _paired(pairs: _Pairs, score: str, chosen: np.ndarray, settings: BootstrapSettings, seed: int) -> dict[str, float]:
+    """The score under both splits over the ``chosen`` pairs and the paired difference (image-level minus
+    grouped), its interval from the same group resamples entering both splits."""
+    grouped, image_level, statistic = _score_under_both_splits(pairs, score, chosen)
+    draw = GroupBootstrap.draw(list(np.asarray(pairs.groups)[chosen]), settings.resamples, seed)
+    samples = statistic(image_level, draw.weights) - statistic(grouped, draw.weights)
     low, high = percentile_interval(samples, settings.confidence)
-    ones = np.ones((1, len(differences)))
-    return {"n_groups": draw.n_groups,
-            "grouped_mean": float(weighted_mean(grouped, ones)[0]), "image_level_mean": float(weighted_mean(image_level, ones)[0]),
-            "difference": float(weighted_mean(differences, ones)[0]), "ci_low": low, "ci_high": high,
+    ones = np.ones((1, int(chosen.sum())))
+    grouped_value, image_level_value = float(statistic(grouped, ones)[0]), float(statistic(image_level, ones)[0])
+    return {"n_groups": draw.n_groups, "grouped_mean": grouped_value, "image_level_mean": image_level_value,
+            "difference": image_level_value - grouped_value, "ci_low": low, "ci_high": high,
             "p_value": two_sided_p(samples), "confidence": settings.confidence, "resamples": settings.resamples}
