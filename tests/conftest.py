@@ -190,6 +190,17 @@ def busi_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def busi_duplicates(busi_root: Path):
+    """BUSI's index and its near-duplicate links under the default detector settings, found once per session
+    (the search over 780 images takes most of a minute); the tests read them and never change them."""
+    from busflow.data.folder import ingest_folder
+    from busflow.split.dedup import find_duplicate_links
+
+    index = ingest_folder(busi_root)
+    return index, find_duplicate_links(index["image_id"].tolist(), index["image_path"].tolist())
+
+
+@pytest.fixture(scope="session")
 def busbra_root() -> Path:
     """The local BUS-BRA subset; the test is skipped where it is absent."""
     return _shared_dataset(BUSBRA_ROOT)

@@ -11,7 +11,6 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter, zoom
 
 from busflow.split.dedup import LINK_COLUMNS, duplicate_clusters, find_duplicate_links, screen_pairs
-from busflow.data.folder import ingest_folder
 from busflow.errors import DatasetError
 
 SHAPE = (420, 560)
@@ -136,7 +135,7 @@ def test_unreadable_image_and_duplicate_ids_raise(tmp_path: Path, synthetic: dic
         find_duplicate_links(["base", "base"], [synthetic["base"], synthetic["exact"]])
 
 
-def test_busi_known_duplicates_and_cluster_counts(busi_root: Path) -> None:
+def test_busi_known_duplicates_and_cluster_counts(busi_duplicates: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     """The exact pair across classes is found; cluster counts stay within bounds that guard against collapse.
 
     Lower bounds: the plain 16x16 average hash alone groups 31 BUSI images in 15 clusters, and the detector
@@ -144,8 +143,7 @@ def test_busi_known_duplicates_and_cluster_counts(busi_root: Path) -> None:
     the benign and malignant folders. Upper bounds: chaining through false links would merge clusters into
     a few large ones, so no cluster may exceed 10 images and at most half of the 780 images may be grouped.
     """
-    index = ingest_folder(busi_root)
-    links = find_duplicate_links(index["image_id"].tolist(), index["image_path"].tolist())
+    index, links = busi_duplicates
     found = pairs(links)
     assert found[("benign (433)", "malignant (145)")] == "exact"
     clusters = pd.Series(duplicate_clusters(index["image_id"].tolist(), links))

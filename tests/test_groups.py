@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,8 @@ from PIL import Image
 
 from busflow.config import load_params
 from busflow.data.folder import ingest_folder
+import busflow.split.groups
+from busflow.split.dedup import DuplicateSettings
 from busflow.split.groups import build_groups, conflict_summary, grouping_sources
 from conftest import REPO
 
@@ -65,9 +68,16 @@ def test_patients_and_duplicates_merge_groups(tmp_path: Path, split_params: dict
     assert set(links["reason"]) == {"patient", "near-duplicate"}
 
 
-def test_busi_exact_duplicate_is_one_group_and_a_label_conflict(busi_root: Path, split_params: dict) -> None:
-    index = ingest_folder(busi_root)
-    groups, links = build_groups(index, split_params)
+def test_busi_exact_duplicate_is_one_group_and_a_label_conflict(busi_duplicates: tuple[pd.DataFrame, pd.DataFrame],
+                                                               split_params: dict) -> None:
+    index, found = busi_duplicates  # the detector's links on BUSI (its own test: test_dedup.py), computed once
+
+    def same_search(image_ids: list[str], paths: list[str], settings: DuplicateSettings) -> pd.DataFrame:
+        assert image_ids == index["image_id"].tolist() and settings == DuplicateSettings()
+        return found
+
+    with mock.patch.object(busflow.split.groups, "find_duplicate_links", same_search):
+        groups, links = build_groups(index, split_params)
     pair = groups.set_index("image_id").loc[["benign (433)", "malignant (145)"]]
     assert pair["group_id"].nunique() == 1 and pair["label_conflict"].all()
     assert set(pair["reason"]) == {"exact"} and (pair["score"] == 1.0).all()
