@@ -650,6 +650,20 @@ def test_best_model_leakage_and_external_findings() -> None:
     assert external_changes(external) == ["On busbra, a's macro ROC AUC drops by 0.080 (in-domain 0.860 ± 0.020, external 0.780 ± 0.030)."]
 
 
+def test_each_paired_leakage_score_gets_its_own_conclusion() -> None:
+    from busflow.report.findings import paired_leakage_effects
+
+    rows = [{"model": "resnet50", "score": score, "subset": "all", "n_images": 40, "n_seeds": 2, "difference": diff,
+             "ci_low": low, "ci_high": high} for score, diff, low, high in
+            (("p_true_class", 0.03, -0.004, 0.07), ("roc_auc_macro", 0.07, 0.03, 0.11))]
+    per_image, pooled = paired_leakage_effects(pd.DataFrame(rows))
+    assert per_image.startswith("Leakage, resnet50 probability of the true class on the same test images")
+    assert per_image.endswith("all (40 images x 2 seeds) +0.030 [-0.004, +0.070], not significant: "
+                              "no leakage effect was found in this score.")
+    assert pooled.startswith("Leakage, resnet50 macro ROC AUC on the same test images")
+    assert pooled.endswith("+0.070 [+0.030, +0.110], significant: a leakage effect.")
+
+
 def test_a_leaked_sibling_is_a_group_mate_in_the_training_part_of_the_image_level_fold_that_tested_the_image() -> None:
     from busflow.report.leakage import leaked_siblings
 

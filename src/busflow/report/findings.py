@@ -102,7 +102,7 @@ def paired_leakage_effects(paired: pd.DataFrame) -> list[str]:
             parts.append(f"{row.subset} ({row.n_images} images{seeds}) {row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}], {verdict}")
         overall = rows[rows["subset"] == "all"]
         found = not overall.empty and overall["ci_low"].iloc[0] > 0
-        conclusion = "a leakage effect" if found else "no leakage effect was found"
+        conclusion = "a leakage effect" if found else "no leakage effect was found in this score"
         sentences.append(f"Leakage, {model} {SCORE_LABELS.get(score, score)} on the same test images, image-level minus "
                          f"grouped: {'; '.join(parts)}: {conclusion}.")
     return sentences
