@@ -440,8 +440,9 @@ def leakage_blocks(run: RunResults, tables: ReportTables) -> list[Block]:
             Table(leakage_display(tables["leakage"]), "Grouped folds vs image-level folds of every seed, mean ± sd over "
                                                       "folds of different test sets (tables/leakage.csv)",
                   "no headline metrics in the leakage runs"),
-            Figure("figures/leakage.png", "Grouped (leak-free) vs image-level (leaky) folds per model and metric, "
-                                          "mean ± sd over folds; the numbers are the inflation.")]
+            Figure("figures/leakage.png", "Left: grouped (leak-free) vs image-level (leaky) folds per model and "
+                                          "metric, mean ± sd over folds; the numbers are the inflation. Right: the "
+                                          "paired differences on the same test images with their 95 % intervals.")]
 
 
 def leakage_paired_display(paired: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -47,6 +48,7 @@ CONFLICT_COLOR = "#b00000"
 # model kept in every figure.
 TRUTH_COLOR, PREDICTION_COLOR = "#56B4E9", "#E69F00"  # sky blue, orange
 GROUPED_COLOR, LEAKY_COLOR = "#0072B2", "#D55E00"  # blue, vermillion
+SUBSET_COLOURS = {"with a leaked sibling": LEAKY_COLOR, "without a leaked sibling": GROUPED_COLOR}  # others: dark grey
 
 
 def model_colours(models: Sequence[str]) -> dict[str, tuple[float, float, float]]:
@@ -316,20 +318,25 @@ def plot_comparisons(comparisons: pd.DataFrame, models: Sequence[str], target: P
     shown = comparisons[comparisons["metric"].isin(keys)].dropna(subset=["difference"]) if not comparisons.empty else comparisons
     if shown.empty:
         return save_figure(message_figure("no paired comparison in this run (one model, or no shared test images)"), target)
-    shown = shown.iloc[::-1]  # first row at the top
     colours = model_colours(models)
     fig, ax = plt.subplots(figsize=(7.5, max(2.4, 0.9 + 0.32 * len(shown))))
-    for y, row in enumerate(shown.itertuples()):
-        significant = row.ci_low > 0 or row.ci_high < 0
-        colour = colours.get(row.model, "0.3")
-        ax.errorbar(row.difference, y, xerr=[[row.difference - row.ci_low], [row.ci_high - row.difference]], fmt="o",
-                    color=colour, markerfacecolor=colour if significant else "white", capsize=3, linewidth=1.3)
-    ax.axvline(0, color="0.4", linewidth=1, linestyle="--")
-    ax.set_yticks(range(len(shown)), [f"{r.model}: {r.metric.split('.')[-1]}" for r in shown.itertuples()], fontsize=9)
+    _forest(ax, shown, [f"{r.model}: {r.metric.split('.')[-1]}" for r in shown.itertuples()],
+            [colours.get(model, "0.3") for model in shown["model"]])
     ax.set(title=f"Paired difference with {shown['reference'].iloc[0]} (95 % interval; filled: excludes 0)",
            xlabel="model minus reference")
     fig.tight_layout()
     save_figure(fig, target)
+
+
+def _forest(ax: Axes, rows: pd.DataFrame, labels: Sequence[str], colours: Sequence[str]) -> None:
+    """Differences (``difference``, ``ci_low``, ``ci_high``) with their intervals, the first row at the top and a
+    filled marker where the interval excludes 0."""
+    for y, (row, colour) in enumerate(zip(rows.iloc[::-1].itertuples(), list(colours)[::-1])):
+        significant = row.ci_low > 0 or row.ci_high < 0
+        ax.errorbar(row.difference, y, xerr=[[row.difference - row.ci_low], [row.ci_high - row.difference]], fmt="o",
+                    color=colour, markerfacecolor=colour if significant else "white", capsize=3, linewidth=1.3)
+    ax.axvline(0, color="0.4", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(rows)), list(labels)[::-1], fontsize=9)
 
 
 # --------------------------------------------------------------------------- overlays
@@ -497,23 +504,39 @@ def summed_confusion(run: RunResults, model: str) -> tuple[np.ndarray | None, li
 # --------------------------------------------------------------------------- leakage study
 
 
-def plot_leakage(leakage: pd.DataFrame, target: Path) -> None:
-    """Paired bars per leakage model x metric: grouped vs image-level mean over folds, sd error bars."""
-    if leakage.empty:
+def plot_leakage(leakage: pd.DataFrame, paired: pd.DataFrame, target: Path) -> None:
+    """Left: paired bars per leakage model x metric, grouped vs image-level mean over folds with sd error bars.
+    Right: the differences on the same test images (tables/leakage_paired.csv) with their intervals."""
+    paired = paired.dropna(subset=["difference", "ci_low", "ci_high"]) if not paired.empty else paired
+    panels = [name for name, table in (("folds", leakage), ("paired", paired)) if not table.empty]
+    if not panels:
         return save_figure(message_figure(NO_LEAKAGE), target)
+    width = {"folds": max(6.0, 1.2 * len(leakage) + 2.5), "paired": 7.0}
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(width[p] for p in panels), max(4.4, 0.9 + 0.32 * len(paired))),
+                             squeeze=False, gridspec_kw={"width_ratios": [width[p] for p in panels]})
+    for ax, panel in zip(axes[0], panels):
+        if panel == "folds":
+            _fold_mean_bars(ax, leakage)
+        else:
+            _forest(ax, paired, [f"{r.model} {r.score}: {r.subset}" for r in paired.itertuples()],
+                    [SUBSET_COLOURS.get(subset, "0.2") for subset in paired["subset"]])
+            ax.set(title="Same test images: image-level − grouped\n(95 % group-bootstrap interval; filled: excludes 0)",
+                   xlabel="paired difference")
+    fig.tight_layout()
+    save_figure(fig, target)
+
+
+def _fold_mean_bars(ax: Axes, leakage: pd.DataFrame) -> None:
     x = np.arange(len(leakage))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(leakage) + 2.5), 4.4))
     for offset, prefix, label, color in ((-0.2, "grouped", "grouped (leak-free)", GROUPED_COLOR),
                                          (0.2, "image_level", "image-level (leaky)", LEAKY_COLOR)):
         ax.bar(x + offset, leakage[f"{prefix}_mean"], 0.4, yerr=leakage[f"{prefix}_sd"].fillna(0), capsize=3,
                label=label, color=color)
     ticks = [f"{m}\n{k}\nΔ {d:+.3f}" for m, k, d in zip(leakage["model"], leakage["metric"], leakage["inflation"])]
     ax.set_xticks(x, [t.replace("nan", "n/a") for t in ticks], fontsize=8)
-    ax.set(title="Leakage study: grouped vs image-level folds (mean ± sd over folds)",
+    ax.set(title="Grouped vs image-level folds (mean ± sd over folds)",
            xlabel="Δ: inflation, image-level minus grouped", ylabel="score", ylim=(0, 1.1))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, target)
+    ax.legend(loc="upper left", frameon=False, fontsize=8)
 
 
 # --------------------------------------------------------------------------- model cards

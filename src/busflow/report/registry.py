@@ -115,7 +115,7 @@ FIGURES: dict[str, Plot] = {
     "overlays": lambda run, tables, target: figures.plot_overlays(run, target),
     "training_curves": lambda run, tables, target: figures.plot_training_curves(run, target),
     "confusion": lambda run, tables, target: figures.plot_confusion(run, target),
-    "leakage": lambda run, tables, target: figures.plot_leakage(tables["leakage"], target),
+    "leakage": lambda run, tables, target: figures.plot_leakage(tables["leakage"], tables["leakage_paired"], target),
     "calibration": lambda run, tables, target: figures.plot_calibration(tables["calibration"], tables["intervals"],
                                                                         run.models, target),
     "pr": lambda run, tables, target: figures.plot_pr(run, target),
