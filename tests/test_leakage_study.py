@@ -46,3 +46,15 @@ def test_the_readme_table_is_what_the_committed_study_gives() -> None:
     current = README.read_text(encoding="utf-8")
     expected = leakage_study.readme_table(pd.read_csv(leakage_study.RESULTS_CSV))
     assert current == with_table(current, expected, leakage_study.START, leakage_study.END)
+
+
+def test_the_phantom_study_trains_the_default_run_s_leakage_models_on_each_acquisition() -> None:
+    import phantom_leakage
+
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    for acquisition in phantom_leakage.ACQUISITIONS:
+        params = phantom_leakage.leakage_params(acquisition)
+        assert params["data"]["synthetic"]["acquisition"] == acquisition
+        assert params["train"]["models"] == default["leakage"]["models"] == list(params["models"])
+        assert params["leakage"] == default["leakage"] and params["split"] == default["split"]
+        assert params["cascades"] == [] and params["ensembles"] == {}
