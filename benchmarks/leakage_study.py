@@ -69,6 +69,15 @@ def readme_table(paired: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def pipeline_minutes(workdir: Path, elapsed_s: float) -> float:
+    """The project's pipeline wall time over every call so far, this one's ``elapsed_s`` included (a resumed or
+    re-reported study keeps the minutes of the run that trained it)."""
+    record = workdir / "wall_seconds.txt"
+    total = (float(record.read_text()) if record.is_file() else 0.0) + elapsed_s
+    record.write_text(f"{total:.1f}\n")
+    return total / 60
+
+
 def run_study(args: argparse.Namespace) -> None:
     if not (args.workdir / "Snakefile").exists():
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +87,7 @@ def run_study(args: argparse.Namespace) -> None:
         scratch_project(params_file, args.workdir)
     started = time.perf_counter()
     run(["snakemake", "--cores", "all", "--rerun-incomplete"], args.workdir)
-    minutes = (time.perf_counter() - started) / 60
+    minutes = pipeline_minutes(args.workdir, time.perf_counter() - started)
 
     params = load_params(args.workdir / "params.yaml")
     tables = args.workdir / "results" / params["run"] / "report" / "tables"
