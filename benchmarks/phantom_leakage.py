@@ -2,7 +2,7 @@
 neighbouring frames of one sweep (``data.synthetic.acquisition: sweep``, the default) and as independent
 placements of the probe (``repositioned``).
 
-    python benchmarks/phantom_leakage.py --workdir DIR [--csv docs/results/phantom_leakage.csv]
+    python benchmarks/phantom_leakage.py --workdir DIR [--csv docs/results/leakage/phantoms.csv]
 
 Each acquisition gets its own project under ``DIR/<acquisition>`` (an existing one resumes): params.yaml with
 only ``leakage.models`` trained (no other model, cascade or ensemble), on grouped folds and on the image-level
