@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from busflow.config import load_params
 from busflow.models import build_model
-from busflow.train.checkpoint import checkpoint_path, discard_checkpoint
+from busflow.train.checkpoint import checkpoint_path, discard_checkpoint, make_checkpoint_folder
 from busflow.train.device import seed_everything
 from busflow.train.loop import BatchMemoryError, CheckpointCadence, FitRun, NonFiniteLossError, fit
 from busflow.train.spec import TrainSpec
@@ -176,6 +177,33 @@ def test_checkpoints_live_outside_the_declared_outputs(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"state")
     discard_checkpoint(path)
+    assert not (tmp_path / "results/run/checkpoints").exists() and (tmp_path / "results/run").is_dir()
+
+
+def test_jobs_side_by_side_write_and_discard_checkpoints_in_shared_folders(tmp_path: Path) -> None:
+    """Jobs of one run write and discard checkpoints under the same checkpoints/ folder at the same time: one
+    job's pruning of the empty folders never fails because another job created or removed one meanwhile, and
+    never takes a folder that holds another job's checkpoint."""
+    models = tmp_path / "results/run/models"
+    failures: list[BaseException] = []
+
+    def job(model: str) -> None:
+        try:
+            for fold in range(150):
+                path = checkpoint_path(models / model / f"fold{fold % 3}")
+                make_checkpoint_folder(path)
+                path.write_bytes(b"state")
+                assert path.read_bytes() == b"state"
+                discard_checkpoint(path)
+        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            failures.append(error)
+
+    threads = [threading.Thread(target=job, args=(model,)) for model in ("unet", "cascade", "cascade_exp1", "resnet50")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
     assert not (tmp_path / "results/run/checkpoints").exists() and (tmp_path / "results/run").is_dir()
 
 

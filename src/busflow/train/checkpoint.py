@@ -50,14 +50,34 @@ def fingerprint(spec: Mapping[str, Any], seed: int, arrays: Sequence[np.ndarray]
 
 def discard_checkpoint(path: Path) -> None:
     """Remove a finished job's checkpoint folder (with any temporary file a killed write left) and the
-    folders that leaves empty, up to ``checkpoints/``."""
+    folders that leaves empty, up to ``checkpoints/``.
+
+    Jobs running side by side share those folders: one may create a folder another is about to remove, or
+    remove one first. So each folder is simply tried: one that is no longer empty or already gone ends the
+    pruning (no check-then-remove)."""
     shutil.rmtree(path.parent, ignore_errors=True)
     folder = path.parent.parent
-    while folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # another job's checkpoint lives below it, or another job removed it
+            return
         if folder.name == "checkpoints":
-            break
+            return
         folder = folder.parent
+
+
+def make_checkpoint_folder(path: Path, attempts: int = 10) -> None:
+    """Create the folder of checkpoint ``path``; a job finishing meanwhile may remove a just-created, still
+    empty parent (see :func:`discard_checkpoint`), which ``mkdir`` reports as a missing parent or, when the
+    removal falls between its own steps, as an existing one, so the creation is retried."""
+    for _ in range(attempts - 1):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return
+        except (FileNotFoundError, FileExistsError):
+            continue
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -80,7 +100,7 @@ def save_checkpoint(path: Path, key: str, state: TrainingState, model: torch.nn.
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_checkpoint_folder(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
