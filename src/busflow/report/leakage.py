@@ -109,6 +109,7 @@ def _model_pairs(run: RunResults, model: str, leaky_folds: pd.DataFrame, group_o
     if grouped.empty:
         return {}
     grouped_scores = image_scores(grouped, run.classes)
+    grouped_probabilities = class_probabilities(grouped, run.classes)
     pairs: dict[str, _Pairs] = {}
     for split_seed in sorted({r.split_seed for r in run.leaky_results if r.model == model and r.split_seed is not None}):
         leaky = results_cases(run, model, [r for r in run.leaky_results if r.model == model and r.split_seed == split_seed])
@@ -120,12 +121,11 @@ def _model_pairs(run: RunResults, model: str, leaky_folds: pd.DataFrame, group_o
         for score in sorted(set(grouped_scores) & set(leaky_scores)):
             _add_pairs(pairs.setdefault(score, _Pairs()), common, split_seed, grouped_scores[score].loc[common],
                        leaky_scores[score].loc[common], group_of, exposed)
-        grouped_probabilities = class_probabilities(grouped, run.classes)
         leaky_probabilities = class_probabilities(leaky, run.classes)
         if grouped_probabilities is not None and leaky_probabilities is not None:
             found = pairs.setdefault(POOLED_AUC, _Pairs())
-            _add_pairs(found, common, split_seed, pd.Series(np.nan, index=common), pd.Series(np.nan, index=common),
-                       group_of, exposed)
+            no_per_image_score = pd.Series(np.nan, index=common)  # the pooled score has the probabilities instead
+            _add_pairs(found, common, split_seed, no_per_image_score, no_per_image_score, group_of, exposed)
             found.truth += grouped.set_index("image_id")["y_true"].loc[common].astype(int).tolist()
             found.grouped_probabilities += list(grouped_probabilities.loc[common].to_numpy(float))
             found.image_level_probabilities += list(leaky_probabilities.loc[common].to_numpy(float))
