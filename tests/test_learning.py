@@ -22,6 +22,10 @@ from busflow.train.spec import TrainSpec
 
 from conftest import TINY_PARAMS
 
+# One torch thread: with two, OpenMP's spin-waits slow these fits thirtyfold whenever another job (the Slurm
+# pipeline the suite runs in the background) holds the other core.
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
+
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArrayData, dict[str, np.ndarray]]:
