@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 from readme_results import README, publish
 
+from busflow.report.findings import SCORE_LABELS
+
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / "docs" / "results" / "default_run"
 TABLES = ("leaderboard.csv", "leakage_paired.csv")
@@ -34,16 +36,13 @@ def _interval(row: pd.Series, metric: str) -> str:
     return f"{row[f'{metric}_pooled']:.3f} [{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]"
 
 
-def _signed(value: float) -> str:
+def signed(value: float) -> str:
     return f"{value:+.3f}".replace("-", "−")
 
 
 def metric_list(leaderboard: pd.DataFrame, metric: str) -> str:
     rows = leaderboard[leaderboard[f"{metric}_pooled"].notna()]
     return ", ".join(f"{row.model} {_interval(row, metric)}" for _, row in rows.iterrows())
-
-
-SCORE_WORDS = {"dice": "Dice", "p_true_class": "probability of the true class", "roc_auc_macro": "macro ROC AUC"}
 
 
 def leakage_sentence(paired: pd.DataFrame) -> str:
@@ -55,9 +54,9 @@ def leakage_sentence(paired: pd.DataFrame) -> str:
         parts = []
         for _, row in rows.iterrows():
             verdict = "significant" if row.ci_low > 0 or row.ci_high < 0 else "not significant"
-            parts.append(f"{row.subset} ({row.n_pairs} image × draw pairs) {_signed(row.difference)} "
-                         f"[{_signed(row.ci_low)}, {_signed(row.ci_high)}], {verdict}")
-        scores.append(f"{model}'s {SCORE_WORDS.get(score, score)}: " + "; ".join(parts))
+            parts.append(f"{row.subset} ({row.n_pairs} image × draw pairs) {signed(row.difference)} "
+                         f"[{signed(row.ci_low)}, {signed(row.ci_high)}], {verdict}")
+        scores.append(f"{model}'s {SCORE_LABELS.get(score, score)}: " + "; ".join(parts))
     found = (paired.ci_low > 0) | (paired.ci_high < 0)
     conclusion = ("so the phantoms show a leakage effect" if found.any()
                   else "so no leakage effect was found on the phantoms, and the report says so")

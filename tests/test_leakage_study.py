@@ -38,7 +38,7 @@ def test_the_readme_table_marks_the_intervals_that_exclude_zero() -> None:
     table = leakage_study.readme_table(paired)
     assert table.startswith("BUSI at 128 px, 3 grouped folds vs image-level folds drawn with 2 seeds")
     assert "(50 min on 2 cores;" in table
-    assert "| resnet50 | macro ROC AUC over the pairs | all | 10 | 0.800 | 0.850 | +0.050 [+0.010, +0.090] * |" in table
+    assert "| resnet50 | macro ROC AUC | all | 10 | 0.800 | 0.850 | +0.050 [+0.010, +0.090] * |" in table
     assert "| unet | Dice | with a leaked sibling | 4 | 0.600 | 0.610 | +0.010 [−0.020, +0.040] |" in table
 
 

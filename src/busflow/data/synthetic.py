@@ -180,8 +180,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int],
     if fy > 1 or fx > 1:  # bilinear upsampling (Pillow is much faster than ndi.zoom here)
         size = (field.shape[1] * fx, field.shape[0] * fy)
         field = np.asarray(Image.fromarray(field).resize(size, Image.Resampling.BILINEAR))
-    field = field[: shape[0], : shape[1]]
-    return field / (field.std() + 1e-8)
+    return _unit_sd(field[: shape[0], : shape[1]])
 
 
 def _wavy_curve(rng: np.random.Generator, n: int, mean: float, amp: float, corr: float) -> np.ndarray:
