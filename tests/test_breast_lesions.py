@@ -16,7 +16,7 @@ from PIL import Image
 
 from busflow.config import load_params, load_schema
 from busflow.data.bad_samples import BadSamples
-from busflow.data.breast_lesions import IMAGES_FOLDER, ingest_breast_lesions
+from busflow.data.breast_lesions import IMAGES_FOLDER, ingest_breast_lesions, pixel_spacing
 from busflow.data.preprocess import load_mask_union
 from busflow.data.sources import LAYOUTS, fetch_dataset, find_dataset_root, ingest_raw
 from busflow.errors import DatasetError
@@ -92,6 +92,27 @@ def test_labels_masks_patients_and_metadata(archive: Path) -> None:
     assert index.loc["case002", "birads"] == "4c" and index.loc["case002", "diagnosis"] == "invasive ductal carcinoma"
     assert index.loc["case001", "age"] == 41 and index.loc["case001", "pixel_size_raw"] == pytest.approx(0.0075)
     assert index.loc["case001", "verification"] == "confirmed by biopsy" and index.loc["case002", "shape"] == "irregular"
+    assert index["pixel_spacing_mm"].isna().all()  # 24 px at 0.0075 spans no probe's field of view in any unit
+
+
+def _sizes(raw: list[object], width: int = 500, height: int = 400) -> pd.DataFrame:
+    return pd.DataFrame({"pixel_size_raw": raw, "width": width, "height": height})
+
+
+@pytest.mark.parametrize(("raw", "unit", "factor"), [(0.0075, "cm", 10.0), (0.075, "mm", 1.0), (75.0, "um", 0.001)])
+def test_pixel_size_unit_is_the_one_giving_a_probe_field_of_view(raw: float, unit: str, factor: float) -> None:
+    """500 px wide at 0.0075 spans 3.75 units: a 37.5 mm field of view only if the unit is cm."""
+    spaced = pixel_spacing(_sizes([raw, raw * 1.2, raw * 0.9]))
+    assert (spaced["pixel_size_unit"] == unit).all()
+    assert spaced["pixel_spacing_mm"].tolist() == pytest.approx([raw * factor, raw * 1.2 * factor, raw * 0.9 * factor])
+
+
+def test_implausible_or_missing_pixel_sizes_give_no_spacing() -> None:
+    spaced = pixel_spacing(_sizes([0.0075, 0.008, 0.5, -0.008, "n/a", None]))
+    assert spaced["pixel_spacing_mm"].iloc[:2].tolist() == pytest.approx([0.075, 0.08])
+    assert spaced["pixel_spacing_mm"].iloc[2:].isna().all()  # 0.5 cm pixels would make the image 2.5 m wide; the others are no number
+    unfitting = pixel_spacing(_sizes([1.0, 1.0]))  # 500 mm, 5 m or 0.5 mm across: no unit fits
+    assert unfitting["pixel_spacing_mm"].isna().all() and unfitting["pixel_size_unit"].isna().all()
 
 
 def test_tumour_masks_hold_the_lesion_and_normals_are_empty(archive: Path) -> None:

@@ -11,6 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -99,6 +100,27 @@ def test_external_validation_tests_every_fold_model_on_the_other_dataset(project
     table = pd.read_csv(project / "results/synthetic/report/tables/external.csv")
     assert set(table["model"]) == set(EXTERNAL_MODELS) and set(table["dataset"]) == {"folder"}
     assert {"dice", "accuracy"} <= set(table["metric"])
+
+
+def test_per_image_tables_measure_lesions_in_mm(project: Path) -> None:
+    """The phantoms declare their pixel spacing, so a segmenter's per-image table gives the true and predicted lesion
+    sizes in mm, measured on the model-size masks with each image's own pixel shape."""
+    results = project / "results/synthetic"
+    index = pd.read_csv(results / "data/index.csv", dtype={"image_id": str}).set_index("image_id")
+    with np.load(results / "data/arrays.npz") as arrays:
+        masks, image_ids = arrays["masks"], arrays["image_ids"].astype(str)
+    position = {image_id: k for k, image_id in enumerate(image_ids)}
+    size = masks.shape[-1]
+    per_image = pd.read_csv(results / "models/unet/fold0/per_image.csv", dtype={"image_id": str})
+    for row in per_image.itertuples():
+        image = index.loc[row.image_id]
+        assert row.pixel_spacing_mm == pytest.approx(image["pixel_spacing_mm"])
+        pixel_area = image["pixel_spacing_mm"] ** 2 * image["height"] * image["width"] / size**2
+        assert row.lesion_area_mm2_true == pytest.approx(masks[position[row.image_id]].sum() * pixel_area, rel=1e-5)  # written with 6 significant digits
+    lesions = per_image["label"] != "normal"
+    assert per_image.loc[lesions, "lesion_diameter_mm_true"].between(1, 40).all()  # inside the 40 mm field of view
+    assert per_image.loc[~lesions, "lesion_diameter_mm_true"].isna().all()
+    assert per_image["lesion_area_mm2_pred"].notna().all()
 
 
 def test_ablation_grid_trains_every_cell_with_its_settings(project: Path) -> None:

@@ -99,6 +99,38 @@ def test_bad_inputs_name_the_file(tmp_path: Path, images: Path) -> None:
         predict_images(model, str(broken), tmp_path / "out", progress=False)
 
 
+def test_pixel_spacing_gives_lesion_sizes_in_mm(tmp_path: Path, images: Path) -> None:
+    model = saved_model(tmp_path / "classical", "classical_threshold", {})
+    plain = predict_images(model, str(images), tmp_path / "plain", progress=False)
+    assert not [c for c in plain.columns if c.endswith(("_mm", "_mm2"))]  # no spacing: no mm columns
+    sized = predict_images(model, str(images), tmp_path / "sized", progress=False, pixel_spacing_mm=0.1)
+    assert sized["lesion_area_mm2"].to_numpy() == pytest.approx(sized["lesion_area_px"].to_numpy() * 0.01)
+    assert (sized["largest_lesion_width_mm"] <= sized["largest_lesion_diameter_mm"]).all()
+    assert (sized["largest_lesion_diameter_mm"] <= np.hypot(sized["width"], sized["height"]) * 0.1).all()
+    names = sorted(p.name for p in images.glob("*.png"))
+    table = tmp_path / "spacing.csv"
+    table.write_text("image,pixel_spacing_mm\n" + "".join(f"{n},{'' if k == 0 else 0.2}\n" for k, n in enumerate(names)))
+    from_table = predict_images(model, str(images), tmp_path / "table", progress=False, pixel_spacing_csv=table).set_index("image")
+    assert np.isnan(from_table.loc[names[0], "lesion_area_mm2"])  # left empty: unknown
+    assert from_table.loc[names[1], "largest_lesion_diameter_mm"] == pytest.approx(
+        2 * sized.set_index("image").loc[names[1], "largest_lesion_diameter_mm"])
+    assert (pd.read_csv(tmp_path / "table" / "predictions.csv")["pixel_spacing_mm"].iloc[1:] == 0.2).all()
+
+
+def test_bad_pixel_spacing_is_refused_before_predicting(tmp_path: Path, images: Path) -> None:
+    model = saved_model(tmp_path / "classical", "classical_threshold", {})
+    with pytest.raises(DatasetError, match="--pixel-spacing-mm: pixel spacing -0.1 mm"):
+        predict_images(model, str(images), tmp_path / "out", progress=False, pixel_spacing_mm=-0.1)
+    table = tmp_path / "spacing.csv"
+    table.write_text("image,pixel_spacing_mm\nelsewhere.png,0.1\n")
+    with pytest.raises(DatasetError, match=r"spacing.csv: no row for image\(s\)"):
+        predict_images(model, str(images), tmp_path / "out", progress=False, pixel_spacing_csv=table)
+    assert not (tmp_path / "out").exists()  # nothing written
+    with pytest.raises(SystemExit):  # one spacing or a table, not both
+        main(["predict", "--model", str(model), "--input", str(images), "--out", str(tmp_path / "cli"),
+              "--pixel-spacing-mm", "0.1", "--pixel-spacing-csv", str(table)])
+
+
 def _run_tree(root: Path) -> dict[str, Path]:
     """A results/<run> layout with a segmenter, a multi-task model, a cascade over the segmenter and an
     ensemble of the two mask models, all on fold 0 (random weights: only consistency is checked)."""

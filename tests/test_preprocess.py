@@ -37,7 +37,9 @@ def _dataset(root: Path) -> Path:
 
 def test_ingest_index_contract(tmp_path: Path) -> None:
     index = ingest_folder(_dataset(tmp_path / "raw"))
-    assert index.columns.tolist() == ["image_id", "patient_id", "label", "image_path", "mask_paths", "width", "height", "patient_known", "colour_overlay"]
+    assert index.columns.tolist() == ["image_id", "patient_id", "label", "image_path", "mask_paths", "width", "height", "patient_known",
+                                      "colour_overlay", "pixel_spacing_mm"]
+    assert index["pixel_spacing_mm"].isna().all()  # no pixel_spacing.csv: sizes in mm unknown
     row = index.set_index("image_id").loc["a (1)"]
     assert row["label"] == "benign" and row["width"] == 50 and row["height"] == 40
     assert len(row["mask_paths"].split(";")) == 2
@@ -62,6 +64,35 @@ def test_patients_table_maps_images(tmp_path: Path) -> None:
     assert ingest_folder(root).set_index("image_id")["patient_id"].to_dict() == {"a (1)": "P1", "m1": "P2", "n1": "P1", "n2": "P3"}
     (root / "patients.csv").write_text("image_id,patient_id\na (1),P1\n")
     with pytest.raises(DatasetError, match="no patient for image"):
+        ingest_folder(root)
+
+
+def test_pixel_spacing_table_reaches_the_arrays(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "raw")
+    (root / "pixel_spacing.csv").write_text("image_id,pixel_spacing_mm\na (1),0.08\nn1,\nm1,0.1\nn2,0.065\nelsewhere,0.2\n")
+    index = ingest_folder(root)
+    spacing = index.set_index("image_id")["pixel_spacing_mm"]
+    assert spacing["a (1)"] == pytest.approx(0.08) and np.isnan(spacing["n1"])  # an empty value: unknown
+    arrays = preprocess_index(index, size=32)
+    assert np.allclose(arrays["pixel_spacing_mm"], spacing[arrays["image_ids"]].to_numpy(), equal_nan=True)
+    assert arrays["original_shape"].tolist() == [[40, 50]] * 4  # (height, width) before resizing
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("image_id,spacing\na (1),0.1\n", r"missing column\(s\) \['pixel_spacing_mm'\]"),
+        ("image_id,pixel_spacing_mm\na (1),0.1\na (1),0.2\nn1,\nm1,\nn2,\n", "image 'a \\(1\\)' is listed twice"),
+        ("image_id,pixel_spacing_mm\na (1),-0.1\nn1,\nm1,\nn2,\n", "pixel_spacing_mm of image 'a \\(1\\)' is '-0.1'"),
+        ("image_id,pixel_spacing_mm\na (1),0.1 mm\nn1,\nm1,\nn2,\n", "pixel_spacing_mm of image 'a \\(1\\)' is '0.1 mm'"),
+        ("image_id,pixel_spacing_mm\na (1),inf\nn1,\nm1,\nn2,\n", "pixel_spacing_mm of image 'a \\(1\\)' is 'inf'; give a positive number of millimetres"),
+        ("image_id,pixel_spacing_mm\na (1),0.1\n", r"no row for image\(s\) \['m1', 'n1', 'n2'\]"),
+    ],
+)
+def test_bad_pixel_spacing_table_is_named(tmp_path: Path, table: str, message: str) -> None:
+    root = _dataset(tmp_path / "raw")
+    (root / "pixel_spacing.csv").write_text(table)
+    with pytest.raises(DatasetError, match=rf"pixel_spacing.csv: {message}"):
         ingest_folder(root)
 
 

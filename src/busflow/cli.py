@@ -63,7 +63,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from busflow.serve.predict import predict_images
 
     table = predict_images(Path(args.model), args.input, Path(args.out), device=args.device, batch_size=args.batch_size,
-                           threshold=args.threshold)
+                           threshold=args.threshold, pixel_spacing_mm=args.pixel_spacing_mm,
+                           pixel_spacing_csv=Path(args.pixel_spacing_csv) if args.pixel_spacing_csv else None)
     print(f"{len(table)} image(s) predicted; masks, overlays and predictions.csv in {args.out}")
 
 
@@ -177,6 +178,11 @@ def _add_serving_commands(commands: Commands) -> None:
     sub.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     sub.add_argument("--batch-size", type=int, default=16)
     sub.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold")
+    spacing = sub.add_mutually_exclusive_group()
+    spacing.add_argument("--pixel-spacing-mm", type=float, metavar="MM",
+                         help="side of one pixel in mm, the same for every image: adds lesion sizes in mm")
+    spacing.add_argument("--pixel-spacing-csv", metavar="CSV",
+                         help="a table of pixel spacings (columns image = file name, pixel_spacing_mm; empty when unknown)")
     sub.add_argument("--log", metavar="PATH", help="also write this command's messages to PATH")
     sub.set_defaults(handler=cmd_predict)
     sub = commands.add_parser("package", help="pack a trained model (network, cascade or ensemble) into one .safetensors file")

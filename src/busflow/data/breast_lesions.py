@@ -12,6 +12,10 @@ The spreadsheet is the index: every scan it lists must be on disk and every PNG 
 case. Its file-name cells may hold several names joined by ``&`` (the spreadsheet's separator for multiple
 values). Tumour masks are the lesion ground truth; other-findings masks are only counted (``other_findings``).
 One scan per patient, so every image is its own patient group (patient_id = CaseID, patient_known true).
+
+``Pixel_size`` is kept as published (``pixel_size_raw``); the spreadsheet does not state its unit. Pixel spacing in
+mm (``pixel_spacing_mm``) comes from the one unit under which the images have the field of view of a breast
+ultrasound probe (:func:`pixel_spacing`); the unit chosen is in ``pixel_size_unit``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -37,13 +42,16 @@ REQUIRED_COLUMNS = ("CaseID", "Image_filename", "Mask_tumor_filename", "Mask_oth
 FILE_COLUMNS = ("Image_filename", "Mask_tumor_filename", "Mask_other_filename")
 LABELS = ("benign", "malignant", "normal")
 SEPARATOR = "&"
-# Pixel_size is kept as published: the dataset descriptions at hand do not state its unit, so none is named here.
 # Diagnosis is the histopathological diagnosis, stated where a biopsy was done (Verification: how a case was confirmed).
 METADATA_COLUMNS = {"Age": "age", "BIRADS": "birads", "Diagnosis": "diagnosis", "Verification": "verification",
                     "Pixel_size": "pixel_size_raw"}
 # BI-RADS lesion descriptors and patient-level findings: carried over (lower-case names) where the spreadsheet has them.
 DESCRIPTOR_COLUMNS = ("Tissue_composition", "Signs", "Symptoms", "Shape", "Margin", "Echogenicity", "Posterior_features",
                       "Halo", "Calcifications", "Skin_thickening", "Interpretation")
+# A linear breast probe images 15-120 mm across: as the range spans less than a factor of 10, at most one of these
+# units puts a dataset's typical image (its median field of view) inside it.
+FIELD_OF_VIEW_MM = (15.0, 120.0)
+UNIT_IN_MM = {"um": 0.001, "mm": 1.0, "cm": 10.0}
 MANUAL_STEPS = (
     "BrEaST-Lesions_USG comes from The Cancer Imaging Archive as two files, not as one archive:\n"
     "  1. from https://www.cancerimagingarchive.net/collection/breast-lesions-usg/ (DOI 10.7937/9WKK-Q141) download the\n"
@@ -208,6 +216,27 @@ def _case_row(folder: Path, record: Mapping[str, Any], where: str, on_disk: set[
     return row
 
 
+def _within_field_of_view(extent_mm: pd.Series | float) -> pd.Series | bool:
+    low, high = FIELD_OF_VIEW_MM
+    return (extent_mm >= low) & (extent_mm <= high)
+
+
+def pixel_spacing(index: pd.DataFrame) -> pd.DataFrame:
+    """``pixel_spacing_mm`` and ``pixel_size_unit`` from ``pixel_size_raw``. The unit is the one under which the
+    median image spans a probe's field of view (:data:`FIELD_OF_VIEW_MM`, along its longer side); a case whose own
+    field of view falls outside the range under that unit, or whose value is not a positive number, gets NaN.
+    When no unit fits, no spacing is known."""
+    raw = pd.to_numeric(index["pixel_size_raw"], errors="coerce")
+    raw = raw.where(np.isfinite(raw) & (raw > 0))
+    extent = raw * index[["width", "height"]].max(axis=1)
+    fitting = [unit for unit, mm in UNIT_IN_MM.items() if bool(_within_field_of_view(extent.median() * mm))]
+    if len(fitting) != 1:
+        return index.assign(pixel_spacing_mm=np.nan, pixel_size_unit=None)
+    unit = fitting[0]
+    spacing = (raw * UNIT_IN_MM[unit]).where(_within_field_of_view(extent * UNIT_IN_MM[unit]))
+    return index.assign(pixel_spacing_mm=spacing, pixel_size_unit=unit)
+
+
 def ingest_breast_lesions(root: str | Path, bad: BadSamples | None = None) -> pd.DataFrame:
     """Index every BrEaST-Lesions_USG scan with its patient (CaseID), label, tumour masks and clinical metadata; a
     problem with one case goes to ``bad`` (default: raise DatasetError naming the file), a problem with the
@@ -230,4 +259,4 @@ def ingest_breast_lesions(root: str | Path, bad: BadSamples | None = None) -> pd
     index = pd.DataFrame([row for row in rows if row is not None]).assign(patient_known=True)
     if index.empty:
         raise DatasetError(f"{root}: no usable image (see the skipped samples)")
-    return finalise_index(index)
+    return finalise_index(pixel_spacing(index))

@@ -2,8 +2,10 @@
 
 An optional ``<root>/patients.csv`` (columns image_id, patient_id) maps images to patients; without it
 each image is its own patient and ``patient_known`` is false, so the split groups images by near-duplicate
-detection instead. The result is the index contract of docs/architecture.md (data/index.csv) plus ``patient_known`` and
-``colour_overlay`` (RGB images whose channels differ: Doppler or annotation overlays).
+detection instead. An optional ``<root>/pixel_spacing.csv`` (columns image_id, pixel_spacing_mm: the side of one
+square pixel in mm, empty where unknown) gives lesion sizes in mm. The result is the index contract of
+docs/architecture.md (data/index.csv) plus ``patient_known``, ``colour_overlay`` (RGB images whose channels differ:
+Doppler or annotation overlays) and ``pixel_spacing_mm`` (NaN where the source does not say).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from busflow import CLASSES
+from busflow.data.spacing import SPACING_FILE, read_spacing_table
 from busflow.errors import DatasetError
 from busflow.io import printable
 
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_PATTERN = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
 INDEX_COLUMNS = ["image_id", "patient_id", "label", "image_path", "mask_paths", "width", "height"]
-SOURCE_COLUMNS = [*INDEX_COLUMNS, "patient_known", "colour_overlay"]
+SOURCE_COLUMNS = [*INDEX_COLUMNS, "patient_known", "colour_overlay", "pixel_spacing_mm"]
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -156,11 +159,14 @@ def ingest_folder(root: str | Path, bad: BadSamples | None = None) -> pd.DataFra
 
     root, bad = Path(root), bad or BadSamples()
     rows = [row for folder in _class_folders(root) for row in _scan_class(folder, bad)]
-    index = pd.DataFrame(rows, columns=[c for c in SOURCE_COLUMNS if c not in ("patient_id", "patient_known")])
+    index = pd.DataFrame(rows, columns=[c for c in SOURCE_COLUMNS if c not in ("patient_id", "patient_known", "pixel_spacing_mm")])
     if index.empty:
         raise DatasetError(f"{root}: no usable image (see the skipped samples)")
     index = drop_unmasked_lesions(drop_duplicate_ids(index, bad, root), bad)
-    return finalise_index(_attach_patients(index.reset_index(drop=True), root))
+    index = _attach_patients(index.reset_index(drop=True), root)
+    if (root / SPACING_FILE).exists():
+        index = index.assign(pixel_spacing_mm=read_spacing_table(root / SPACING_FILE, "image_id", index["image_id"].tolist()))
+    return finalise_index(index)
 
 
 def patients_known(index: pd.DataFrame) -> bool:
@@ -169,6 +175,9 @@ def patients_known(index: pd.DataFrame) -> bool:
 
 
 def finalise_index(index: pd.DataFrame) -> pd.DataFrame:
-    """Contract columns first, any source-specific metadata after; rows sorted by image id."""
+    """Contract columns first, any source-specific metadata after; rows sorted by image id. A source that does
+    not know its pixel spacing gets NaN."""
+    if "pixel_spacing_mm" not in index.columns:
+        index = index.assign(pixel_spacing_mm=np.nan)
     extra = [c for c in index.columns if c not in SOURCE_COLUMNS]
     return index[[*SOURCE_COLUMNS, *extra]].sort_values("image_id", kind="stable").reset_index(drop=True)

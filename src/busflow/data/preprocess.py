@@ -131,7 +131,16 @@ def preprocess_index(index: pd.DataFrame, size: int, *, classes: Sequence[str] =
         "labels": np.array([list(classes).index(label) for label in index["label"][kept]], dtype=np.int64),
         "image_ids": index["image_id"][kept].to_numpy(dtype=str),
         "classes": np.array(list(classes), dtype=str),
+        **physical_geometry(index[kept]),
     }
+
+
+def physical_geometry(index: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per image: ``original_shape`` (height, width in pixels before resizing) and ``pixel_spacing_mm`` (NaN where
+    the source does not know it), so that masks at the model's size can be measured in mm."""
+    spacing = index["pixel_spacing_mm"] if "pixel_spacing_mm" in index.columns else pd.Series(np.nan, index=index.index)
+    return {"original_shape": index[["height", "width"]].to_numpy(dtype=np.int64).reshape(-1, 2),
+            "pixel_spacing_mm": pd.to_numeric(spacing, errors="coerce").to_numpy(dtype=np.float64)}
 
 
 def save_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> None:

@@ -59,10 +59,13 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from busflow import CLASSES
+from busflow.data.spacing import SPACING_COLUMN, SPACING_FILE
 from busflow.io import atomic_dir
 
 DEFAULT_CLASS_MIX: Mapping[str, float] = MappingProxyType({"normal": 0.17, "benign": 0.56, "malignant": 0.27})
 PATIENT_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "label")
+# A linear breast probe's field of view across the image at zoom 1; a view zoomed in by z has pixels z times smaller.
+FIELD_OF_VIEW_MM = 40.0
 
 MIN_SIZE = 32
 _REF_SIZE = 160.0  # pixel-scale parameters (blur widths, speckle grain) are tuned at this size
@@ -729,16 +732,20 @@ def _render_view(rng: np.random.Generator, anatomy: _Anatomy, pose: _Pose, h: in
 
 
 def _render_patient(seed: int, index: int, label: str, h: int, w: int, views: tuple[int, int],
-                    acquisition: str) -> list[tuple[np.ndarray, np.ndarray]]:
+                    acquisition: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Every view of one patient: image, mask and pixel spacing in mm."""
     n_views = int(_patient_rng(seed, index, 2).integers(views[0], views[1] + 1))
     anatomy = _draw_anatomy(_patient_rng(seed, index, 0), label, h, w)
     frame_rngs = [_patient_rng(seed, index, 1, v) for v in range(n_views)]
-    if acquisition == "repositioned":
-        return [_render_view(rng, anatomy, _repositioned_pose(rng, anatomy, h, w), h, w) for rng in frame_rngs]
-    sweep_rng = _patient_rng(seed, index, 3)
-    poses = _sweep_poses(sweep_rng, anatomy, n_views, h, w)
-    look = _sweep_look(sweep_rng, anatomy, poses[0].zoom)
-    return [_render_view(rng, anatomy, pose, h, w, look) for rng, pose in zip(frame_rngs, poses)]
+    look = None
+    if acquisition == "repositioned":  # each view's own generator draws its pose, then renders it
+        poses = [_repositioned_pose(rng, anatomy, h, w) for rng in frame_rngs]
+    else:
+        sweep_rng = _patient_rng(seed, index, 3)
+        poses = _sweep_poses(sweep_rng, anatomy, n_views, h, w)
+        look = _sweep_look(sweep_rng, anatomy, poses[0].zoom)
+    return [(*_render_view(rng, anatomy, pose, h, w, look), FIELD_OF_VIEW_MM / (w * pose.zoom))
+            for rng, pose in zip(frame_rngs, poses)]
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
@@ -755,8 +762,9 @@ def generate_phantoms(out_dir: Path, *, n_patients: int, seed: int, image_size: 
     """Write a synthetic BUS data set to ``out_dir`` (replaced atomically) and return its patients table.
 
     Layout: ``<out_dir>/<class>/<image_id>.png`` (8-bit grayscale), ``<image_id>_mask.png`` (0/255,
-    all zero for normal) and ``patients.csv`` with columns image_id, patient_id, label sorted by
-    image_id. ``image_size`` is (height, width); patients are ``p0000``, ``p0001``, ... and their
+    all zero for normal), ``patients.csv`` with columns image_id, patient_id, label sorted by
+    image_id, and ``pixel_spacing.csv`` (image_id, pixel_spacing_mm: :data:`FIELD_OF_VIEW_MM` across the
+    width at the view's zoom). ``image_size`` is (height, width); patients are ``p0000``, ``p0001``, ... and their
     views ``<patient>_v0``, ``<patient>_v1``, ...
     """
     n, seed, (h, w), mix, views = _validate(n_patients, seed, image_size, class_mix, views_per_patient)
@@ -765,6 +773,7 @@ def generate_phantoms(out_dir: Path, *, n_patients: int, seed: int, image_size: 
     labels = _assign_labels(n, mix, seed)
     digits = max(4, len(str(n - 1)))
     rows: list[tuple[str, str, str]] = []
+    spacing: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
         os.chmod(tmp, 0o755)  # mkdtemp makes a private (0700) folder; the data set is ordinary output
         # Only classes that received patients get a folder: ingest treats an empty class folder as an error.
@@ -772,12 +781,15 @@ def generate_phantoms(out_dir: Path, *, n_patients: int, seed: int, image_size: 
             (tmp / name).mkdir()
         for index, label in enumerate(labels):
             patient = f"p{index:0{digits}d}"
-            for v, (image, mask) in enumerate(_render_patient(seed, index, label, h, w, views, acquisition)):
+            for v, (image, mask, pixel_mm) in enumerate(_render_patient(seed, index, label, h, w, views, acquisition)):
                 image_id = f"{patient}_v{v}"
                 _write_png(tmp / label / f"{image_id}.png", image)
                 _write_png(tmp / label / f"{image_id}_mask.png", mask)
                 rows.append((image_id, patient, label))
+                spacing[image_id] = round(pixel_mm, 6)
         table = pd.DataFrame(rows, columns=list(PATIENT_COLUMNS))
         table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
         table.to_csv(tmp / "patients.csv", index=False, lineterminator="\n")
+        spacings = pd.DataFrame({"image_id": table["image_id"], SPACING_COLUMN: table["image_id"].map(spacing)})
+        spacings.to_csv(tmp / SPACING_FILE, index=False, lineterminator="\n")
     return table

@@ -6,7 +6,9 @@ contrast enhancement, classes), never from the current params.yaml, and weights 
 unpickling code (``weights_only=True`` or safetensors). Images stream
 through in batches, so memory stays bounded for any number of them. Per image the command writes the
 lesion mask and an overlay at the image's own resolution, and one ``predictions.csv`` row with the class
-probabilities, the predicted class, the lesion area and shape descriptors of the largest lesion.
+probabilities, the predicted class, the lesion area and shape descriptors of the largest lesion. Given the pixel
+spacing (one value for every image, or a table of them), the row also has the lesion's size in mm: area, and the
+largest lesion's diameter, width and depth.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from tqdm import tqdm
 from busflow.data.folder import IMAGE_SUFFIXES
 from busflow.data.preprocess import load_grayscale, normalise
 from busflow.data.rois import largest_component
+from busflow.data.spacing import check_spacing, read_spacing_table
 from busflow.errors import DatasetError
+from busflow.evaluate.lesion_size import lesion_size_mm
 from busflow.io import atomic_path, write_csv
 from busflow.serve.predictors import load_predictor
 from busflow.train.device import resolve_device
@@ -122,7 +126,19 @@ def image_outputs(outputs: Mapping[str, np.ndarray], k: int, shape: tuple[int, i
     )
 
 
-def _row(path: Path, gray: np.ndarray, result: ImageOutputs, classes: Sequence[str], threshold: float, out_dir: Path) -> dict[str, Any]:
+def pixel_spacings(paths: Sequence[Path], spacing_mm: float | None = None, spacing_csv: Path | None = None) -> list[float]:
+    """Pixel spacing (mm) of each image: one value for all, or the ``image`` rows of a CSV table; NaN when not given."""
+    if spacing_mm is not None and spacing_csv is not None:
+        raise DatasetError(f"{spacing_csv}: give either one pixel spacing for every image or a table of them, not both")
+    if spacing_csv is not None:
+        return read_spacing_table(spacing_csv, "image", [path.name for path in paths]).tolist()
+    if spacing_mm is not None:
+        return [check_spacing(spacing_mm, "--pixel-spacing-mm")] * len(paths)
+    return [math.nan] * len(paths)
+
+
+def _row(path: Path, gray: np.ndarray, result: ImageOutputs, classes: Sequence[str], threshold: float, out_dir: Path,
+         spacing_mm: float = math.nan) -> dict[str, Any]:
     row: dict[str, Any] = {"image": path.name, "path": str(path), "height": gray.shape[0], "width": gray.shape[1]}
     if result.class_probs is not None:
         row.update({f"prob_{name}": float(p) for name, p in zip(classes, result.class_probs)})
@@ -133,22 +149,27 @@ def _row(path: Path, gray: np.ndarray, result: ImageOutputs, classes: Sequence[s
         _save_png(mask.astype(np.uint8) * 255, out_dir / f"{path.stem}_mask.png")
         _save_png(overlay_image(gray, mask), out_dir / f"{path.stem}_overlay.png")
         row.update(shape_descriptors(mask))
+        if not math.isnan(spacing_mm):  # rows of images of unknown spacing get NaN sizes in the table
+            row.update(pixel_spacing_mm=spacing_mm, **lesion_size_mm(mask, (spacing_mm, spacing_mm)))
     return row
 
 
 def predict_images(model_path: Path, source: str, out_dir: Path, *, device: str = "auto", batch_size: int = 16,
-                   threshold: float = 0.5, progress: bool = True) -> pd.DataFrame:
+                   threshold: float = 0.5, progress: bool = True, pixel_spacing_mm: float | None = None,
+                   pixel_spacing_csv: Path | None = None) -> pd.DataFrame:
     """Predict every image of ``source`` with the trained model at ``model_path`` (fold folder or package);
-    write masks, overlays and ``out_dir/predictions.csv``; return the table."""
+    write masks, overlays and ``out_dir/predictions.csv``; return the table. Lesion sizes in mm need the pixel
+    spacing: ``pixel_spacing_mm`` for every image, or ``pixel_spacing_csv`` (columns image, pixel_spacing_mm)."""
     predictor = load_predictor(model_path)
     paths = find_images(source)
+    spacing_of = dict(zip(paths, pixel_spacings(paths, pixel_spacing_mm, pixel_spacing_csv)))
     predictor.to(resolve_device(device))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for chunk in tqdm(list(_batches(paths, batch_size)), desc=f"predict {model_path.name}", unit="batch", disable=not progress):
         grays = [load_grayscale(path) for path in chunk]
         outputs = predictor.predict(grays)
-        rows += [_row(path, gray, image_outputs(outputs, k, gray.shape), predictor.classes, threshold, out_dir)
+        rows += [_row(path, gray, image_outputs(outputs, k, gray.shape), predictor.classes, threshold, out_dir, spacing_of[path])
                  for k, (path, gray) in enumerate(zip(chunk, grays))]
     table = pd.DataFrame(rows)
     write_csv(out_dir / "predictions.csv", table)

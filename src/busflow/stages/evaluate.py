@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from busflow.data.preprocess import load_arrays
+from busflow.evaluate.lesion_size import size_columns
 from busflow.evaluate.metrics import classification_metrics, lesion_mask, operating_point, segmentation_metrics
 from busflow.io import write_csv, write_json
 from busflow.predictions import load_predictions, rows_of
@@ -58,6 +59,9 @@ def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path
         predicted = lesion_mask(test.outputs["mask_probs"], params["evaluate"]["threshold"])
         segmentation, per_image_seg = segmentation_metrics(predicted, arrays["masks"][rows] > 0, params["evaluate"]["empty_mask"])
         per_image = per_image.assign(**per_image_seg)
+        if "pixel_spacing_mm" in arrays:  # arrays of an older busflow have no geometry
+            per_image = per_image.assign(**size_columns(predicted, arrays["masks"][rows] > 0, arrays["pixel_spacing_mm"][rows],
+                                                        arrays["original_shape"][rows]))
     metrics = {"model": model, "fold": fold, "tasks": tasks, "n_test_images": len(rows),
                "classification": classification, "segmentation": segmentation}
     out_dir.mkdir(parents=True, exist_ok=True)
