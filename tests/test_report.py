@@ -18,6 +18,7 @@ from busflow.split.audit import audit_split
 from busflow.split.groups import build_groups, conflict_summary
 from busflow.io import write_csv, write_json
 from busflow.errors import DatasetError
+from busflow.evaluate.lesion_size import size_columns
 from busflow.layout import LEAKY_SPLIT, REPORT_DIRS, REPORT_FIGURES, REPORT_FILES, REPORT_TABLES, SPLIT_FILES, leaky_part
 from busflow.report import registry
 from busflow.report.build import build_report
@@ -33,6 +34,7 @@ TASKS = {"unet": ["seg"], "resnet50": ["cls"], "mtl": ["cls", "seg"]}
 FIGURES = [f for f in REPORT_FILES if f.startswith("figures/")]
 LEAKAGE = ("unet", "resnet50")  # a segmenter and a classifier
 LEAKAGE_SEEDS = (1, 2)  # the image-level split is drawn twice
+SPACING_MM = 0.25  # pixel spacing of the originals (SIZE × SIZE): segmenters' per-image tables measure lesions in mm
 
 
 # --------------------------------------------------------------------------- fake results tree
@@ -145,7 +147,8 @@ def _seg_metrics(rng: np.random.Generator, n_lesion: int, n_empty: int) -> dict:
 
 
 def _write_model_fold(root: Path, rng: np.random.Generator, model: str, fold: int, test: pd.DataFrame,
-                      arrays: dict[str, np.ndarray], nan_auc: bool, split: str = "main", split_seed: int | None = None) -> None:
+                      arrays: dict[str, np.ndarray], nan_auc: bool, split: str = "main", split_seed: int | None = None,
+                      sized: bool = True) -> None:
     out = root / "models" / model / f"{leaky_part(split, split_seed)}fold{fold}"
     out.mkdir(parents=True)
     tasks = TASKS[model]
@@ -177,6 +180,8 @@ def _write_model_fold(root: Path, rng: np.random.Generator, model: str, fold: in
         per_image = per_image.assign(dice=dice, iou=iou, area_true=area_t.astype(int), area_pred=area_p.astype(int),
                                      tp_pixels=inter.astype(int), fp_pixels=(area_p - inter).astype(int),
                                      fn_pixels=(area_t - inter).astype(int))
+        if sized:
+            per_image = per_image.assign(**size_columns(pred, truth > 0, np.full(len(rows), SPACING_MM), np.full((len(rows), 2), SIZE)))
         with open(out / "predictions.npz", "wb") as fh:
             np.savez(fh, image_ids=test["image_id"].to_numpy(str), mask_probs=(prob * 255).astype(np.uint8))
         metrics["segmentation"] = _seg_metrics(rng, int((area_t > 0).sum()), int((area_t == 0).sum()))
@@ -189,7 +194,7 @@ def _write_model_fold(root: Path, rng: np.random.Generator, model: str, fold: in
 
 
 def make_results(root: Path, models: list[str], folds: list[int], protocol: str = "kfold",
-                 leakage: tuple[str, ...] = (), seed: int = 0) -> Path:
+                 leakage: tuple[str, ...] = (), seed: int = 0, sized: bool = True) -> Path:
     """Write a complete fake results tree under ``root`` (leakage runs for the ``leakage`` models) and return it."""
     rng = np.random.default_rng(seed)
     index = _write_data(root, rng)
@@ -202,7 +207,7 @@ def make_results(root: Path, models: list[str], folds: list[int], protocol: str 
         for j, fold in enumerate(folds):
             test = table[table[f"{stage}{fold}"] == "test"]
             _write_model_fold(root, rng, model, fold, test, arrays, nan_auc=(model == "resnet50" and j == 1),
-                              split=split, split_seed=split_seed)
+                              split=split, split_seed=split_seed, sized=sized)
     return root
 
 
@@ -214,8 +219,8 @@ def run_info(protocol: str = "kfold", leakage: tuple[str, ...] = ()) -> dict:
 
 
 def _report(tmp: Path, models: list[str], folds: list[int], protocol: str = "kfold",
-            leakage: tuple[str, ...] = ()) -> Path:
-    results = make_results(tmp / "results", models, folds, protocol, leakage)
+            leakage: tuple[str, ...] = (), sized: bool = True) -> Path:
+    results = make_results(tmp / "results", models, folds, protocol, leakage, sized=sized)
     out = tmp / "report"
     build_report(results_dir=results, out_dir=out, models=models, folds=folds, run_info=run_info(protocol, leakage))
     return out
@@ -304,6 +309,40 @@ def test_pixel_pooled_metrics_are_resampled_from_the_per_image_pixel_counts(full
     # pixels pooled over all images differ from the mean of per-image Dice
     assert intervals.loc[("unet", "segmentation.pooled_dice"), "estimate"] != pytest.approx(
         intervals.loc[("unet", "segmentation.dice"), "estimate"])
+
+
+def test_lesion_size_errors_are_recomputed_from_the_per_image_sizes(full: tuple[Path, Path]) -> None:
+    results, out = full
+    table = pd.read_csv(out / "tables" / "lesion_size.csv")
+    assert sorted(table["model"].unique()) == ["mtl", "unet"]  # the segmenters
+    rows = table[table["model"] == "unet"].set_index("statistic")
+    pooled = pd.concat([pd.read_csv(results / "models" / "unet" / f"fold{k}" / "per_image.csv") for k in (0, 1)])
+    lesions = pooled[pooled["lesion_diameter_mm_true"].notna()]
+    measured = lesions[lesions["lesion_diameter_mm_pred"].notna()]
+    error = measured["lesion_diameter_mm_pred"] - measured["lesion_diameter_mm_true"]
+    assert rows.loc["diameter_abs_error_mm", "estimate"] == pytest.approx(error.abs().mean(), rel=1e-4)
+    assert rows.loc["diameter_error_mm", "estimate"] == pytest.approx(error.mean(), rel=1e-4, abs=1e-6)
+    assert (rows["n_lesion_images"] == len(lesions)).all() and (rows["n_measured"] == len(measured)).all()
+    assert (rows["ci_low"] <= rows["estimate"]).all() and (rows["estimate"] <= rows["ci_high"]).all()
+    assert rows.loc["diameter_abs_error_mm", "true_diameter_median_mm"] == pytest.approx(lesions["lesion_diameter_mm_true"].median(), rel=1e-4)
+    html = (out / "index.html").read_text()
+    assert "Lesion size in mm" in html
+    error = rows.loc["diameter_abs_error_mm"]
+    assert f"Lesion size, unet: the longest diameter is off by {error['estimate']:.2f} [{error['ci_low']:.2f}, " in html
+
+
+@pytest.mark.parametrize(("low", "high", "tendency"), [(0.2, 0.9, "it measures lesions too large"),
+                                                       (-0.9, -0.2, "it measures lesions too small"),
+                                                       (-0.3, 0.4, "no bias either way")])
+def test_a_size_bias_is_called_only_when_its_interval_excludes_zero(low: float, high: float, tendency: str) -> None:
+    from busflow.report.findings import lesion_sizes
+
+    shared = {"model": "unet", "n_lesion_images": 40, "n_measured": 37, "true_diameter_median_mm": 9.84}
+    table = pd.DataFrame([{**shared, "statistic": "diameter_abs_error_mm", "estimate": 1.3, "ci_low": 1.0, "ci_high": 1.6},
+                          {**shared, "statistic": "diameter_error_mm", "estimate": (low + high) / 2, "ci_low": low, "ci_high": high}])
+    (sentence,) = lesion_sizes(table)
+    assert sentence.startswith("Lesion size, unet: the longest diameter is off by 1.30 [1.00, 1.60] mm on average")
+    assert "median lesion 9.8 mm; 3 of 40 lesions missed" in sentence and tendency in sentence
 
 
 def test_models_are_compared_with_the_reference_on_shared_metrics(full: tuple[Path, Path]) -> None:
@@ -553,7 +592,7 @@ def test_output_is_deterministic(full: tuple[Path, Path], tmp_path: Path) -> Non
 
 
 def test_single_fold_seg_only_run(tmp_path: Path) -> None:
-    out = _report(tmp_path, ["unet"], [0])
+    out = _report(tmp_path, ["unet"], [0], sized=False)
     for rel in REPORT_FILES:
         assert (out / rel).stat().st_size > 0, rel
     cls = pd.read_csv(out / "tables" / "classification.csv")
@@ -563,6 +602,7 @@ def test_single_fold_seg_only_run(tmp_path: Path) -> None:
     assert len(lb) == 1 and math.isnan(lb.loc[0, "dice_sd"]) and not math.isnan(lb.loc[0, "dice_mean"])
     html = (out / "index.html").read_text()
     assert "no classification models in this run" in html
+    assert pd.read_csv(out / "tables" / "lesion_size.csv").empty and "lesion sizes are not measured in mm" in html
     with Image.open(out / "figures" / "roc.png") as img:
         assert img.width > 0
 

@@ -16,7 +16,7 @@ EVALUATE_OUTPUTS: tuple[str, ...] = ("metrics.json", "per_image.csv")
 REPORT_TABLES: tuple[str, ...] = ("leaderboard", "classification", "segmentation", "per_class", "dataset", "split",
                                   "groups", "label_conflicts", "leakage", "external", "ablation", "reproduction",
                                   "intervals", "comparisons", "calibration", "failures", "jobs", "leakage_paired",
-                                  "cross_dataset")
+                                  "cross_dataset", "lesion_size")
 REPORT_FIGURES: tuple[str, ...] = ("roc", "metrics_bar", "overlays", "training_curves", "confusion", "leakage",
                                    "calibration", "pr", "failures", "ablation", "comparisons", "cross_dataset")
 

@@ -15,6 +15,7 @@ from busflow.evaluate.catalogue import glossary, names
 from busflow.layout import REPORT_TABLES, report_table
 from busflow.report.cross_dataset import metric_label, tested_datasets
 from busflow.report.findings import findings
+from busflow.report.lesion_size import STATISTICS as SIZE_STATISTICS
 from busflow.report.loading import RunResults
 from busflow.report.render import (
     NA,
@@ -92,7 +93,7 @@ def build_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str, A
     definitions, parameters) that the HTML folds away. ``unreadable`` lists images shown as error tiles."""
     notes_in_summary = not tables["reproduction"].empty  # beside the paper's numbers, else in the appendix
     summary = [*summary_blocks(run, tables, run_info), *(settings_notes_blocks(run_info, 3) if notes_in_summary else [])]
-    sections = [summary, leaderboard_blocks(tables), card_blocks(run), leakage_blocks(run, tables),
+    sections = [summary, leaderboard_blocks(tables), card_blocks(run), lesion_size_blocks(tables), leakage_blocks(run, tables),
                 external_blocks(tables), ablation_blocks(tables), figure_blocks(run)]
     appendix = [*provenance_blocks(run_info), *([] if notes_in_summary else settings_notes_blocks(run_info)),
                 *dataset_blocks(tables), *split_blocks(run, tables),
@@ -201,7 +202,7 @@ def summary_blocks(run: RunResults, tables: ReportTables, run_info: Mapping[str,
                    for row in tables["leaderboard"].itertuples())
     confidence, resamples = _bootstrap_of(tables["intervals"])
     sentences = findings(tables["intervals"], tables["comparisons"], tables["leakage"], tables["leakage_paired"],
-                         tables["external"])
+                         tables["external"], tables["lesion_size"])
     return [
         Heading("Summary"), KeyValues(pairs), Para("Models:"), Bullets(models or ("no models in this run",)),
         Heading("Findings", 3), Bullets(tuple(sentences) or ("no pooled results in this run",)),
@@ -350,6 +351,30 @@ def leaderboard_blocks(tables: ReportTables) -> list[Block]:
              "pooled statistic with its interval, per class as well, in tables/intervals.csv.", "note"),
         *comparison_blocks(tables),
     ]
+
+
+def lesion_size_blocks(tables: ReportTables) -> list[Block]:
+    """Each segmenter's lesion size errors in mm, where the pixel spacing of the images is known."""
+    table = tables["lesion_size"]
+    if table.empty:
+        return [Heading("Lesion size in mm"),
+                Para("The pixel spacing of this run's images is not known (pixel_spacing_mm in data/index.csv), or no "
+                     "segmenter found a lesion: lesion sizes are not measured in mm.", "note")]
+    confidence = f"{float(table['confidence'].iloc[0]):.0%}"
+    display = pd.DataFrame({
+        "model": table["model"], "statistic": table["statistic"].map(SIZE_STATISTICS),
+        f"value [{confidence} interval]": [fmt_interval(e, lo, hi, 2) for e, lo, hi in zip(table["estimate"], table["ci_low"], table["ci_high"])],
+        "lesions measured": [f"{m} of {n}" for m, n in zip(table["n_measured"], table["n_lesion_images"])],
+        SOURCE: table.get(SOURCE, ""),
+    })
+    median = float(table["true_diameter_median_mm"].iloc[0])
+    return [Heading("Lesion size in mm"),
+            Para("The longest diameter (maximum Feret diameter) and the area of each test image's largest predicted and "
+                 "true lesion, measured on the model-size masks with the image's own pixel spacing "
+                 f"(median true diameter {median:.1f} mm). The error is predicted − true: above 0 the model measures lesions "
+                 "too large. A lesion the model missed has no predicted size: it is counted, not compared. Intervals "
+                 "resample patients or duplicate groups."),
+            Table(display, "Lesion size errors per segmenter, test folds pooled (tables/lesion_size.csv)", "no sizes")]
 
 
 def card_blocks(run: RunResults) -> list[Block]:

@@ -4,8 +4,8 @@ Each sentence reads one table and says nothing the table does not: the best mode
 interval (and whether the runner-up's interval overlaps it), each paired comparison called significant only
 when its interval excludes zero, the leakage effect paired on the same test images with its interval (or,
 without per-image scores, the fold means' difference set against the fold-to-fold spread), and the change
-on each external dataset. The key metric of a task is macro ROC AUC for classification, Dice for
-segmentation.
+on each external dataset, and how far each segmenter's lesion diameters are off in mm where the pixel spacing
+is known. The key metric of a task is macro ROC AUC for classification, Dice for segmentation.
 """
 
 from __future__ import annotations
@@ -121,9 +121,31 @@ def external_changes(external: pd.DataFrame) -> list[str]:
     return sentences
 
 
+def lesion_sizes(lesion_size: pd.DataFrame) -> list[str]:
+    """Per segmenter: its mean absolute error of the longest diameter, and whether it measures lesions too large or
+    too small (a bias whose interval excludes zero)."""
+    sentences = []
+    for model, rows in lesion_size.groupby("model", sort=False):
+        by_statistic = rows.set_index("statistic")
+        if not {"diameter_abs_error_mm", "diameter_error_mm"} <= set(by_statistic.index):
+            continue
+        error, bias = by_statistic.loc["diameter_abs_error_mm"], by_statistic.loc["diameter_error_mm"]
+        if is_significant(bias["ci_low"], bias["ci_high"]):
+            tendency = f"it measures lesions too {'large' if bias['estimate'] > 0 else 'small'}"
+        else:
+            tendency = "no bias either way: the interval includes 0"
+        sentences.append(f"Lesion size, {model}: the longest diameter is off by "
+                         f"{fmt_interval(error['estimate'], error['ci_low'], error['ci_high'], 2)} mm on average (median "
+                         f"lesion {error['true_diameter_median_mm']:.1f} mm; {int(error['n_lesion_images'] - error['n_measured'])} "
+                         f"of {int(error['n_lesion_images'])} lesions missed); mean difference "
+                         f"{bias['estimate']:+.2f} [{bias['ci_low']:+.2f}, {bias['ci_high']:+.2f}] mm, {tendency}.")
+    return sentences
+
+
 def findings(intervals: pd.DataFrame, comparisons: pd.DataFrame, leakage: pd.DataFrame, leakage_paired: pd.DataFrame,
-             external: pd.DataFrame) -> list[str]:
+             external: pd.DataFrame, lesion_size: pd.DataFrame | None = None) -> list[str]:
     """Every finding of the run, in the report's order; the leakage study paired on the same test images where
     the run has it, else its fold means."""
     leakage_sentences = paired_leakage_effects(leakage_paired) or leakage_effects(leakage)
-    return [*best_models(intervals), *paired_comparisons(comparisons), *leakage_sentences, *external_changes(external)]
+    sizes = lesion_sizes(lesion_size) if lesion_size is not None else []
+    return [*best_models(intervals), *paired_comparisons(comparisons), *leakage_sentences, *external_changes(external), *sizes]

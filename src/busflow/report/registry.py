@@ -19,6 +19,7 @@ from busflow.report import figures, sources
 from busflow.report.content import ReportTables
 from busflow.report.cross_dataset import cross_dataset_table
 from busflow.report.leakage import leakage_paired_table
+from busflow.report.lesion_size import lesion_size_table
 from busflow.report.loading import RunResults
 from busflow.report.reproduction import reproduction_table
 from busflow.report.tables import (
@@ -106,6 +107,7 @@ TABLES: dict[str, ReportTable] = {
     "leakage_paired": ReportTable(lambda c: leakage_paired_table(c.run, c.bootstrap), sources.leakage_images),
     "cross_dataset": ReportTable(lambda c: cross_dataset_table(c.run, c.params, c["intervals"], c.bootstrap),
                                  sources.cross_dataset_images),
+    "lesion_size": ReportTable(lambda c: lesion_size_table(c.run, c.bootstrap), sources.model_images),
 }
 
 Plot = Callable[[RunResults, ReportTables, Path], None]  # (run, tables, target PNG)
