@@ -46,3 +46,12 @@ def test_every_model_and_score_of_the_paired_table_is_reported() -> None:
     assert "unet's Dice: all (10 image × draw pairs) +0.010 [−0.020, +0.040], not significant" in text
     assert "resnet50's macro ROC AUC: all (10 image × draw pairs) +0.030 [+0.010, +0.050], significant" in text
     assert text.endswith("so the phantoms show a leakage effect.")
+
+
+def test_each_segmenter_s_diameter_error_is_reported_with_its_interval() -> None:
+    sizes = pd.DataFrame([{"model": m, "statistic": statistic, "estimate": e, "ci_low": e - 0.3, "ci_high": e + 0.3,
+                           "true_diameter_median_mm": 9.66}
+                          for m, e in (("unet", 1.32), ("seg_ensemble", 1.36)) for statistic in ("diameter_abs_error_mm", "diameter_error_mm")])
+    text = summary_script.size_sentence(sizes)
+    assert "unet 1.32 [1.02, 1.62] mm, seg_ensemble 1.36 [1.06, 1.66] mm" in text and "median true diameter 9.7 mm" in text
+    assert summary_script.size_sentence(sizes.iloc[:0]) == "The run measures no lesion sizes in mm."
