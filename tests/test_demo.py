@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -103,8 +104,26 @@ def test_a_test_image_of_the_model_can_be_picked_instead_of_an_upload(session: D
     picked = sorted(session.test_images(key))[0]
     analysis = session.analyse(key, None, picked)
     assert analysis.name == f"{picked} (test image)" and analysis.outputs.lesion_probs is not None
-    _, _, _, summary = render(analysis, opacity=0.4, threshold=0.5)
+    _, _, descriptors, summary = render(analysis, opacity=0.4, threshold=0.5)
     assert picked in summary
+    index = pd.read_csv(session.results / "synthetic" / "data" / "index.csv", dtype={"image_id": str}).set_index("image_id")
+    assert analysis.pixel_spacing_mm == pytest.approx(index.loc[picked, "pixel_spacing_mm"])  # the phantoms give theirs
+    described = dict(zip(descriptors["descriptor"], descriptors["value"]))
+    assert described["lesion_area_mm2"] == pytest.approx(described["lesion_area_px"] * analysis.pixel_spacing_mm**2, abs=1e-3)
+    if described["lesion_area_px"]:
+        assert f"longest diameter {described['largest_lesion_diameter_mm']:.1f} mm" in summary
+
+
+def test_an_upload_is_measured_in_mm_with_the_spacing_typed_in(session: DemoSession, new_image: Path) -> None:
+    key = "synthetic/unet/fold0"
+    for unknown in (None, 0.0):  # the page sends 0 when the field is left alone
+        plain = render(session.analyse(key, str(new_image), None, unknown), opacity=0.4, threshold=0.5)[2]
+        assert "lesion_area_mm2" not in set(plain["descriptor"])  # no spacing: no mm
+    analysis = session.analyse(key, str(new_image), None, 0.1)
+    described = dict(zip(*render(analysis, opacity=0.4, threshold=0.5)[2].to_dict("list").values()))
+    assert described["lesion_area_mm2"] == pytest.approx(described["lesion_area_px"] * 0.01, abs=1e-3)
+    with pytest.raises(InputError, match="pixel spacing of the upload: pixel spacing -0.1 mm"):
+        session.analyse(key, str(new_image), None, -0.1)
 
 
 def test_browser_input_never_names_a_file(session: DemoSession) -> None:
@@ -181,6 +200,13 @@ def test_page_shows_probabilities_and_overlay_of_an_uploaded_scan(demo_url: str,
     assert browser.save_screenshot(str(screenshot))
     with Image.open(screenshot) as shot:
         assert shot.size[0] >= 800 and np.asarray(shot.convert("L")).std() > 10  # a rendered page, not a blank one
+    spacing = browser.find_element(By.CSS_SELECTOR, "#spacing input")
+    spacing.clear()
+    spacing.send_keys("0.1")  # the upload's pixel spacing, typed in: the lesion is measured in mm
+    browser.find_element(By.ID, "analyse").click()
+    WebDriverWait(browser, 60).until(lambda d: "longest diameter" in d.find_element(By.ID, "summary").text
+                                     or "lesion area 0 px" in d.find_element(By.ID, "summary").text)
+    assert "lesion_area_mm2" in browser.find_element(By.ID, "descriptors").text
 
 
 def test_page_explains_a_non_image_without_a_stack_trace(demo_url: str, browser, tmp_path: Path) -> None:

@@ -28,7 +28,9 @@ from PIL import Image, UnidentifiedImageError
 
 from busflow.data.folder import IMAGE_SUFFIXES
 from busflow.data.preprocess import load_grayscale, normalise
+from busflow.data.spacing import check_spacing
 from busflow.errors import DatasetError
+from busflow.evaluate.lesion_size import lesion_size_mm
 from busflow.model_card import NetworkCard, read_card
 from busflow.serve.predict import ImageOutputs, image_outputs, overlay_image, shape_descriptors
 
@@ -90,6 +92,16 @@ def model_test_images(model: TrainedModel, project_root: Path) -> dict[str, Path
     return {i: Path(index[i]) if Path(index[i]).is_absolute() else project_root / index[i] for i in ids}
 
 
+def test_image_spacing(model: TrainedModel, image_id: str) -> float:
+    """Pixel spacing (mm) of one of the model's test images, from its run's index; NaN when the source gave none."""
+    from busflow.io import read_table
+
+    index = read_table(model.path.parents[2] / "data" / "index.csv").set_index("image_id")
+    if "pixel_spacing_mm" not in index.columns or image_id not in index.index:
+        return math.nan
+    return float(pd.to_numeric(pd.Series([index.at[image_id, "pixel_spacing_mm"]]), errors="coerce").iloc[0])
+
+
 def check_image_file(path: Path, max_bytes: int, name: str | None = None) -> None:
     """Refuse, with a message naming the file, what the demo should not decode."""
     name = name or path.name
@@ -125,16 +137,17 @@ class Analysis:
     classes: list[str]
     outputs: ImageOutputs
     seconds: float = 0.0
+    pixel_spacing_mm: float = math.nan  # of the original image; NaN when not known
 
 
-def analyse(predictor: Any, image_path: Path, name: str) -> Analysis:
+def analyse(predictor: Any, image_path: Path, name: str, pixel_spacing_mm: float = math.nan) -> Analysis:
     started = time.perf_counter()
     try:
         gray = load_grayscale(image_path)
     except DatasetError as error:
         raise InputError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
     outputs = image_outputs(predictor.predict([gray]), 0, gray.shape)
-    return Analysis(name, normalise(gray), list(predictor.classes), outputs, time.perf_counter() - started)
+    return Analysis(name, normalise(gray), list(predictor.classes), outputs, time.perf_counter() - started, pixel_spacing_mm)
 
 
 def render(analysis: Analysis, opacity: float, threshold: float) -> tuple[np.ndarray, dict[str, float] | None, pd.DataFrame, str]:
@@ -153,9 +166,14 @@ def render(analysis: Analysis, opacity: float, threshold: float) -> tuple[np.nda
         mask = outputs.lesion_probs >= threshold
         picture = overlay_image(analysis.gray, mask, opacity)
         described = shape_descriptors(mask)
+        if not math.isnan(analysis.pixel_spacing_mm):
+            described.update(pixel_spacing_mm=analysis.pixel_spacing_mm,
+                             **lesion_size_mm(mask, (analysis.pixel_spacing_mm, analysis.pixel_spacing_mm)))
         descriptors = pd.DataFrame({"descriptor": list(described),
                                     "value": ["–" if isinstance(v, float) and math.isnan(v) else round(float(v), 3) for v in described.values()]})
         summary.append(f"lesion area {described['lesion_area_px']} px")
+        if not math.isnan(described.get("largest_lesion_diameter_mm", math.nan)):
+            summary.append(f"longest diameter {described['largest_lesion_diameter_mm']:.1f} mm")
     if outputs.roi_box:
         import cv2
 
@@ -198,21 +216,31 @@ class DemoSession:
 
         return load_predictor(self.model(key).path).to(resolve_device(self.device))
 
-    def analyse(self, key: str | None, upload: str | None, test_image: str | None) -> Analysis:
+    def analyse(self, key: str | None, upload: str | None, test_image: str | None,
+                upload_spacing_mm: float | None = None) -> Analysis:
+        """One image through the model: an upload (its pixel spacing as typed, if any) or one of the model's
+        test images (its spacing from the run's index)."""
         model = self.model(key)
+        spacing = math.nan
         if upload:
             path = Path(upload)
             check_image_file(path, self.max_bytes, name=path.name)
             name = path.name
+            if upload_spacing_mm:  # the page's number field sends 0 when left alone: unknown
+                try:
+                    spacing = check_spacing(float(upload_spacing_mm), "pixel spacing of the upload")
+                except DatasetError as error:
+                    raise InputError(str(error)) from None
         elif test_image:
             images = self.test_images(key)
             if test_image not in images:
                 raise InputError(f"{test_image}: not a test image of {model.key}")
             path, name = images[test_image], f"{test_image} (test image)"
             check_image_file(path, self.max_bytes, name=name)
+            spacing = test_image_spacing(model, test_image)
         else:
             raise InputError("upload an image or pick a test image")
-        return analyse(self.predictor(key), path, name)
+        return analyse(self.predictor(key), path, name, spacing)
 
 
 def _model_info(session: DemoSession, key: str | None) -> str:
@@ -241,8 +269,9 @@ def build_app(session: DemoSession) -> Any:
         return _model_info(session, key), gr.update(choices=sorted(session.test_images(key)), value=None)
 
     @guarded
-    def on_analyse(key: str | None, upload: str | None, test_image: str | None, opacity: float, threshold: float) -> tuple:
-        analysis = session.analyse(key, upload, test_image)
+    def on_analyse(key: str | None, upload: str | None, test_image: str | None, spacing: float | None, opacity: float,
+                   threshold: float) -> tuple:
+        analysis = session.analyse(key, upload, test_image, spacing)
         picture, probabilities, descriptors, summary = render(analysis, opacity, threshold)
         return analysis, for_display(analysis.gray), for_display(picture), probabilities, descriptors, summary
 
@@ -273,6 +302,7 @@ def build_app(session: DemoSession) -> Any:
             upload = gr.File(label="Upload an image", file_types=sorted(IMAGE_SUFFIXES), type="filepath", elem_id="upload")
             test_image = gr.Dropdown(choices=sorted(session.test_images(default)), value=None, label="…or pick a test image",
                                      elem_id="test-image")
+            spacing = gr.Number(value=0, label="Pixel spacing of the upload (mm; 0: unknown)", minimum=0, elem_id="spacing")
             run = gr.Button("Analyse", variant="primary", elem_id="analyse")
         summary = gr.Markdown(elem_id="summary")
         with gr.Row():
@@ -287,7 +317,7 @@ def build_app(session: DemoSession) -> Any:
         state = gr.State(None)
         app.load(on_load, None, [model, info, test_image])
         model.change(on_model, model, [info, test_image])
-        run.click(on_analyse, [model, upload, test_image, opacity, threshold], [state, image, overlay, probabilities, descriptors, summary])
+        run.click(on_analyse, [model, upload, test_image, spacing, opacity, threshold], [state, image, overlay, probabilities, descriptors, summary])
         for slider in (opacity, threshold):
             slider.release(on_slider, [state, opacity, threshold], [overlay, descriptors, summary])
     return app
