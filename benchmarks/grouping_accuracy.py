@@ -32,6 +32,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from busflow.data.busbra import ingest_busbra
 from busflow.data.folder import ingest_folder
+from busflow.data.spacing import SPACING_FILE
 from busflow.data.synthetic import generate_phantoms
 from busflow.split.dedup import duplicate_clusters, find_duplicate_links
 from busflow.split.views import ViewSettings, find_view_links
@@ -108,7 +109,8 @@ def phantom_source(folder: Path, n_patients: int, seed: int, image_size: tuple[i
         label_dir = next(raw.glob(f"*/{image_id}.png")).parent
         (label_dir / f"{image_id}.png").rename(label_dir / f"{name}.png")
         (label_dir / f"{image_id}_mask.png").rename(label_dir / f"{name}_mask.png")
-    (raw / "patients.csv").unlink()
+    for table in ("patients.csv", SPACING_FILE):  # both keyed by the names that reveal the patient
+        (raw / table).unlink()
     index = ingest_folder(raw)
     truth = pd.Series({names[i]: p for i, p in patients.items()}).reindex(index["image_id"])
     return index[["image_id", "image_path", "label"]], truth

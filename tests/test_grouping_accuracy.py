@@ -27,6 +27,7 @@ def test_pair_precision_recall_and_ari_of_a_known_grouping() -> None:
 def test_phantoms_hide_their_patients_from_the_detector(tmp_path: Path) -> None:
     index, truth = phantom_source(tmp_path, n_patients=6, seed=1, image_size=(48, 60))
     assert set(index.columns) == {"image_id", "image_path", "label"}
-    assert all(name.startswith("img") for name in index["image_id"]) and not list(tmp_path.rglob("patients.csv"))
+    assert all(name.startswith("img") for name in index["image_id"])
+    assert not list(tmp_path.rglob("patients.csv")) and not list(tmp_path.rglob("pixel_spacing.csv"))
     assert list(truth.index) == list(index["image_id"]) and truth.nunique() == 6 and len(truth) > 6
     assert all(Path(path).stem == image_id for path, image_id in zip(index["image_path"], index["image_id"]))
