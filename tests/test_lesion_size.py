@@ -1,15 +1,21 @@
-"""Lesion size in mm: area, Feret diameter, width and depth of known shapes, and the same lesion measured at the
-original resolution and after resizing to the networks' input size."""
+"""Lesion size in mm: area, Feret diameter, width and depth of known shapes, the same lesion measured at the
+original resolution and after resizing to the networks' input size, and the benchmark of that resizing floor."""
 
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from busflow.data.preprocess import resize_mask
+from busflow.data.synthetic import generate_phantoms
 from busflow.evaluate.lesion_size import lesion_size_mm, resized_pixel_mm, size_columns
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import lesion_size_resolution
 
 
 def test_rectangle_with_anisotropic_pixels() -> None:
@@ -79,3 +85,13 @@ def test_size_columns_of_known_and_unknown_spacing() -> None:
     assert columns["lesion_area_mm2_pred"][1] == 0.0 and math.isnan(columns["lesion_diameter_mm_pred"][1])
     assert all(math.isnan(values[2]) for values in columns.values())  # spacing unknown: no size
     assert size_columns(predicted, truth, np.full(3, np.nan), shapes) == {}
+
+
+def test_the_resolution_benchmark_measures_a_floor_that_shrinks_with_the_model_size(tmp_path: Path) -> None:
+    generate_phantoms(tmp_path / "raw", n_patients=8, seed=2, image_size=(120, 150),
+                      class_mix={"normal": 0.0, "benign": 0.5, "malignant": 0.5}, views_per_patient=(1, 1))
+    table = lesion_size_resolution.summary(lesion_size_resolution.measured(tmp_path / "raw", [24, 120]))
+    assert table["lesion_images"].tolist() == [8, 8]
+    coarse, fine = table.set_index("size").loc[24], table.set_index("size").loc[120]
+    assert fine["diameter_mean_abs_error_mm"] < coarse["diameter_mean_abs_error_mm"]
+    assert fine["area_mean_abs_relative_error"] < coarse["area_mean_abs_relative_error"]
