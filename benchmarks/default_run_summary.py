@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from readme_results import README, publish
 
-from busflow.report.findings import SCORE_LABELS
+from busflow.report.findings import SCORE_LABELS, is_significant
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / "docs" / "results" / "default_run"
@@ -53,12 +53,12 @@ def leakage_sentence(paired: pd.DataFrame) -> str:
     for (model, score), rows in paired.groupby(["model", "score"], sort=False):
         parts = []
         for _, row in rows.iterrows():
-            verdict = "significant" if row.ci_low > 0 or row.ci_high < 0 else "not significant"
+            verdict = "significant" if is_significant(row.ci_low, row.ci_high) else "not significant"
             parts.append(f"{row.subset} ({row.n_pairs} image × draw pairs) {signed(row.difference)} "
                          f"[{signed(row.ci_low)}, {signed(row.ci_high)}], {verdict}")
         scores.append(f"{model}'s {SCORE_LABELS.get(score, score)}: " + "; ".join(parts))
-    found = (paired.ci_low > 0) | (paired.ci_high < 0)
-    conclusion = ("so the phantoms show a leakage effect" if found.any()
+    found = any(is_significant(low, high) for low, high in zip(paired.ci_low, paired.ci_high))
+    conclusion = ("so the phantoms show a leakage effect" if found
                   else "so no leakage effect was found on the phantoms, and the report says so")
     return (f"The leakage study compares the same test images under the image-level and the grouped split "
             f"(image-level − grouped, {int(paired.iloc[0].n_seeds)} draws). " + ". ".join(scores) + f"; {conclusion}.")

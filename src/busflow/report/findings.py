@@ -143,9 +143,9 @@ def lesion_sizes(lesion_size: pd.DataFrame) -> list[str]:
 
 
 def findings(intervals: pd.DataFrame, comparisons: pd.DataFrame, leakage: pd.DataFrame, leakage_paired: pd.DataFrame,
-             external: pd.DataFrame, lesion_size: pd.DataFrame | None = None) -> list[str]:
+             external: pd.DataFrame, lesion_size: pd.DataFrame) -> list[str]:
     """Every finding of the run, in the report's order; the leakage study paired on the same test images where
     the run has it, else its fold means."""
     leakage_sentences = paired_leakage_effects(leakage_paired) or leakage_effects(leakage)
-    sizes = lesion_sizes(lesion_size) if lesion_size is not None else []
-    return [*best_models(intervals), *paired_comparisons(comparisons), *leakage_sentences, *external_changes(external), *sizes]
+    return [*best_models(intervals), *paired_comparisons(comparisons), *leakage_sentences, *external_changes(external),
+            *lesion_sizes(lesion_size)]

@@ -15,7 +15,7 @@ import pandas as pd
 
 from busflow.evaluate.statistics import GroupBootstrap, percentile_interval, weighted_mean
 from busflow.report.loading import RunResults
-from busflow.report.uncertainty import BootstrapSettings, model_cases
+from busflow.report.uncertainty import BootstrapSettings, model_cases, model_seed
 
 LESION_SIZE_COLUMNS = ["model", "statistic", "estimate", "ci_low", "ci_high", "n_lesion_images", "n_measured",
                        "n_groups", "missed_fraction", "true_diameter_median_mm", "confidence", "resamples"]
@@ -42,8 +42,7 @@ def model_rows(run: RunResults, model: str, cases: pd.DataFrame, settings: Boots
     measured = lesions[lesions[PREDICTED].notna()]
     if measured.empty:
         return []
-    seed = settings.seed + (run.models.index(model) if model in run.models else 0)
-    draw = GroupBootstrap.draw(measured["group_id"], settings.resamples, seed)
+    draw = GroupBootstrap.draw(measured["group_id"], settings.resamples, model_seed(run, model, settings))
     shared = {"n_lesion_images": len(lesions), "n_measured": len(measured), "n_groups": draw.n_groups,
               "missed_fraction": 1 - len(measured) / len(lesions),
               "true_diameter_median_mm": float(lesions[TRUE].median()),

@@ -180,6 +180,11 @@ def statistics_of(run: RunResults, model: str, cases: pd.DataFrame, weights: np.
     return out
 
 
+def model_seed(run: RunResults, model: str, settings: BootstrapSettings) -> int:
+    """The seed of a model's group resamples: the run's seed offset by the model's place in the run."""
+    return settings.seed + (run.models.index(model) if model in run.models else 0)
+
+
 def interval_table(run: RunResults, settings: BootstrapSettings) -> pd.DataFrame:
     """Per model and pooled statistic: the estimate on all test images and its group-bootstrap interval."""
     rows = []
@@ -194,8 +199,7 @@ def interval_rows(run: RunResults, model: str, cases: pd.DataFrame, settings: Bo
                   metrics: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Rows of :data:`INTERVAL_COLUMNS`: every pooled statistic of ``model`` (or those of ``metrics``) on ``cases``
     and its group-bootstrap interval; the model's place in the run seeds the resampling."""
-    seed = settings.seed + (run.models.index(model) if model in run.models else 0)
-    draw = GroupBootstrap.draw(cases["group_id"], settings.resamples, seed)
+    draw = GroupBootstrap.draw(cases["group_id"], settings.resamples, model_seed(run, model, settings))
     estimates = statistics_of(run, model, cases, np.ones((1, len(cases))))
     rows = []
     for metric, samples in statistics_of(run, model, cases, draw.weights).items():

@@ -99,7 +99,7 @@ def test_image_spacing(model: TrainedModel, image_id: str) -> float:
     index = read_table(model.path.parents[2] / "data" / "index.csv").set_index("image_id")
     if "pixel_spacing_mm" not in index.columns or image_id not in index.index:
         return math.nan
-    return float(pd.to_numeric(pd.Series([index.at[image_id, "pixel_spacing_mm"]]), errors="coerce").iloc[0])
+    return float(index.at[image_id, "pixel_spacing_mm"])
 
 
 def check_image_file(path: Path, max_bytes: int, name: str | None = None) -> None:

@@ -57,10 +57,11 @@ def evaluate_model(params: Mapping[str, Any], model: str, fold: int, arrays_path
     if "mask_probs" in test.outputs:
         tasks.append("seg")
         predicted = lesion_mask(test.outputs["mask_probs"], params["evaluate"]["threshold"])
-        segmentation, per_image_seg = segmentation_metrics(predicted, arrays["masks"][rows] > 0, params["evaluate"]["empty_mask"])
+        truth = arrays["masks"][rows] > 0
+        segmentation, per_image_seg = segmentation_metrics(predicted, truth, params["evaluate"]["empty_mask"])
         per_image = per_image.assign(**per_image_seg)
-        if "pixel_spacing_mm" in arrays:  # arrays of an older busflow have no geometry
-            per_image = per_image.assign(**size_columns(predicted, arrays["masks"][rows] > 0, arrays["pixel_spacing_mm"][rows],
+        if "pixel_spacing_mm" in arrays:  # arrays without the images' geometry (built by hand): no sizes in mm
+            per_image = per_image.assign(**size_columns(predicted, truth, arrays["pixel_spacing_mm"][rows],
                                                         arrays["original_shape"][rows]))
     metrics = {"model": model, "fold": fold, "tasks": tasks, "n_test_images": len(rows),
                "classification": classification, "segmentation": segmentation}
